@@ -1,0 +1,318 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole sluice configuration file. Zero values mean the defaults
+// documented on each field; ApplyDefaults fills them in.
+type Config struct {
+	Listen          string   `yaml:"listen"`           // default ":8080"
+	AdminListen     string   `yaml:"admin_listen"`     // default "127.0.0.1:9090"
+	AdminToken      string   `yaml:"admin_token"`      // empty: admin API open
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"` // default 15s
+	Ack             string   `yaml:"ack"`              // durable (default) | fast
+	// MaxInflight caps the requests being written to the broker at once; past it
+	// ingress answers 503 at once instead of queueing in memory. Default 4096.
+	MaxInflight int `yaml:"max_inflight"`
+	// PublishTimeout bounds how long a submit waits for the broker. Default 5s.
+	PublishTimeout Duration `yaml:"publish_timeout"`
+	Log            Log      `yaml:"log"`
+
+	Broker   Broker    `yaml:"broker"`
+	Results  Results   `yaml:"results"`
+	Auth     *Auth     `yaml:"auth"`
+	Routes   []Route   `yaml:"routes"`
+	Backends []Backend `yaml:"backends"`
+
+	// Dir is the folder of the config file; relative paths resolve against it.
+	Dir string `yaml:"-"`
+}
+
+// Log selects the log level and format.
+type Log struct {
+	Level  string `yaml:"level"`  // debug | info (default) | warn | error
+	Format string `yaml:"format"` // json (default) | console
+}
+
+// Broker selects and configures the queue.
+type Broker struct {
+	Kind     string    `yaml:"kind"` // embedded (default) | kafka | rabbitmq
+	Embedded Embedded  `yaml:"embedded"`
+	Kafka    *Kafka    `yaml:"kafka"`
+	RabbitMQ *RabbitMQ `yaml:"rabbitmq"`
+}
+
+// Embedded configures the in-process NATS JetStream broker.
+type Embedded struct {
+	Dir string `yaml:"dir"` // default ./data/queue
+	// AckWait is how long a delivered message may stay unacknowledged before
+	// the broker hands it out again. Default 5m.
+	AckWait Duration `yaml:"ack_wait"`
+}
+
+// Kafka configures the Kafka broker.
+type Kafka struct {
+	Brokers     []string `yaml:"brokers"`
+	TopicPrefix string   `yaml:"topic_prefix"`
+	Partitions  int      `yaml:"partitions"`
+}
+
+// RabbitMQ configures the RabbitMQ broker.
+type RabbitMQ struct {
+	URL         string `yaml:"url"`
+	QueuePrefix string `yaml:"queue_prefix"`
+}
+
+// Results configures the result store.
+type Results struct {
+	Store    string          `yaml:"store"` // embedded (default) | redis
+	Embedded ResultsEmbedded `yaml:"embedded"`
+	Redis    *Redis          `yaml:"redis"`
+	TTL      Duration        `yaml:"ttl"` // default 24h
+}
+
+// ResultsEmbedded configures the on-disk result store.
+type ResultsEmbedded struct {
+	Dir string `yaml:"dir"` // default ./data/results
+}
+
+// Redis configures the Redis result store.
+type Redis struct {
+	Addr string `yaml:"addr"`
+}
+
+// Auth configures client authentication.
+type Auth struct {
+	APIKeys []APIKey `yaml:"api_keys"`
+	JWT     *JWT     `yaml:"jwt"`
+}
+
+// APIKey is one client's key.
+type APIKey struct {
+	Client    string `yaml:"client"`
+	Key       string `yaml:"key"`
+	KeySHA256 string `yaml:"key_sha256"`
+}
+
+// JWT configures bearer-token verification.
+type JWT struct {
+	HS256Secret string `yaml:"hs256_secret"`
+	Issuer      string `yaml:"issuer"`
+	Audience    string `yaml:"audience"`
+	JWKSFile    string `yaml:"jwks_file"`
+}
+
+// Route maps a client-facing path to a backend.
+type Route struct {
+	Name      string     `yaml:"name"`
+	Path      string     `yaml:"path"`    // exact, or a prefix when it ends with "/"
+	Methods   []string   `yaml:"methods"` // default [POST]
+	Backend   string     `yaml:"backend"`
+	MaxBody   Size       `yaml:"max_body"` // default 1MiB
+	Schema    string     `yaml:"schema"`   // JSON Schema file for the body
+	Clients   []string   `yaml:"clients"`
+	RateLimit *RateLimit `yaml:"rate_limit"`
+}
+
+// RateLimit is a per-client token bucket.
+type RateLimit struct {
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
+}
+
+// Backend is one delivery target and how fast it may be driven.
+type Backend struct {
+	Name        string   `yaml:"name"`
+	URLs        []string `yaml:"urls"`
+	Rate        float64  `yaml:"rate"`        // deliveries per second; 0 = unlimited
+	Burst       int      `yaml:"burst"`       // default max(1, rate/10)
+	Concurrency int      `yaml:"concurrency"` // default 16
+	Adaptive    bool     `yaml:"adaptive"`
+	MaxBacklog  int64    `yaml:"max_backlog"` // 0 = unbounded
+	Timeout     Duration `yaml:"timeout"`     // default 10s
+	Retry       Retry    `yaml:"retry"`
+	Breaker     Breaker  `yaml:"breaker"`
+}
+
+// Retry says when and how often a delivery is tried again.
+type Retry struct {
+	MaxAttempts    int      `yaml:"max_attempts"`    // default 5
+	InitialBackoff Duration `yaml:"initial_backoff"` // default 200ms
+	MaxBackoff     Duration `yaml:"max_backoff"`     // default 30s
+	OnStatus       []int    `yaml:"on_status"`       // default 408,425,429,500,502,503,504
+}
+
+// Breaker pauses deliveries to a backend that keeps failing.
+type Breaker struct {
+	Failures *int     `yaml:"failures"` // default 20; 0 = off
+	Cooldown Duration `yaml:"cooldown"` // default 5s
+}
+
+// DefaultRetryStatuses are retried when retry.on_status is absent.
+var DefaultRetryStatuses = []int{408, 425, 429, 500, 502, 503, 504}
+
+// Duration is a time.Duration written as a Go duration string ("250ms", "1m").
+type Duration time.Duration
+
+// UnmarshalYAML reads a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("must be a duration such as \"10s\"")
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("must be a duration such as \"10s\", got %q", n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Size is a byte count written as a number or with a unit ("512KiB", "1MiB").
+type Size int64
+
+// UnmarshalYAML reads a byte size.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("must be a size such as \"1MiB\"")
+	}
+	v, err := humanize.ParseBytes(n.Value)
+	if err != nil || v > 1<<40 {
+		return fmt.Errorf("must be a size such as \"1MiB\", got %q", n.Value)
+	}
+	*s = Size(v)
+	return nil
+}
+
+// Load reads, defaults and validates the config file at path. The returned
+// error lists every problem, one per line, each naming its key.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, filepath.Dir(abs))
+}
+
+// Parse decodes a config document whose relative paths resolve against dir.
+func Parse(data []byte, dir string) (*Config, error) {
+	c := &Config{Dir: dir}
+	derr := decode(data, c)
+	if errors.Is(derr, errSyntax) {
+		return nil, derr
+	}
+	c.ApplyDefaults()
+	if err := errors.Join(derr, c.Validate()); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Path resolves p against the config file's folder.
+func (c *Config) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
+}
+
+// ApplyDefaults fills every unset key with its documented default.
+func (c *Config) ApplyDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.Listen, ":8080")
+	def(&c.AdminListen, "127.0.0.1:9090")
+	def(&c.Ack, "durable")
+	def(&c.Log.Level, "info")
+	def(&c.Log.Format, "json")
+	def(&c.Broker.Kind, "embedded")
+	def(&c.Broker.Embedded.Dir, "./data/queue")
+	def(&c.Results.Store, "embedded")
+	def(&c.Results.Embedded.Dir, "./data/results")
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = Duration(15 * time.Second)
+	}
+	if c.PublishTimeout == 0 {
+		c.PublishTimeout = Duration(5 * time.Second)
+	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = 4096
+	}
+	if c.Broker.Embedded.AckWait == 0 {
+		c.Broker.Embedded.AckWait = Duration(5 * time.Minute)
+	}
+	if c.Results.TTL == 0 {
+		c.Results.TTL = Duration(24 * time.Hour)
+	}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		if len(r.Methods) == 0 {
+			r.Methods = []string{"POST"}
+		}
+		for j, m := range r.Methods {
+			r.Methods[j] = strings.ToUpper(m)
+		}
+		if r.MaxBody == 0 {
+			r.MaxBody = 1 << 20
+		}
+	}
+	for i := range c.Backends {
+		b := &c.Backends[i]
+		if b.Burst == 0 {
+			b.Burst = max(1, int(b.Rate/10))
+		}
+		if b.Concurrency == 0 {
+			b.Concurrency = 16
+		}
+		if b.Timeout == 0 {
+			b.Timeout = Duration(10 * time.Second)
+		}
+		if b.Retry.MaxAttempts == 0 {
+			b.Retry.MaxAttempts = 5
+		}
+		if b.Retry.InitialBackoff == 0 {
+			b.Retry.InitialBackoff = Duration(200 * time.Millisecond)
+		}
+		if b.Retry.MaxBackoff == 0 {
+			b.Retry.MaxBackoff = Duration(30 * time.Second)
+		}
+		if b.Retry.OnStatus == nil {
+			b.Retry.OnStatus = append([]int(nil), DefaultRetryStatuses...)
+		}
+		if b.Breaker.Failures == nil {
+			n := 20
+			b.Breaker.Failures = &n
+		}
+		if b.Breaker.Cooldown == 0 {
+			b.Breaker.Cooldown = Duration(5 * time.Second)
+		}
+	}
+}
+
+// Backend returns the backend called name, or nil.
+func (c *Config) Backend(name string) *Backend {
+	for i := range c.Backends {
+		if c.Backends[i].Name == name {
+			return &c.Backends[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,109 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// TestGolden checks the exact error output of config validation, one line per
+// problem, against testdata/<name>.golden.
+func TestGolden(t *testing.T) {
+	for _, name := range []string{"bad_values", "unknown_keys", "not_yet"} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(filepath.Join("testdata", name+".yaml"))
+			if err == nil {
+				t.Fatal("config loaded without error")
+			}
+			got := err.Error() + "\n"
+			golden := filepath.Join("testdata", name+".golden")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != string(want) {
+				t.Fatalf("errors differ from %s:\n--- got\n%s--- want\n%s", golden, got, want)
+			}
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Load("testdata/minimal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Backends[0]
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"listen", c.Listen, ":8080"},
+		{"admin_listen", c.AdminListen, "127.0.0.1:9090"},
+		{"ack", c.Ack, "durable"},
+		{"shutdown_timeout", c.ShutdownTimeout.D(), 15 * time.Second},
+		{"broker.kind", c.Broker.Kind, "embedded"},
+		{"results.ttl", c.Results.TTL.D(), 24 * time.Hour},
+		{"methods", strings.Join(c.Routes[0].Methods, ","), "POST"},
+		{"max_body", int64(c.Routes[0].MaxBody), int64(1 << 20)},
+		{"rate", b.Rate, 0.0},
+		{"burst", b.Burst, 1},
+		{"concurrency", b.Concurrency, 16},
+		{"timeout", b.Timeout.D(), 10 * time.Second},
+		{"max_attempts", b.Retry.MaxAttempts, 5},
+		{"initial_backoff", b.Retry.InitialBackoff.D(), 200 * time.Millisecond},
+		{"max_backoff", b.Retry.MaxBackoff.D(), 30 * time.Second},
+		{"on_status", len(b.Retry.OnStatus), 7},
+		{"breaker.failures", *b.Breaker.Failures, 20},
+		{"breaker.cooldown", b.Breaker.Cooldown.D(), 5 * time.Second},
+	}
+	for _, ck := range checks {
+		if ck.got != ck.want {
+			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
+		}
+	}
+	if c.Path("schemas/x.json") != filepath.Join(c.Dir, "schemas/x.json") {
+		t.Errorf("relative path not resolved against the config folder")
+	}
+}
+
+func TestExplicitValuesKept(t *testing.T) {
+	c, err := Parse([]byte(`
+ack: fast
+routes: [{ name: r, path: /r/, backend: b, max_body: 512KiB, methods: [put] }]
+backends:
+  - name: b
+    urls: ["http://127.0.0.1:1/"]
+    rate: 2.5
+    burst: 3
+    retry: { on_status: [] }
+    breaker: { failures: 0 }
+`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Backends[0]
+	if c.Ack != "fast" || c.Routes[0].MaxBody != 512<<10 || c.Routes[0].Methods[0] != "PUT" {
+		t.Errorf("route values not kept: %+v", c.Routes[0])
+	}
+	if b.Rate != 2.5 || b.Burst != 3 || len(b.Retry.OnStatus) != 0 || *b.Breaker.Failures != 0 {
+		t.Errorf("backend values not kept: %+v", b)
+	}
+}
+
+func TestEmptyDocument(t *testing.T) {
+	_, err := Parse([]byte(""), t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "routes: at least one route is required") {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -1,0 +1,120 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// decode reads data into c, walking the YAML tree against the struct so that
+// every unknown key and every value of the wrong type is reported with its
+// key path, all at once.
+func decode(data []byte, c *Config) error {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return fmt.Errorf("%w: %v", errSyntax, err)
+	}
+	if root.Kind == 0 { // empty document
+		return nil
+	}
+	var errs []error
+	walk(root.Content[0], reflect.ValueOf(c).Elem(), "", &errs)
+	return errors.Join(errs...)
+}
+
+// errSyntax marks a document that is not YAML at all.
+var errSyntax = errors.New("config is not valid YAML")
+
+var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+
+func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error) {
+	fail := func(format string, args ...any) {
+		name := path
+		if name == "" {
+			name = "config"
+		}
+		*errs = append(*errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n.Tag == "!!null" {
+		return // an empty key keeps its default
+	}
+	if reflect.PointerTo(v.Type()).Implements(unmarshalerType) {
+		if err := v.Addr().Interface().(yaml.Unmarshaler).UnmarshalYAML(n); err != nil {
+			fail("%s", err.Error())
+		}
+		return
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		walk(n, v.Elem(), path, errs)
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			fail("must be a mapping")
+			return
+		}
+		fields := map[string]int{}
+		for i := range v.NumField() {
+			tag, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")
+			if tag != "" && tag != "-" {
+				fields[tag] = i
+			}
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := n.Content[i].Value
+			sub := join(path, key)
+			idx, ok := fields[key]
+			if !ok {
+				*errs = append(*errs, fmt.Errorf("%s: unknown key", sub))
+				continue
+			}
+			walk(n.Content[i+1], v.Field(idx), sub, errs)
+		}
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			fail("must be a list")
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, item := range n.Content {
+			walk(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i), errs)
+		}
+		v.Set(s)
+	default:
+		if n.Kind != yaml.ScalarNode {
+			fail("must be a %s", kindName(v.Kind()))
+			return
+		}
+		if err := n.Decode(v.Addr().Interface()); err != nil {
+			fail("must be a %s, got %q", kindName(v.Kind()), n.Value)
+		}
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func kindName(k reflect.Kind) string {
+	switch k {
+	case reflect.Bool:
+		return "boolean"
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		return "whole number"
+	case reflect.Float64, reflect.Float32:
+		return "number"
+	default:
+		return k.String()
+	}
+}

@@ -1,0 +1,202 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+
+	"github.com/sluice-gw/sluice/schemas"
+)
+
+var (
+	backendName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	methodName  = regexp.MustCompile(`^[A-Z]{1,16}$`)
+)
+
+// notYet is the reason given for keys whose feature this release lacks.
+const notYet = "not supported yet in this release"
+
+// Validate reports every problem of an already defaulted config at once, one
+// error per problem, each starting with its key path.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	checkAddr := func(key, addr string) {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "must be host:port, got %q", addr)
+		}
+	}
+	checkAddr("listen", c.Listen)
+	checkAddr("admin_listen", c.AdminListen)
+	if c.Ack != "durable" && c.Ack != "fast" {
+		bad("ack", "must be durable or fast, got %q", c.Ack)
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("shutdown_timeout", "must be > 0")
+	}
+	if c.PublishTimeout < 0 {
+		bad("publish_timeout", "must be > 0")
+	}
+	if c.MaxInflight < 0 {
+		bad("max_inflight", "must be >= 0")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "console" {
+		bad("log.format", "must be json or console, got %q", c.Log.Format)
+	}
+
+	switch c.Broker.Kind {
+	case "embedded":
+	case "kafka", "rabbitmq":
+		bad("broker.kind", "%q is %s (use embedded)", c.Broker.Kind, notYet)
+	default:
+		bad("broker.kind", "must be embedded, kafka or rabbitmq, got %q", c.Broker.Kind)
+	}
+	if c.Broker.Kafka != nil {
+		bad("broker.kafka", notYet)
+	}
+	if c.Broker.RabbitMQ != nil {
+		bad("broker.rabbitmq", notYet)
+	}
+	if c.Broker.Embedded.AckWait < 0 {
+		bad("broker.embedded.ack_wait", "must be > 0")
+	}
+	switch c.Results.Store {
+	case "embedded":
+	case "redis":
+		bad("results.store", "%q is %s (use embedded)", c.Results.Store, notYet)
+	default:
+		bad("results.store", "must be embedded or redis, got %q", c.Results.Store)
+	}
+	if c.Results.Redis != nil {
+		bad("results.redis", notYet)
+	}
+	if c.Results.TTL < 0 {
+		bad("results.ttl", "must be > 0")
+	}
+	if c.Auth != nil {
+		bad("auth", notYet)
+	}
+
+	backends := map[string]bool{}
+	if len(c.Backends) == 0 {
+		bad("backends", "at least one backend is required")
+	}
+	for i, b := range c.Backends {
+		key := fmt.Sprintf("backends[%d]", i)
+		switch {
+		case !backendName.MatchString(b.Name):
+			bad(key+".name", "must be 1-64 letters, digits, '-' or '_', got %q", b.Name)
+		case backends[b.Name]:
+			bad(key+".name", "duplicate backend %q", b.Name)
+		}
+		backends[b.Name] = true
+		if len(b.URLs) == 0 {
+			bad(key+".urls", "at least one url is required")
+		}
+		for j, raw := range b.URLs {
+			u, err := url.Parse(raw)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad(fmt.Sprintf("%s.urls[%d]", key, j), "must be an http:// or https:// url, got %q", raw)
+			}
+		}
+		if b.Rate < 0 {
+			bad(key+".rate", "must be >= 0")
+		}
+		if b.Burst < 0 {
+			bad(key+".burst", "must be >= 0")
+		}
+		if b.Concurrency < 0 {
+			bad(key+".concurrency", "must be >= 0")
+		}
+		if b.Adaptive {
+			bad(key+".adaptive", notYet)
+		}
+		if b.MaxBacklog < 0 {
+			bad(key+".max_backlog", "must be >= 0")
+		}
+		if b.Timeout < 0 {
+			bad(key+".timeout", "must be > 0")
+		}
+		r := b.Retry
+		if r.MaxAttempts < 0 {
+			bad(key+".retry.max_attempts", "must be >= 1")
+		}
+		if r.InitialBackoff < 0 {
+			bad(key+".retry.initial_backoff", "must be > 0")
+		}
+		if r.MaxBackoff < r.InitialBackoff {
+			bad(key+".retry.max_backoff", "must be >= retry.initial_backoff (%s)", r.InitialBackoff.D())
+		}
+		for j, s := range r.OnStatus {
+			if s < 100 || s > 599 {
+				bad(fmt.Sprintf("%s.retry.on_status[%d]", key, j), "must be an HTTP status 100-599, got %d", s)
+			}
+		}
+		if b.Breaker.Failures != nil && *b.Breaker.Failures < 0 {
+			bad(key+".breaker.failures", "must be >= 0")
+		}
+		if b.Breaker.Cooldown < 0 {
+			bad(key+".breaker.cooldown", "must be > 0")
+		}
+	}
+
+	if len(c.Routes) == 0 {
+		bad("routes", "at least one route is required")
+	}
+	names, paths := map[string]bool{}, map[string]bool{}
+	for i, r := range c.Routes {
+		key := fmt.Sprintf("routes[%d]", i)
+		switch {
+		case r.Name == "":
+			bad(key+".name", "is required")
+		case names[r.Name]:
+			bad(key+".name", "duplicate route %q", r.Name)
+		}
+		names[r.Name] = true
+		switch {
+		case !strings.HasPrefix(r.Path, "/"):
+			bad(key+".path", "must start with \"/\", got %q", r.Path)
+		case r.Path == "/v1/requests" || strings.HasPrefix(r.Path, "/v1/requests/"):
+			bad(key+".path", "%q is reserved for polling", r.Path)
+		case paths[r.Path]:
+			bad(key+".path", "duplicate path %q", r.Path)
+		}
+		paths[r.Path] = true
+		for j, m := range r.Methods {
+			if !methodName.MatchString(m) {
+				bad(fmt.Sprintf("%s.methods[%d]", key, j), "must be an HTTP method, got %q", m)
+			}
+		}
+		switch {
+		case r.Backend == "":
+			bad(key+".backend", "is required")
+		case !backends[r.Backend]:
+			bad(key+".backend", "unknown backend %q", r.Backend)
+		}
+		if r.MaxBody < 0 {
+			bad(key+".max_body", "must be > 0")
+		}
+		if r.Schema != "" {
+			if _, err := schemas.Compile(c.Path(r.Schema)); err != nil {
+				bad(key+".schema", "%q: %v", r.Schema, err)
+			}
+		}
+		if r.Clients != nil {
+			bad(key+".clients", notYet)
+		}
+		if r.RateLimit != nil {
+			bad(key+".rate_limit", notYet)
+		}
+	}
+	return errors.Join(errs...)
+}
