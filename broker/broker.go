@@ -1,0 +1,126 @@
+// Package broker defines the queue that sits between sluice's roles: the
+// interfaces every broker kind (embedded JetStream, Kafka, RabbitMQ)
+// implements, and the names of the topics sluice uses. It is a leaf package:
+// no broker library type crosses out of broker/<kind>.
+//
+// Topics are logical names; each kind maps them to its own streams, topics or
+// queues with its configured prefix:
+//
+//	requests.<backend>  requests waiting for delivery to <backend>
+//	results             status events, read by the collector
+//	dlq.<backend>       requests whose retries ran out
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrUnavailable reports that the broker cannot take or hand out messages
+// right now (down, disconnected, full or timed out). Callers answer 503.
+var ErrUnavailable = errors.New("broker unavailable")
+
+// ErrClosed reports use of a closed subscription or broker.
+var ErrClosed = errors.New("broker closed")
+
+// RequestTopic is the topic of requests waiting for backend.
+func RequestTopic(backend string) string { return "requests." + backend }
+
+// DeadLetterTopic is the topic of backend's dead letters.
+func DeadLetterTopic(backend string) string { return "dlq." + backend }
+
+// ResultTopic carries status events to the collector.
+const ResultTopic = "results"
+
+// Message is what travels through a topic. Headers carry sluice's metadata,
+// Body the client's bytes untouched, so other tools can read the topics.
+type Message struct {
+	// Key identifies the message (the request id). Brokers use it for
+	// partitioning and to find dead letters again.
+	Key     string
+	Headers map[string]string
+	Body    []byte
+	// NotBefore, when set, holds the message back until then. A held-back
+	// message never delays the messages behind it.
+	NotBefore time.Time
+}
+
+// Publisher writes messages. It is safe for concurrent use; concurrent calls
+// share flushes, so many small publishes cost about one round trip.
+type Publisher interface {
+	// Publish returns nil only once the broker confirmed msg durably. It
+	// returns an error wrapping ErrUnavailable when the broker cannot take it
+	// before ctx ends.
+	Publish(ctx context.Context, topic string, msg Message) error
+}
+
+// Delivery is one message handed to a consumer. Exactly one of Ack or Nack
+// must be called, from any goroutine; until then the broker holds the message
+// for this consumer and hands it out again only if the consumer dies or stays
+// silent past its ack deadline.
+type Delivery interface {
+	Message() Message
+	// Ack removes the message from its topic.
+	Ack(ctx context.Context) error
+	// Nack returns the message to its topic, to be delivered again after
+	// delay. It does not change the message.
+	Nack(ctx context.Context, delay time.Duration) error
+}
+
+// Subscriber opens competing-consumer subscriptions: every subscription of a
+// topic in every process shares its messages, each message going to one of
+// them at a time.
+type Subscriber interface {
+	Subscribe(ctx context.Context, topic string, opts SubscribeOptions) (Subscription, error)
+}
+
+// SubscribeOptions tune a subscription.
+type SubscribeOptions struct {
+	// Prefetch is how many messages may wait in the subscription's buffer
+	// ahead of Fetch. Zero means a small default.
+	Prefetch int
+}
+
+// Subscription is a stream of deliveries. Fetch may be called from one
+// goroutine at a time; the deliveries it returns may be settled from any.
+type Subscription interface {
+	// Fetch blocks until at least one message is ready or ctx ends, then
+	// returns up to max messages that are ready now.
+	Fetch(ctx context.Context, max int) ([]Delivery, error)
+	// Close stops fetching; buffered, unreturned messages go back to the
+	// topic at once. Deliveries already returned stay valid until settled.
+	Close() error
+}
+
+// QueueStats describes one topic's backlog.
+type QueueStats struct {
+	// Depth counts messages not yet acknowledged, held-back retries included.
+	Depth int64
+	// Consumed counts messages acknowledged since the topic was created; its
+	// change over time is the drain rate.
+	Consumed int64
+}
+
+// DeadLetters reads and takes messages out of a dead-letter topic.
+type DeadLetters interface {
+	// ListDead returns up to limit messages of topic, oldest first.
+	ListDead(ctx context.Context, topic string, limit int) ([]Message, error)
+	// TakeDead removes the messages with the given keys (all when keys is
+	// empty) from topic and returns them. The caller republishes them before
+	// it calls TakeDead, so a crash in between duplicates, never loses.
+	TakeDead(ctx context.Context, topic string, keys []string) ([]Message, error)
+}
+
+// Broker is everything one broker kind provides.
+type Broker interface {
+	Publisher
+	Subscriber
+	DeadLetters
+	// Stats reports topic's backlog.
+	Stats(ctx context.Context, topic string) (QueueStats, error)
+	// Ping reports whether the broker is reachable.
+	Ping(ctx context.Context) error
+	// Close flushes pending publishes and releases the connection.
+	Close() error
+}

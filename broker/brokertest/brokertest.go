@@ -1,0 +1,368 @@
+// Package brokertest is the conformance suite every broker kind passes:
+// publish, consume, ack, nack and redelivery, held-back messages that do not
+// block the ones behind them, redelivery after a consumer dies, close while
+// busy, stats and dead letters. A kind's test calls Run with a factory.
+package brokertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/sluice-gw/sluice/broker"
+)
+
+// Factory opens a broker whose topics are declared for backends. Calling it
+// again with the same t and restart=true opens the same underlying queues
+// again, as a process restarting after a crash would; the previous broker
+// has been closed or abandoned by then.
+type Factory func(t *testing.T, backends []string, restart bool) broker.Broker
+
+// Run runs the suite.
+func Run(t *testing.T, open Factory) {
+	t.Run("PublishFetchAck", func(t *testing.T) { testPublishFetchAck(t, open) })
+	t.Run("NackRedelivers", func(t *testing.T) { testNack(t, open) })
+	t.Run("NotBeforeDoesNotBlock", func(t *testing.T) { testNotBefore(t, open) })
+	t.Run("RedeliveryAfterConsumerDies", func(t *testing.T) { testConsumerDies(t, open) })
+	t.Run("CloseWhileBusy", func(t *testing.T) { testCloseWhileBusy(t, open) })
+	t.Run("Stats", func(t *testing.T) { testStats(t, open) })
+	t.Run("DeadLetters", func(t *testing.T) { testDeadLetters(t, open) })
+	t.Run("TopicsAreSeparate", func(t *testing.T) { testSeparate(t, open) })
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func msg(i int) broker.Message {
+	return broker.Message{
+		Key:     fmt.Sprintf("k%03d", i),
+		Headers: map[string]string{"sluice-n": fmt.Sprint(i), "Mixed-Case": "v"},
+		Body:    []byte(fmt.Sprintf(`{"n":%d}`, i)),
+	}
+}
+
+func publishN(t *testing.T, b broker.Broker, topic string, n int) {
+	t.Helper()
+	ctx := ctxT(t, 30*time.Second)
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- b.Publish(ctx, topic, msg(i)) }()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	}
+}
+
+// fetchKeys fetches until n messages arrived or d passed, acking each when ack.
+func fetchKeys(t *testing.T, sub broker.Subscription, n int, d time.Duration, ack bool) []string {
+	t.Helper()
+	ctx := ctxT(t, d)
+	var keys []string
+	for len(keys) < n {
+		ds, err := sub.Fetch(ctx, n-len(keys))
+		if err != nil {
+			t.Fatalf("fetch after %d of %d messages: %v", len(keys), n, err)
+		}
+		for _, dl := range ds {
+			keys = append(keys, dl.Message().Key)
+			if ack {
+				if err := dl.Ack(ctx); err != nil {
+					t.Fatalf("ack: %v", err)
+				}
+			}
+		}
+	}
+	return keys
+}
+
+func expectNothing(t *testing.T, sub broker.Subscription, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if ds, err := sub.Fetch(ctx, 10); err == nil {
+		t.Fatalf("expected no message, got %d (first %q)", len(ds), ds[0].Message().Key)
+	}
+}
+
+func testPublishFetchAck(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.RequestTopic("a")
+	publishN(t, b, topic, 50)
+	sub, err := b.Subscribe(ctxT(t, 10*time.Second), topic, broker.SubscribeOptions{Prefetch: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+
+	ctx := ctxT(t, 10*time.Second)
+	ds, err := sub.Fetch(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := ds[0].Message()
+	want := msg(0)
+	if fmt.Sprint(m.Headers["sluice-n"]) == "" || m.Headers["Mixed-Case"] != "v" {
+		t.Fatalf("headers not kept: %v", m.Headers)
+	}
+	var n int
+	fmt.Sscan(m.Headers["sluice-n"], &n)
+	if m.Key != msg(n).Key || string(m.Body) != string(msg(n).Body) {
+		t.Fatalf("message changed: got key %q body %s, want like %q %s", m.Key, m.Body, want.Key, want.Body)
+	}
+	_ = ds[0].Ack(ctx)
+	keys := fetchKeys(t, sub, 49, 10*time.Second, true)
+	seen := map[string]bool{m.Key: true}
+	for _, k := range keys {
+		if seen[k] {
+			t.Fatalf("message %s delivered twice without nack", k)
+		}
+		seen[k] = true
+	}
+	if len(seen) != 50 {
+		t.Fatalf("got %d distinct messages, want 50", len(seen))
+	}
+	expectNothing(t, sub, 500*time.Millisecond)
+}
+
+func testNack(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.RequestTopic("a")
+	publishN(t, b, topic, 1)
+	sub, err := b.Subscribe(ctxT(t, 10*time.Second), topic, broker.SubscribeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ctx := ctxT(t, 20*time.Second)
+	ds, err := sub.Fetch(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := ds[0].Nack(ctx, 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	again := fetchKeys(t, sub, 1, 10*time.Second, true)
+	if again[0] != "k000" {
+		t.Fatalf("redelivered %q, want k000", again[0])
+	}
+	if el := time.Since(start); el < 250*time.Millisecond {
+		t.Fatalf("redelivered after %v, before the nack delay", el)
+	}
+}
+
+func testNotBefore(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.RequestTopic("a")
+	ctx := ctxT(t, 20*time.Second)
+	held := msg(0)
+	held.NotBefore = time.Now().Add(1500 * time.Millisecond)
+	if err := b.Publish(ctx, topic, held); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 5; i++ {
+		if err := b.Publish(ctx, topic, msg(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub, err := b.Subscribe(ctx, topic, broker.SubscribeOptions{Prefetch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	start := time.Now()
+	first := fetchKeys(t, sub, 5, 1200*time.Millisecond, true)
+	for _, k := range first {
+		if k == held.Key {
+			t.Fatalf("held-back message delivered early")
+		}
+	}
+	last := fetchKeys(t, sub, 1, 10*time.Second, true)
+	if last[0] != held.Key {
+		t.Fatalf("got %q, want the held-back %q", last[0], held.Key)
+	}
+	if el := time.Since(start); el < 1200*time.Millisecond {
+		t.Fatalf("held-back message came after %v, before its time", el)
+	}
+}
+
+func testConsumerDies(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.RequestTopic("a")
+	publishN(t, b, topic, 10)
+	sub, err := b.Subscribe(ctxT(t, 10*time.Second), topic, broker.SubscribeOptions{Prefetch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked := fetchKeys(t, sub, 4, 10*time.Second, true)
+	taken := fetchKeys(t, sub, 3, 10*time.Second, false) // the consumer dies with these
+	_ = sub.Close()
+	_ = b.Close()
+
+	b2 := open(t, []string{"a"}, true)
+	sub2, err := b2.Subscribe(ctxT(t, 10*time.Second), topic, broker.SubscribeOptions{Prefetch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub2.Close()
+	rest := fetchKeys(t, sub2, 6, 30*time.Second, true)
+	got := map[string]bool{}
+	for _, k := range rest {
+		got[k] = true
+	}
+	for _, k := range taken {
+		if !got[k] {
+			t.Errorf("unacked %s not redelivered after the consumer died (got %v)", k, rest)
+		}
+	}
+	for _, k := range acked {
+		if got[k] {
+			t.Errorf("acked %s delivered again", k)
+		}
+	}
+}
+
+func testCloseWhileBusy(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.RequestTopic("a")
+	publishN(t, b, topic, 20)
+	sub, err := b.Subscribe(ctxT(t, 10*time.Second), topic, broker.SubscribeOptions{Prefetch: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := fetchKeys(t, sub, 2, 10*time.Second, false)
+	ctx := ctxT(t, 10*time.Second)
+	done := make(chan error, 1)
+	go func() { _, err := sub.Fetch(ctx, 1); done <- err }()
+	time.Sleep(50 * time.Millisecond)
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Deliveries returned before Close stay valid.
+	// (Ack of the first two is what a worker finishing in-flight work does.)
+	_ = first
+	sub2, err := b.Subscribe(ctx, topic, broker.SubscribeOptions{Prefetch: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub2.Close()
+	rest := fetchKeys(t, sub2, 17, 20*time.Second, true)
+	if len(rest) < 17 {
+		t.Fatalf("buffered messages lost on close")
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Fetch did not return after Close")
+	}
+}
+
+func testStats(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.RequestTopic("a")
+	publishN(t, b, topic, 10)
+	ctx := ctxT(t, 20*time.Second)
+	st, err := b.Stats(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Depth != 10 {
+		t.Fatalf("depth %d, want 10", st.Depth)
+	}
+	sub, err := b.Subscribe(ctx, topic, broker.SubscribeOptions{Prefetch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	fetchKeys(t, sub, 4, 10*time.Second, true)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err = b.Stats(ctx, topic)
+		if err == nil && st.Depth == 6 && st.Consumed >= 4 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 4 acks: stats %+v (err %v), want depth 6, consumed >= 4", st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func testDeadLetters(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.DeadLetterTopic("a")
+	publishN(t, b, topic, 5)
+	ctx := ctxT(t, 20*time.Second)
+	list, err := b.ListDead(ctx, topic, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 3 {
+		t.Fatalf("listed %d, want 3", len(list))
+	}
+	taken, err := b.TakeDead(ctx, topic, []string{"k001", "k003"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(taken) != 2 {
+		t.Fatalf("took %d, want 2", len(taken))
+	}
+	list, err = b.ListDead(ctx, topic, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, m := range list {
+		keys = append(keys, m.Key)
+	}
+	sort.Strings(keys)
+	if fmt.Sprint(keys) != "[k000 k002 k004]" {
+		t.Fatalf("left %v, want [k000 k002 k004]", keys)
+	}
+	all, err := b.TakeDead(ctx, topic, nil)
+	if err != nil || len(all) != 3 {
+		t.Fatalf("take all: %d, %v", len(all), err)
+	}
+	if list, _ := b.ListDead(ctx, topic, 100); len(list) != 0 {
+		t.Fatalf("%d left after taking all", len(list))
+	}
+}
+
+func testSeparate(t *testing.T, open Factory) {
+	b := open(t, []string{"a", "b"}, false)
+	ctx := ctxT(t, 20*time.Second)
+	if err := b.Publish(ctx, broker.RequestTopic("a"), msg(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, broker.ResultTopic, msg(2)); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := b.Subscribe(ctx, broker.RequestTopic("b"), broker.SubscribeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	expectNothing(t, sub, 300*time.Millisecond)
+	res, err := b.Subscribe(ctx, broker.ResultTopic, broker.SubscribeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Close()
+	if k := fetchKeys(t, res, 1, 5*time.Second, true); k[0] != "k002" {
+		t.Fatalf("results got %q", k[0])
+	}
+	if err := b.Ping(ctx); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	if err := b.Publish(ctx, "requests.nope", msg(3)); err == nil || errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("publish to an undeclared topic: %v", err)
+	}
+}

@@ -1,0 +1,427 @@
+// Package embedded is sluice's default broker: a NATS JetStream server running
+// inside the sluice process, with file storage and no network listener, and
+// one in-process client connection. Each topic is a stream: requests and
+// results are work queues (an acknowledged message is removed), dead letters
+// are kept until replayed.
+//
+// The embedded broker belongs to one process. When it opens, it recreates its
+// consumers so that every message the previous process had not acknowledged
+// (it crashed, or was killed) is delivered again at once.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluice-gw/sluice/broker"
+)
+
+// Options configure the embedded broker.
+type Options struct {
+	Dir      string   // where JetStream keeps its files
+	Backends []string // one request and one dead-letter stream each
+	// AckWait is how long a delivery may stay unsettled before it is handed
+	// out again. Default 5m.
+	AckWait time.Duration
+	// PublishWindow bounds publishes awaiting confirmation. Default 4096.
+	PublishWindow int
+}
+
+const (
+	consumerName = "sluice"
+	hdrNotBefore = "sluice-not-before"
+	hdrKey       = "sluice-key"
+)
+
+// Broker is the embedded JetStream broker. It is safe for concurrent use.
+type Broker struct {
+	opts    Options
+	ns      *server.Server
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	streams map[string]jetstream.Stream // by topic; fixed after Open
+}
+
+var _ broker.Broker = (*Broker)(nil)
+
+// Open starts the JetStream server in dir, connects to it in-process and
+// declares the streams of opts.Backends.
+func Open(ctx context.Context, opts Options) (*Broker, error) {
+	if opts.AckWait <= 0 {
+		opts.AckWait = 5 * time.Minute
+	}
+	if opts.PublishWindow <= 0 {
+		opts.PublishWindow = 4096
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName:         "sluice-embedded",
+		DontListen:         true,
+		JetStream:          true,
+		StoreDir:           opts.Dir,
+		JetStreamMaxMemory: 64 << 20,
+		NoSigs:             true,
+		NoLog:              true,
+		MaxPayload:         64 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded broker: server in %s not ready after 30s", opts.Dir)
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("sluice"),
+		nats.MaxReconnects(-1))
+	if err != nil {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded broker: connect: %w", err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(opts.PublishWindow))
+	if err != nil {
+		nc.Close()
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	b := &Broker{opts: opts, ns: ns, nc: nc, js: js, streams: map[string]jetstream.Stream{}}
+	if err := b.declare(ctx); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// streamName maps a topic ("requests.logs") to a stream name ("REQUESTS_logs").
+func streamName(topic string) string {
+	kind, rest, _ := strings.Cut(topic, ".")
+	if rest == "" {
+		return strings.ToUpper(kind)
+	}
+	return strings.ToUpper(kind) + "_" + rest
+}
+
+func subject(topic string) string { return "sluice." + topic }
+
+func (b *Broker) declare(ctx context.Context) error {
+	type decl struct {
+		topic string
+		queue bool // work queue with a consumer
+	}
+	decls := []decl{{broker.ResultTopic, true}}
+	for _, be := range b.opts.Backends {
+		decls = append(decls, decl{broker.RequestTopic(be), true}, decl{broker.DeadLetterTopic(be), false})
+	}
+	for _, d := range decls {
+		cfg := jetstream.StreamConfig{
+			Name:      streamName(d.topic),
+			Subjects:  []string{subject(d.topic)},
+			Storage:   jetstream.FileStorage,
+			Retention: jetstream.LimitsPolicy,
+		}
+		if d.queue {
+			cfg.Retention = jetstream.WorkQueuePolicy
+		}
+		s, err := b.js.CreateOrUpdateStream(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("embedded broker: declare %s: %w", d.topic, err)
+		}
+		b.streams[d.topic] = s
+		if !d.queue {
+			continue
+		}
+		// A fresh consumer hands out everything still in the work queue, so
+		// what the previous process left unacknowledged comes again now
+		// instead of after its ack deadline.
+		if err := s.DeleteConsumer(ctx, consumerName); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("embedded broker: reset consumer of %s: %w", d.topic, err)
+		}
+		_, err = s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       consumerName,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       b.opts.AckWait,
+			MaxAckPending: 1 << 20,
+			MaxDeliver:    -1,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+		})
+		if err != nil {
+			return fmt.Errorf("embedded broker: consumer of %s: %w", d.topic, err)
+		}
+	}
+	return nil
+}
+
+func (b *Broker) stream(topic string) (jetstream.Stream, error) {
+	s, ok := b.streams[topic]
+	if !ok {
+		return nil, fmt.Errorf("embedded broker: unknown topic %q", topic)
+	}
+	return s, nil
+}
+
+// Publish writes msg and waits for JetStream's acknowledgement, which comes
+// after the message is written to the stream's file. Publishes from many
+// goroutines are pipelined on one connection.
+func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) error {
+	if _, err := b.stream(topic); err != nil {
+		return err
+	}
+	m := nats.NewMsg(subject(topic))
+	for k, v := range msg.Headers {
+		m.Header[k] = []string{v}
+	}
+	m.Header[hdrKey] = []string{msg.Key}
+	if !msg.NotBefore.IsZero() {
+		m.Header[hdrNotBefore] = []string{strconv.FormatInt(msg.NotBefore.UnixNano(), 10)}
+	}
+	m.Data = msg.Body
+	f, err := b.js.PublishMsgAsync(m)
+	if err != nil {
+		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, err)
+	}
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, err)
+	case <-ctx.Done():
+		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, ctx.Err())
+	}
+}
+
+// Subscribe starts pulling topic's messages through the shared consumer.
+func (b *Broker) Subscribe(ctx context.Context, topic string, opts broker.SubscribeOptions) (broker.Subscription, error) {
+	s, err := b.stream(topic)
+	if err != nil {
+		return nil, err
+	}
+	cons, err := s.Consumer(ctx, consumerName)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", topic, err)
+	}
+	prefetch := opts.Prefetch
+	if prefetch <= 0 {
+		prefetch = 16
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(max(2, prefetch/2)))
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", topic, err)
+	}
+	sub := &subscription{it: it, ch: make(chan *delivery, max(1, prefetch/2)),
+		closing: make(chan struct{}), done: make(chan struct{})}
+	go sub.pump()
+	return sub, nil
+}
+
+type subscription struct {
+	it      jetstream.MessagesContext
+	ch      chan *delivery
+	closing chan struct{} // closed by Close: hand everything back
+	done    chan struct{} // closed when pump has returned
+	once    sync.Once
+}
+
+// pump moves due messages from the iterator into ch; a message held back
+// until later is handed back to JetStream with the remaining delay, so it
+// waits there without blocking anything.
+func (s *subscription) pump() {
+	defer close(s.done)
+	for {
+		m, err := s.it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			select { // a transient error: the iterator recovers by itself
+			case <-s.closing:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		if nb := m.Headers().Get(hdrNotBefore); nb != "" {
+			if ns, err := strconv.ParseInt(nb, 10, 64); err == nil {
+				if wait := time.Until(time.Unix(0, ns)); wait > time.Millisecond {
+					_ = m.NakWithDelay(wait)
+					continue
+				}
+			}
+		}
+		select {
+		case s.ch <- &delivery{m: m}:
+		case <-s.closing:
+			_ = m.Nak()
+		}
+	}
+}
+
+func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
+	var out []broker.Delivery
+	select {
+	case d := <-s.ch:
+		out = append(out, d)
+	case <-s.closing:
+		return nil, broker.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	for len(out) < max {
+		select {
+		case d := <-s.ch:
+			out = append(out, d)
+		default:
+			return out, nil
+		}
+	}
+	return out, nil
+}
+
+func (s *subscription) Close() error {
+	s.once.Do(func() {
+		close(s.closing)
+		s.it.Drain() // buffered messages still come out of Next, to be handed back
+		<-s.done
+		for {
+			select {
+			case d := <-s.ch:
+				_ = d.m.Nak()
+			default:
+				return
+			}
+		}
+	})
+	return nil
+}
+
+type delivery struct {
+	m jetstream.Msg
+}
+
+func (d *delivery) Message() broker.Message { return toMessage(d.m.Headers(), d.m.Data()) }
+
+func toMessage(h nats.Header, body []byte) broker.Message {
+	msg := broker.Message{Headers: make(map[string]string, len(h)), Body: body}
+	for k, v := range h {
+		switch {
+		case len(v) == 0 || k == hdrNotBefore:
+		case k == hdrKey:
+			msg.Key = v[0]
+		default:
+			msg.Headers[k] = v[0]
+		}
+	}
+	return msg
+}
+
+func (d *delivery) Ack(context.Context) error { return d.m.Ack() }
+
+func (d *delivery) Nack(_ context.Context, delay time.Duration) error {
+	if delay > 0 {
+		return d.m.NakWithDelay(delay)
+	}
+	return d.m.Nak()
+}
+
+// Stats reads the stream's message count and last sequence.
+func (b *Broker) Stats(ctx context.Context, topic string) (broker.QueueStats, error) {
+	s, err := b.stream(topic)
+	if err != nil {
+		return broker.QueueStats{}, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return broker.QueueStats{}, fmt.Errorf("stats %s: %w: %v", topic, broker.ErrUnavailable, err)
+	}
+	st := info.State
+	return broker.QueueStats{Depth: int64(st.Msgs), Consumed: int64(st.LastSeq) - int64(st.Msgs)}, nil
+}
+
+type deadMsg struct {
+	seq uint64
+	msg broker.Message
+}
+
+func (b *Broker) scanDead(ctx context.Context, topic string, limit int, keep func(broker.Message) bool) ([]deadMsg, error) {
+	s, err := b.stream(topic)
+	if err != nil {
+		return nil, err
+	}
+	var out []deadMsg
+	seq := uint64(1)
+	for limit <= 0 || len(out) < limit {
+		raw, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject(topic)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
+		}
+		msg := toMessage(raw.Header, raw.Data)
+		if keep(msg) {
+			out = append(out, deadMsg{raw.Sequence, msg})
+		}
+		seq = raw.Sequence + 1
+	}
+	return out, nil
+}
+
+// ListDead returns the oldest limit dead letters of topic.
+func (b *Broker) ListDead(ctx context.Context, topic string, limit int) ([]broker.Message, error) {
+	dead, err := b.scanDead(ctx, topic, limit, func(broker.Message) bool { return true })
+	out := make([]broker.Message, len(dead))
+	for i, d := range dead {
+		out[i] = d.msg
+	}
+	return out, err
+}
+
+// TakeDead deletes the dead letters with the given keys (all when empty).
+func (b *Broker) TakeDead(ctx context.Context, topic string, keys []string) ([]broker.Message, error) {
+	dead, err := b.scanDead(ctx, topic, 0, func(m broker.Message) bool {
+		return len(keys) == 0 || slices.Contains(keys, m.Key)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s, _ := b.stream(topic)
+	out := make([]broker.Message, 0, len(dead))
+	for _, d := range dead {
+		if err := s.DeleteMsg(ctx, d.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out, fmt.Errorf("take %s: %w", topic, err)
+		}
+		out = append(out, d.msg)
+	}
+	return out, nil
+}
+
+// Ping checks the connection and JetStream.
+func (b *Broker) Ping(ctx context.Context) error {
+	if !b.nc.IsConnected() {
+		return broker.ErrUnavailable
+	}
+	if _, err := b.js.AccountInfo(ctx); err != nil {
+		return fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Close waits for pending publishes (at most 5s), then stops the server.
+func (b *Broker) Close() error {
+	select {
+	case <-b.js.PublishAsyncComplete():
+	case <-time.After(5 * time.Second):
+	}
+	b.nc.Close()
+	b.ns.Shutdown()
+	b.ns.WaitForShutdown()
+	return nil
+}

@@ -1,0 +1,260 @@
+// Package job is the wire format shared by sluice's roles: a client request
+// as it waits in a broker topic (Request), the status events workers send to
+// the result topic (Event), and the record clients poll (Record), with the
+// rule that merges events into a record. It is a leaf next to broker, so that
+// ingress, workers and results agree on it without importing each other.
+package job
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/sluice-gw/sluice/broker"
+)
+
+// Status is where a request stands.
+type Status string
+
+// The statuses of SPEC §3. Succeeded and Failed are terminal.
+const (
+	Queued    Status = "queued"
+	InFlight  Status = "in_flight"
+	Retrying  Status = "retrying"
+	Succeeded Status = "succeeded"
+	Failed    Status = "failed"
+)
+
+// Terminal reports whether s is a final status.
+func (s Status) Terminal() bool { return s == Succeeded || s == Failed }
+
+func (s Status) rank() int {
+	switch s {
+	case InFlight:
+		return 1
+	case Retrying:
+		return 2
+	case Succeeded, Failed:
+		return 3
+	}
+	return 0
+}
+
+// Header names of a request message. Other tools reading the topics find the
+// client's body as the message value and these as headers.
+const (
+	HID           = "sluice-id"
+	HRoute        = "sluice-route"
+	HBackend      = "sluice-backend"
+	HClient       = "sluice-client"
+	HMethod       = "sluice-method"
+	HPath         = "sluice-path"
+	HQuery        = "sluice-query"
+	HHeaders      = "sluice-headers"
+	HAcceptedAt   = "sluice-accepted-at"
+	HAttempts     = "sluice-attempts"
+	HGen          = "sluice-generation"
+	HLastError    = "sluice-last-error"
+	HDeadLettered = "sluice-dead-lettered-at"
+)
+
+// Request is a client request waiting for delivery.
+type Request struct {
+	ID      string
+	Route   string
+	Backend string
+	Client  string
+	Method  string
+	// Path is appended to the backend url's path: the rest of the request
+	// path after a prefix route, empty for an exact route.
+	Path   string
+	Query  string
+	Header [][2]string // client headers to forward, in order
+	Body   []byte
+
+	AcceptedAt time.Time
+	Attempts   int // attempts already made
+	Gen        int // replay generation: each replay starts a new one
+	LastError  string
+	DeadAt     time.Time // when it was dead-lettered
+}
+
+// Message encodes r for a topic.
+func (r *Request) Message() broker.Message {
+	hdr, _ := json.Marshal(r.Header) // [][2]string always encodes
+	h := map[string]string{
+		HID:         r.ID,
+		HRoute:      r.Route,
+		HBackend:    r.Backend,
+		HMethod:     r.Method,
+		HHeaders:    string(hdr),
+		HAcceptedAt: r.AcceptedAt.UTC().Format(time.RFC3339Nano),
+		HAttempts:   strconv.Itoa(r.Attempts),
+		HGen:        strconv.Itoa(r.Gen),
+	}
+	opt := func(k, v string) {
+		if v != "" {
+			h[k] = v
+		}
+	}
+	opt(HClient, r.Client)
+	opt(HPath, r.Path)
+	opt(HQuery, r.Query)
+	opt(HLastError, r.LastError)
+	if !r.DeadAt.IsZero() {
+		h[HDeadLettered] = r.DeadAt.UTC().Format(time.RFC3339Nano)
+	}
+	return broker.Message{Key: r.ID, Headers: h, Body: r.Body}
+}
+
+// DecodeRequest reads a request from a topic message.
+func DecodeRequest(m broker.Message) (*Request, error) {
+	h := m.Headers
+	r := &Request{
+		ID: h[HID], Route: h[HRoute], Backend: h[HBackend], Client: h[HClient],
+		Method: h[HMethod], Path: h[HPath], Query: h[HQuery], Body: m.Body,
+		LastError: h[HLastError],
+	}
+	if r.ID == "" || r.Method == "" {
+		return nil, fmt.Errorf("decode request %q: missing %s or %s", m.Key, HID, HMethod)
+	}
+	if s := h[HHeaders]; s != "" {
+		if err := json.Unmarshal([]byte(s), &r.Header); err != nil {
+			return nil, fmt.Errorf("decode request %s: %s: %w", r.ID, HHeaders, err)
+		}
+	}
+	var err error
+	if r.AcceptedAt, err = time.Parse(time.RFC3339Nano, h[HAcceptedAt]); err != nil {
+		return nil, fmt.Errorf("decode request %s: %s: %w", r.ID, HAcceptedAt, err)
+	}
+	r.Attempts, _ = strconv.Atoi(h[HAttempts])
+	r.Gen, _ = strconv.Atoi(h[HGen])
+	if s := h[HDeadLettered]; s != "" {
+		r.DeadAt, _ = time.Parse(time.RFC3339Nano, s)
+	}
+	return r, nil
+}
+
+// Response is a backend's answer as clients see it when polling.
+type Response struct {
+	Status       int               `json:"status"`
+	Headers      map[string]string `json:"headers"`
+	Body         string            `json:"body"`
+	BodyEncoding string            `json:"body_encoding"`
+}
+
+// NewResponse captures a backend answer: header values joined with ", ",
+// the body as UTF-8 text, or base64 when it is not valid UTF-8.
+func NewResponse(status int, header http.Header, body []byte) *Response {
+	r := &Response{Status: status, Headers: make(map[string]string, len(header))}
+	for k, v := range header {
+		r.Headers[k] = strings.Join(v, ", ")
+	}
+	if utf8.Valid(body) {
+		r.Body, r.BodyEncoding = string(body), "utf8"
+	} else {
+		r.Body, r.BodyEncoding = base64.StdEncoding.EncodeToString(body), "base64"
+	}
+	return r
+}
+
+// BodyBytes returns the body as the backend sent it.
+func (r *Response) BodyBytes() []byte {
+	if r.BodyEncoding == "base64" {
+		b, _ := base64.StdEncoding.DecodeString(r.Body)
+		return b
+	}
+	return []byte(r.Body)
+}
+
+// Event is one status change, sent by workers to the result topic. Every
+// event carries the request's identity, so any event can create its record.
+type Event struct {
+	ID           string    `json:"id"`
+	Route        string    `json:"route"`
+	Backend      string    `json:"backend"`
+	Client       string    `json:"client,omitempty"`
+	Gen          int       `json:"gen"`
+	Status       Status    `json:"status"`
+	Attempts     int       `json:"attempts"`
+	AcceptedAt   time.Time `json:"accepted_at"`
+	At           time.Time `json:"at"`
+	LastError    string    `json:"last_error,omitempty"`
+	Response     *Response `json:"response,omitempty"`
+	DeadLettered bool      `json:"dead_lettered,omitempty"`
+}
+
+// Message encodes e for the result topic.
+func (e *Event) Message() broker.Message {
+	b, _ := json.Marshal(e) // plain struct always encodes
+	return broker.Message{Key: e.ID, Body: b}
+}
+
+// DecodeEvent reads an event from a result-topic message.
+func DecodeEvent(m broker.Message) (*Event, error) {
+	var e Event
+	if err := json.Unmarshal(m.Body, &e); err != nil {
+		return nil, fmt.Errorf("decode event %q: %w", m.Key, err)
+	}
+	if e.ID == "" || e.Status == "" {
+		return nil, fmt.Errorf("decode event %q: missing id or status", m.Key)
+	}
+	return &e, nil
+}
+
+// EventFor starts an event about r.
+func EventFor(r *Request, s Status, attempts int) *Event {
+	return &Event{
+		ID: r.ID, Route: r.Route, Backend: r.Backend, Client: r.Client, Gen: r.Gen,
+		Status: s, Attempts: attempts, AcceptedAt: r.AcceptedAt, At: time.Now().UTC(),
+	}
+}
+
+// Record is a request's status as clients poll it (SPEC §3).
+type Record struct {
+	ID           string     `json:"id"`
+	Route        string     `json:"route"`
+	Backend      string     `json:"backend"`
+	Status       Status     `json:"status"`
+	Attempts     int        `json:"attempts"`
+	AcceptedAt   time.Time  `json:"accepted_at"`
+	UpdatedAt    time.Time  `json:"updated_at"`
+	CompletedAt  *time.Time `json:"completed_at,omitempty"`
+	LastError    string     `json:"last_error,omitempty"`
+	Response     *Response  `json:"response,omitempty"`
+	DeadLettered bool       `json:"dead_lettered"`
+	// Client owns the record; Gen orders replays. Neither is shown to clients.
+	Client string `json:"-"`
+	Gen    int    `json:"-"`
+}
+
+// Apply merges e into r and reports whether r changed. Events may arrive
+// late, twice or out of order (delivery is at-least-once): an event older
+// than what r already holds is ignored, and the first terminal status of a
+// generation is final.
+func (r *Record) Apply(e *Event) bool {
+	if r.ID != "" {
+		if r.Gen == e.Gen && r.Status.Terminal() {
+			return false
+		}
+		if e.Gen < r.Gen || (e.Gen == r.Gen && (e.Attempts < r.Attempts ||
+			(e.Attempts == r.Attempts && e.Status.rank() <= r.Status.rank()))) {
+			return false
+		}
+	}
+	*r = Record{
+		ID: e.ID, Route: e.Route, Backend: e.Backend, Client: e.Client, Gen: e.Gen,
+		Status: e.Status, Attempts: e.Attempts, AcceptedAt: e.AcceptedAt, UpdatedAt: e.At,
+		LastError: e.LastError, Response: e.Response, DeadLettered: e.DeadLettered,
+	}
+	if e.Status.Terminal() {
+		at := e.At
+		r.CompletedAt = &at
+	}
+	return true
+}
