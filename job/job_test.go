@@ -1,0 +1,55 @@
+package job
+
+import (
+	"net/http"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func TestRequestRoundTrip(t *testing.T) {
+	r := &Request{
+		ID: "abc", Route: "logs", Backend: "store", Client: "c", Method: "PUT",
+		Path: "/x/y", Query: "a=1&b=2", Header: [][2]string{{"Content-Type", "application/json"}, {"X-A", "1"}, {"X-A", "2"}},
+		Body: []byte{0, 1, 2, 0xff}, AcceptedAt: time.Now().UTC(), Attempts: 3, Gen: 1, LastError: "503 Service Unavailable",
+	}
+	m := r.Message()
+	if m.Key != "abc" || string(m.Body) != string(r.Body) {
+		t.Fatalf("key/body: %+v", m)
+	}
+	got, err := DecodeRequest(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, r) {
+		t.Fatalf("round trip changed the request:\n got %+v\nwant %+v", got, r)
+	}
+	delete(m.Headers, HMethod)
+	if _, err := DecodeRequest(m); err == nil {
+		t.Fatal("decoded a request without a method")
+	}
+}
+
+func TestNewResponse(t *testing.T) {
+	h := http.Header{"X-Multi": {"a", "b"}}
+	r := NewResponse(200, h, []byte("héllo"))
+	if r.Headers["X-Multi"] != "a, b" || r.BodyEncoding != "utf8" || r.Body != "héllo" {
+		t.Fatalf("utf8 response: %+v", r)
+	}
+	r = NewResponse(500, nil, []byte{0xff, 0xfe})
+	if r.BodyEncoding != "base64" || string(r.BodyBytes()) != "\xff\xfe" {
+		t.Fatalf("binary response: %+v", r)
+	}
+}
+
+func TestEventRoundTrip(t *testing.T) {
+	e := &Event{ID: "a", Route: "r", Backend: "b", Status: Failed, Attempts: 5, DeadLettered: true, At: time.Now().UTC()}
+	got, err := DecodeEvent(e.Message())
+	if err != nil || !reflect.DeepEqual(got, e) {
+		t.Fatalf("event round trip: %+v %v", got, err)
+	}
+	var rec Record
+	if !rec.Apply(got) || rec.CompletedAt == nil || !rec.DeadLettered {
+		t.Fatalf("terminal event not applied: %+v", rec)
+	}
+}

@@ -1,0 +1,388 @@
+package results
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sluice-gw/sluice/job"
+)
+
+var (
+	bucketRecords = []byte("records")
+	bucketExpiry  = []byte("expiry") // 8-byte big-endian unix nanos + id -> nil
+	bucketIdem    = []byte("idempotency")
+)
+
+// Embedded is a Store in a bbolt file on local disk. Records expire ttl after
+// their last update. New requests (Accept) are kept in memory and written in
+// batches every few milliseconds; events (Apply) are committed before Apply
+// returns.
+type Embedded struct {
+	db   *bolt.DB
+	ttl  time.Duration
+	hub  hub
+	now  func() time.Time
+	stop chan struct{}
+	done sync.WaitGroup
+
+	mu      sync.Mutex
+	pending map[string]*job.Record // accepted, not yet on disk
+}
+
+var _ Store = (*Embedded)(nil)
+
+type storedRecord struct {
+	*job.Record
+	Client string `json:"client,omitempty"`
+	Gen    int    `json:"gen,omitempty"`
+}
+
+type storedClaim struct {
+	ID     string    `json:"id"`
+	Expiry time.Time `json:"expiry"`
+}
+
+// OpenEmbedded opens (or creates) the store in dir.
+func OpenEmbedded(dir string, ttl time.Duration) (*Embedded, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("result store: %w", err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, "results.db"), 0o644, &bolt.Options{
+		Timeout: 5 * time.Second, NoFreelistSync: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("result store: %w", err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketRecords, bucketExpiry, bucketIdem} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("result store: %w", err)
+	}
+	s := &Embedded{db: db, ttl: ttl, now: time.Now, stop: make(chan struct{}),
+		pending: map[string]*job.Record{}, hub: hub{w: map[string][]chan struct{}{}}}
+	s.done.Add(2)
+	go s.flushLoop()
+	go s.sweepLoop()
+	return s, nil
+}
+
+// Accept keeps rec in memory until the next flush.
+func (s *Embedded) Accept(_ context.Context, rec *job.Record) error {
+	s.mu.Lock()
+	s.pending[rec.ID] = rec
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Embedded) flushLoop() {
+	defer s.done.Done()
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			s.flush()
+			return
+		case <-t.C:
+			s.flush()
+		}
+	}
+}
+
+// flush writes pending accepted records that have no record on disk yet.
+func (s *Embedded) flush() {
+	s.mu.Lock()
+	if len(s.pending) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	batch := make([]*job.Record, 0, len(s.pending))
+	for _, r := range s.pending {
+		batch = append(batch, r)
+	}
+	s.mu.Unlock()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		recs := tx.Bucket(bucketRecords)
+		for _, r := range batch {
+			if recs.Get([]byte(r.ID)) != nil {
+				continue // an event got there first; it is newer
+			}
+			if err := s.put(tx, r, nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return // kept pending; tried again next tick
+	}
+	s.mu.Lock()
+	for _, r := range batch {
+		if s.pending[r.ID] == r {
+			delete(s.pending, r.ID)
+		}
+	}
+	s.mu.Unlock()
+}
+
+func expiryKey(t time.Time, id string) []byte {
+	k := make([]byte, 8+len(id))
+	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
+	copy(k[8:], id)
+	return k
+}
+
+// put writes r and its expiry entry, replacing old's expiry entry.
+func (s *Embedded) put(tx *bolt.Tx, r, old *job.Record) error {
+	v, err := json.Marshal(storedRecord{Record: r, Client: r.Client, Gen: r.Gen})
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketRecords).Put([]byte(r.ID), v); err != nil {
+		return err
+	}
+	exp := tx.Bucket(bucketExpiry)
+	if old != nil {
+		_ = exp.Delete(expiryKey(old.UpdatedAt.Add(s.ttl), old.ID))
+	}
+	return exp.Put(expiryKey(r.UpdatedAt.Add(s.ttl), r.ID), nil)
+}
+
+func decodeRecord(v []byte) (*job.Record, error) {
+	var sr storedRecord
+	if err := json.Unmarshal(v, &sr); err != nil || sr.Record == nil {
+		return nil, fmt.Errorf("result store: corrupt record: %v", err)
+	}
+	sr.Record.Client, sr.Record.Gen = sr.Client, sr.Gen
+	return sr.Record, nil
+}
+
+// Get reads id's record from disk, or from the accepted records in memory.
+func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
+	var rec *job.Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketRecords).Get([]byte(id))
+		if v == nil {
+			return nil
+		}
+		r, err := decodeRecord(v)
+		rec = r
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if rec == nil {
+		s.mu.Lock()
+		if p := s.pending[id]; p != nil {
+			cp := *p
+			rec = &cp
+		}
+		s.mu.Unlock()
+	}
+	if rec == nil || s.now().After(rec.UpdatedAt.Add(s.ttl)) {
+		return nil, ErrNotFound
+	}
+	return rec, nil
+}
+
+// Apply merges events in one transaction, then wakes the watchers of every
+// record that changed.
+func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
+	changed := make([]string, 0, len(events))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		changed = changed[:0]
+		recs := tx.Bucket(bucketRecords)
+		for _, e := range events {
+			var old *job.Record
+			onDisk := false
+			if v := recs.Get([]byte(e.ID)); v != nil {
+				r, err := decodeRecord(v)
+				if err != nil {
+					return err
+				}
+				old, onDisk = r, true
+			} else {
+				s.mu.Lock()
+				old = s.pending[e.ID]
+				s.mu.Unlock()
+			}
+			var cur job.Record
+			if old != nil {
+				cur = *old
+			}
+			if !cur.Apply(e) {
+				if old != nil && !onDisk { // an older event: still write the accepted record
+					if err := s.put(tx, old, nil); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			prev := old
+			if !onDisk {
+				prev = nil
+			}
+			if err := s.put(tx, &cur, prev); err != nil {
+				return err
+			}
+			changed = append(changed, e.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	s.mu.Lock()
+	for _, e := range events {
+		delete(s.pending, e.ID)
+	}
+	s.mu.Unlock()
+	for _, id := range changed {
+		s.hub.notify(id)
+	}
+	return nil
+}
+
+// Watch implements Store.
+func (s *Embedded) Watch(id string) (<-chan struct{}, func()) { return s.hub.watch(id) }
+
+// Claim implements Store.
+func (s *Embedded) Claim(_ context.Context, client, key, id string) (string, bool, error) {
+	k := []byte(client + "\x00" + key)
+	bound, created := id, false
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIdem)
+		if v := b.Get(k); v != nil {
+			var c storedClaim
+			if json.Unmarshal(v, &c) == nil && s.now().Before(c.Expiry) {
+				bound, created = c.ID, false
+				return nil
+			}
+		}
+		v, _ := json.Marshal(storedClaim{ID: id, Expiry: s.now().Add(s.ttl)})
+		bound, created = id, true
+		return b.Put(k, v)
+	})
+	if err != nil {
+		return "", false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return bound, created, nil
+}
+
+// Unclaim implements Store.
+func (s *Embedded) Unclaim(_ context.Context, client, key string) error {
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketIdem).Delete([]byte(client + "\x00" + key))
+	})
+}
+
+func (s *Embedded) sweepLoop() {
+	defer s.done.Done()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.Sweep()
+		}
+	}
+}
+
+// Sweep deletes expired records and idempotency keys.
+func (s *Embedded) Sweep() {
+	now := s.now()
+	limit := expiryKey(now, "")
+	_ = s.db.Update(func(tx *bolt.Tx) error {
+		exp, recs := tx.Bucket(bucketExpiry), tx.Bucket(bucketRecords)
+		c := exp.Cursor()
+		var dead [][]byte
+		for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit[:8]) < 0; k, _ = c.Next() {
+			dead = append(dead, append([]byte(nil), k...))
+		}
+		for _, k := range dead {
+			_ = exp.Delete(k)
+			_ = recs.Delete(k[8:])
+		}
+		idem := tx.Bucket(bucketIdem)
+		var stale [][]byte
+		_ = idem.ForEach(func(k, v []byte) error {
+			var c storedClaim
+			if json.Unmarshal(v, &c) != nil || now.After(c.Expiry) {
+				stale = append(stale, append([]byte(nil), k...))
+			}
+			return nil
+		})
+		for _, k := range stale {
+			_ = idem.Delete(k)
+		}
+		return nil
+	})
+}
+
+// Ping implements Store.
+func (s *Embedded) Ping(context.Context) error { return nil }
+
+// Close flushes accepted records and closes the file.
+func (s *Embedded) Close() error {
+	close(s.stop)
+	s.done.Wait()
+	return s.db.Close()
+}
+
+// hub wakes pollers waiting on an id.
+type hub struct {
+	mu sync.Mutex
+	w  map[string][]chan struct{}
+}
+
+func (h *hub) watch(id string) (<-chan struct{}, func()) {
+	ch := make(chan struct{})
+	h.mu.Lock()
+	h.w[id] = append(h.w[id], ch)
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		list := h.w[id]
+		for i, c := range list {
+			if c == ch {
+				list = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(h.w, id)
+		} else {
+			h.w[id] = list
+		}
+	}
+}
+
+func (h *hub) notify(id string) {
+	h.mu.Lock()
+	list := h.w[id]
+	delete(h.w, id)
+	h.mu.Unlock()
+	for _, c := range list {
+		close(c)
+	}
+}
