@@ -1,0 +1,203 @@
+package workers
+
+import (
+	"context"
+	"math"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// maxTokenWait is the longest a caller sleeps on one token reservation, so
+// that a rate changed at run time takes effect within it.
+const maxTokenWait = 250 * time.Millisecond
+
+// Limiter is the gate every delivery to one backend passes, shared by the
+// backend's whole pool: a token bucket (rate, burst), a cap on deliveries in
+// flight (concurrency), a pause switch and a consecutive-failure circuit
+// breaker. All settings can change while deliveries wait; a change takes
+// effect within maxTokenWait. It is safe for concurrent use.
+type Limiter struct {
+	mu       sync.Mutex
+	tb       *rate.Limiter
+	rate     float64 // 0 = unlimited
+	burst    int
+	limit    int
+	inflight int
+	paused   bool
+	changed  chan struct{} // closed and replaced on every change
+
+	// breaker
+	threshold int // consecutive failures that open it; 0 = off
+	cooldown  time.Duration
+	fails     int
+	open      bool
+	openUntil time.Time
+	probing   bool
+	now       func() time.Time
+}
+
+// Settings are a limiter's tunables.
+type Settings struct {
+	Rate        float64
+	Burst       int
+	Concurrency int
+	Paused      bool
+}
+
+// NewLimiter builds a limiter; failures 0 turns the breaker off.
+func NewLimiter(s Settings, failures int, cooldown time.Duration) *Limiter {
+	l := &Limiter{tb: rate.NewLimiter(rate.Inf, 1), changed: make(chan struct{}),
+		threshold: failures, cooldown: cooldown, now: time.Now}
+	l.Set(s)
+	return l
+}
+
+// Set replaces the settings and wakes every waiter.
+func (l *Limiter) Set(s Settings) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rate, l.burst, l.limit, l.paused = s.Rate, max(1, s.Burst), max(1, s.Concurrency), s.Paused
+	lim := rate.Limit(s.Rate)
+	if s.Rate <= 0 {
+		lim = rate.Inf
+	}
+	now := l.now()
+	l.tb.SetLimitAt(now, lim)
+	l.tb.SetBurstAt(now, l.burst)
+	l.signal()
+}
+
+func (l *Limiter) signal() {
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// Settings returns the current settings.
+func (l *Limiter) Settings() Settings {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return Settings{Rate: l.rate, Burst: l.burst, Concurrency: l.limit, Paused: l.paused}
+}
+
+// State describes the limiter right now.
+type State struct {
+	InFlight int
+	Breaker  string // closed | open | half_open
+}
+
+// State reports deliveries in flight and the breaker's state.
+func (l *Limiter) State() State {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := State{InFlight: l.inflight, Breaker: "closed"}
+	if l.open {
+		st.Breaker = "open"
+		if !l.now().Before(l.openUntil) {
+			st.Breaker = "half_open"
+		}
+	}
+	return st
+}
+
+// Permit is one admitted delivery. Done must be called once when it ends.
+type Permit struct {
+	l     *Limiter
+	probe bool
+}
+
+// Acquire waits until a delivery may start: not paused, a free slot, the
+// breaker closed (or this is its half-open probe) and a token.
+func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) {
+	for {
+		l.mu.Lock()
+		changed := l.changed
+		now := l.now()
+		var wait time.Duration // 0: until something changes
+		switch {
+		case l.paused, l.inflight >= l.limit:
+		case l.open && now.Before(l.openUntil):
+			wait = l.openUntil.Sub(now)
+		case l.open && l.probing:
+		default:
+			r := l.tb.ReserveN(now, 1)
+			d := r.DelayFrom(now)
+			if d > maxTokenWait {
+				r.CancelAt(now)
+				wait = maxTokenWait
+				break
+			}
+			p := &Permit{l: l, probe: l.open}
+			l.probing = l.probing || p.probe
+			l.inflight++
+			l.mu.Unlock()
+			if d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					p.Done(true)
+					return nil, ctx.Err()
+				}
+			}
+			return p, nil
+		}
+		l.mu.Unlock()
+		var timer *time.Timer
+		var fire <-chan time.Time
+		if wait > 0 {
+			timer = time.NewTimer(wait)
+			fire = timer.C
+		}
+		select {
+		case <-ctx.Done():
+		case <-changed:
+		case <-fire:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Done frees the permit's slot. healthy says whether the backend answered
+// (any status that is not retried counts); unhealthy attempts feed the
+// breaker.
+func (p *Permit) Done(healthy bool) {
+	l := p.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.inflight--
+	if p.probe {
+		l.probing = false
+	}
+	if healthy {
+		l.fails, l.open = 0, false
+	} else {
+		l.fails++
+		if l.threshold > 0 && (p.probe || l.fails >= l.threshold) {
+			l.open, l.openUntil = true, l.now().Add(l.cooldown)
+		}
+	}
+	l.signal()
+}
+
+// Backoff returns the wait before the attempt after attempt (1-based): a
+// random duration between initial and min(max, initial·2^(attempt-1)) —
+// exponential growth with full jitter above the floor.
+func Backoff(attempt int, initial, maxWait time.Duration, rnd func(int64) int64) time.Duration {
+	ceil := float64(initial) * math.Pow(2, float64(attempt-1))
+	if ceil > float64(maxWait) || math.IsInf(ceil, 0) {
+		ceil = float64(maxWait)
+	}
+	span := int64(ceil) - int64(initial)
+	if span <= 0 {
+		return initial
+	}
+	return initial + time.Duration(rnd(span+1))
+}

@@ -1,0 +1,133 @@
+package workers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/job"
+)
+
+// ErrUnknownBackend reports a backend name that is not configured.
+var ErrUnknownBackend = fmt.Errorf("unknown backend")
+
+// Manager runs the pools of all backends and replays dead letters.
+type Manager struct {
+	pools  map[string]*Pool
+	names  []string
+	broker broker.Broker
+}
+
+// NewManager builds one pool per configured backend.
+func NewManager(cfg *config.Config, br broker.Broker, log zerolog.Logger) *Manager {
+	m := &Manager{pools: map[string]*Pool{}, broker: br}
+	drain := cfg.ShutdownTimeout.D() * 3 / 4
+	for _, b := range cfg.Backends {
+		m.pools[b.Name] = NewPool(b, br, log, drain)
+		m.names = append(m.names, b.Name)
+	}
+	return m
+}
+
+// Names lists the backends in config order.
+func (m *Manager) Names() []string { return slices.Clone(m.names) }
+
+// Pool returns the pool of backend name, or nil.
+func (m *Manager) Pool(name string) *Pool { return m.pools[name] }
+
+// Run runs every pool until ctx ends and they have drained.
+func (m *Manager) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(m.pools))
+	for _, p := range m.pools {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.Run(ctx); err != nil {
+				errs <- fmt.Errorf("backend %s: %w", p.Name(), err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// DeadLetter is one dead-lettered request as the admin API lists it.
+type DeadLetter struct {
+	ID             string    `json:"id"`
+	Backend        string    `json:"backend"`
+	Route          string    `json:"route"`
+	Attempts       int       `json:"attempts"`
+	LastError      string    `json:"last_error"`
+	DeadLetteredAt time.Time `json:"dead_lettered_at"`
+}
+
+// DeadLetters lists up to limit dead letters of backend, oldest first.
+func (m *Manager) DeadLetters(ctx context.Context, backend string, limit int) ([]DeadLetter, error) {
+	if m.pools[backend] == nil {
+		return nil, ErrUnknownBackend
+	}
+	msgs, err := m.broker.ListDead(ctx, broker.DeadLetterTopic(backend), limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DeadLetter, 0, len(msgs))
+	for _, msg := range msgs {
+		r, err := job.DecodeRequest(msg)
+		if err != nil {
+			continue
+		}
+		out = append(out, DeadLetter{ID: r.ID, Backend: backend, Route: r.Route, Attempts: r.Attempts,
+			LastError: r.LastError, DeadLetteredAt: r.DeadAt})
+	}
+	return out, nil
+}
+
+// Replay moves dead letters of backend (those with ids, or all) back to its
+// request topic with fresh attempts and a new generation, so they keep their
+// id and pass the backend's limiter like any delivery. Each is republished
+// before it is taken out of the dead-letter topic: a crash in between
+// delivers it twice, never loses it.
+func (m *Manager) Replay(ctx context.Context, backend string, ids []string) (int, error) {
+	if m.pools[backend] == nil {
+		return 0, ErrUnknownBackend
+	}
+	topic := broker.DeadLetterTopic(backend)
+	msgs, err := m.broker.ListDead(ctx, topic, 0)
+	if err != nil {
+		return 0, err
+	}
+	var done []string
+	for _, msg := range msgs {
+		if len(ids) > 0 && !slices.Contains(ids, msg.Key) {
+			continue
+		}
+		r, err := job.DecodeRequest(msg)
+		if err != nil {
+			continue
+		}
+		r.Attempts, r.LastError, r.DeadAt = 0, "", time.Time{}
+		r.Gen++
+		if err := m.broker.Publish(ctx, broker.RequestTopic(backend), r.Message()); err != nil {
+			return len(done), err
+		}
+		if err := m.broker.Publish(ctx, broker.ResultTopic, job.EventFor(r, job.Queued, 0).Message()); err != nil {
+			return len(done), err
+		}
+		done = append(done, r.ID)
+	}
+	if len(done) == 0 {
+		return 0, nil
+	}
+	if _, err := m.broker.TakeDead(ctx, topic, done); err != nil {
+		return len(done), err
+	}
+	return len(done), nil
+}

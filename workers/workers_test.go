@@ -1,0 +1,225 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-gw/sluice/job"
+)
+
+func TestClassify(t *testing.T) {
+	on := []int{429, 503}
+	cases := []struct {
+		name   string
+		status int
+		err    error
+		want   Verdict
+	}{
+		{"200", 200, nil, Success},
+		{"204", 204, nil, Success},
+		{"configured 503", 503, nil, Retry},
+		{"configured 429", 429, nil, Retry},
+		{"unconfigured 500", 500, nil, Terminal},
+		{"400", 400, nil, Terminal},
+		{"301 is terminal", 301, nil, Terminal},
+		{"network error", 0, errors.New("connection refused"), Retry},
+		{"timeout", 0, context.DeadlineExceeded, Retry},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := Classify(c.status, c.err, on); got != c.want {
+				t.Fatalf("got %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	initial, maxW := 200*time.Millisecond, 5*time.Second
+	for attempt := 1; attempt <= 12; attempt++ {
+		ceil := initial << (attempt - 1)
+		if ceil > maxW || ceil <= 0 {
+			ceil = maxW
+		}
+		lo := Backoff(attempt, initial, maxW, func(int64) int64 { return 0 })
+		hi := Backoff(attempt, initial, maxW, func(n int64) int64 { return n - 1 })
+		if lo != initial {
+			t.Errorf("attempt %d: lowest %v, want %v", attempt, lo, initial)
+		}
+		if hi != ceil {
+			t.Errorf("attempt %d: highest %v, want %v", attempt, hi, ceil)
+		}
+	}
+	if got := Backoff(1000, initial, maxW, func(n int64) int64 { return n - 1 }); got != maxW {
+		t.Errorf("huge attempt: %v, want cap %v", got, maxW)
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Now()
+	h := http.Header{}
+	h.Set("Retry-After", "3")
+	if got := retryAfter(h, now); got != 3*time.Second {
+		t.Errorf("seconds: %v", got)
+	}
+	h.Set("Retry-After", now.Add(10*time.Second).UTC().Format(http.TimeFormat))
+	if got := retryAfter(h, now); got < 8*time.Second || got > 11*time.Second {
+		t.Errorf("date: %v", got)
+	}
+	h.Set("Retry-After", "soon")
+	if got := retryAfter(h, now); got != 0 {
+		t.Errorf("garbage: %v", got)
+	}
+}
+
+// TestLimiterRate checks the token bucket's precision: with burst 1 at
+// 50/s, 40 permits take 39/50 s, and none comes sooner than the bucket allows.
+func TestLimiterRate(t *testing.T) {
+	l := NewLimiter(Settings{Rate: 50, Burst: 1, Concurrency: 100}, 0, 0)
+	ctx := context.Background()
+	start := time.Now()
+	for range 40 {
+		p, err := l.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Done(true)
+	}
+	el := time.Since(start)
+	want := 39 * time.Second / 50
+	if el < want-20*time.Millisecond || el > want+150*time.Millisecond {
+		t.Fatalf("40 permits at 50/s took %v, want about %v", el, want)
+	}
+}
+
+func TestLimiterConcurrency(t *testing.T) {
+	l := NewLimiter(Settings{Concurrency: 3}, 0, 0)
+	var cur, peak atomic.Int64
+	var wg sync.WaitGroup
+	for range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := l.Acquire(context.Background())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			n := cur.Add(1)
+			for {
+				old := peak.Load()
+				if n <= old || peak.CompareAndSwap(old, n) {
+					break
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+			cur.Add(-1)
+			p.Done(true)
+		}()
+	}
+	wg.Wait()
+	if peak.Load() != 3 {
+		t.Fatalf("peak in flight %d, want 3", peak.Load())
+	}
+}
+
+// TestLimiterLiveChange: a waiter blocked by a very slow rate, or by pause,
+// is released within 1 s of the change.
+func TestLimiterLiveChange(t *testing.T) {
+	l := NewLimiter(Settings{Rate: 0.01, Burst: 1, Concurrency: 1}, 0, 0)
+	p, _ := l.Acquire(context.Background()) // takes the only token
+	p.Done(true)
+	got := make(chan time.Time, 1)
+	go func() {
+		p, err := l.Acquire(context.Background())
+		if err == nil {
+			p.Done(true)
+		}
+		got <- time.Now()
+	}()
+	time.Sleep(300 * time.Millisecond)
+	changed := time.Now()
+	l.Set(Settings{Rate: 1000, Burst: 1, Concurrency: 1})
+	select {
+	case at := <-got:
+		if d := at.Sub(changed); d > time.Second {
+			t.Fatalf("released %v after the change", d)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("rate change did not release the waiter")
+	}
+
+	l.Set(Settings{Concurrency: 1, Paused: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := l.Acquire(ctx); err == nil {
+		t.Fatal("paused limiter admitted a delivery")
+	}
+	l.Set(Settings{Concurrency: 1})
+	if _, err := l.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBreaker(t *testing.T) {
+	now := time.Now()
+	l := NewLimiter(Settings{Concurrency: 10}, 3, 5*time.Second)
+	l.now = func() time.Time { return now }
+	ctx := context.Background()
+	for range 3 {
+		p, _ := l.Acquire(ctx)
+		p.Done(false)
+	}
+	if s := l.State().Breaker; s != "open" {
+		t.Fatalf("after 3 failures breaker is %s", s)
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := l.Acquire(short); err == nil {
+		t.Fatal("open breaker admitted a delivery")
+	}
+	now = now.Add(6 * time.Second) // cooldown over: one probe
+	probe, err := l.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short2, cancel2 := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel2()
+	if _, err := l.Acquire(short2); err == nil {
+		t.Fatal("a second delivery passed while the probe was out")
+	}
+	probe.Done(true)
+	if s := l.State().Breaker; s != "closed" {
+		t.Fatalf("after a good probe breaker is %s", s)
+	}
+}
+
+func TestForwardableAndTarget(t *testing.T) {
+	for name, want := range map[string]bool{
+		"Content-Type": true, "traceparent": true, "Authorization": false, "x-api-key": false,
+		"Connection": false, "Transfer-Encoding": false, "X-Drop-Me": false, "Host": false,
+	} {
+		if got := Forwardable(name, "close, X-Drop-Me"); got != want {
+			t.Errorf("Forwardable(%q) = %v, want %v", name, got, want)
+		}
+	}
+	u1, _ := url.Parse("http://a/ingest")
+	u2, _ := url.Parse("http://b/base/?k=v")
+	p := &Pool{urls: []*url.URL{u1, u2}}
+	r := &job.Request{Path: "x/y", Query: "q=1"}
+	if got := p.target(r); got != "http://a/ingest/x/y?q=1" {
+		t.Errorf("first target %s", got)
+	}
+	if got := p.target(r); got != "http://b/base/x/y?k=v&q=1" {
+		t.Errorf("second target %s", got)
+	}
+	if got := p.target(&job.Request{}); got != "http://a/ingest" {
+		t.Errorf("exact route target %s", got)
+	}
+}
