@@ -8,6 +8,7 @@ package job
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -17,6 +18,9 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 )
+
+// ErrNotFound reports an unknown or expired request id.
+var ErrNotFound = errors.New("no such request")
 
 // Status is where a request stands.
 type Status string
@@ -255,6 +259,29 @@ func (r *Record) Apply(e *Event) bool {
 	if e.Status.Terminal() {
 		at := e.At
 		r.CompletedAt = &at
+	}
+	return true
+}
+
+// hopByHop are the headers a proxy never forwards (RFC 9110 §7.6.1), plus
+// the ones the transport sets itself.
+var hopByHop = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
+	"Proxy-Connection": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Host": true, "Content-Length": true,
+}
+
+// Forwardable reports whether a client header travels to the backend: not
+// hop-by-hop, not named by Connection, not the client's credentials.
+func Forwardable(name string, connection string) bool {
+	c := http.CanonicalHeaderKey(name)
+	if hopByHop[c] || c == "Authorization" || c == "X-Api-Key" {
+		return false
+	}
+	for _, f := range strings.Split(connection, ",") {
+		if strings.EqualFold(strings.TrimSpace(f), name) {
+			return false
+		}
 	}
 	return true
 }

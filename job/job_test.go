@@ -53,3 +53,14 @@ func TestEventRoundTrip(t *testing.T) {
 		t.Fatalf("terminal event not applied: %+v", rec)
 	}
 }
+
+func TestForwardable(t *testing.T) {
+	for name, want := range map[string]bool{
+		"Content-Type": true, "traceparent": true, "Authorization": false, "x-api-key": false,
+		"Connection": false, "Transfer-Encoding": false, "X-Drop-Me": false, "Host": false,
+	} {
+		if got := Forwardable(name, "close, X-Drop-Me"); got != want {
+			t.Errorf("Forwardable(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

@@ -11,7 +11,7 @@ import (
 )
 
 // ErrNotFound reports an unknown or expired id.
-var ErrNotFound = errors.New("not found")
+var ErrNotFound = job.ErrNotFound
 
 // ErrUnavailable reports a store that cannot answer right now.
 var ErrUnavailable = errors.New("result store unavailable")

@@ -28,6 +28,7 @@ const MaxStoredBody = 1 << 20
 
 // Counters are a pool's running totals.
 type Counters struct {
+	InFlight     atomic.Int64 // deliveries under way now
 	Attempts     atomic.Int64
 	Succeeded    atomic.Int64
 	Failed       atomic.Int64
@@ -140,6 +141,8 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 	}
 	attempt := req.Attempts + 1
 	p.Counter.Attempts.Add(1)
+	p.Counter.InFlight.Add(1)
+	defer p.Counter.InFlight.Add(-1)
 	inflight := job.EventFor(req, job.InFlight, attempt)
 	inflight.LastError = req.LastError
 	go func() { // progress only: the terminal event is the one that must land
@@ -222,29 +225,6 @@ func (p *Pool) settle(ctx context.Context, d broker.Delivery, ev *job.Event, top
 	if err := d.Ack(pctx); err != nil {
 		p.log.Warn().Err(err).Str("id", ev.ID).Msg("ack")
 	}
-}
-
-// hopByHop are the headers a proxy never forwards (RFC 9110 §7.6.1), plus
-// the ones the transport sets itself.
-var hopByHop = map[string]bool{
-	"Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
-	"Proxy-Connection": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
-	"Host": true, "Content-Length": true,
-}
-
-// Forwardable reports whether a client header travels to the backend: not
-// hop-by-hop, not named by Connection, not the client's credentials.
-func Forwardable(name string, connection string) bool {
-	c := http.CanonicalHeaderKey(name)
-	if hopByHop[c] || c == "Authorization" || c == "X-Api-Key" {
-		return false
-	}
-	for _, f := range strings.Split(connection, ",") {
-		if strings.EqualFold(strings.TrimSpace(f), name) {
-			return false
-		}
-	}
-	return true
 }
 
 func (p *Pool) target(req *job.Request) string {

@@ -1,0 +1,281 @@
+// Package admin is sluice's operator API on the admin listener (net/http):
+// health and readiness, live backend tuning (rate, burst, concurrency,
+// pause) and dead-letter listing and replay. With admin_token set, every
+// call but /healthz needs "Authorization: Bearer <token>".
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/workers"
+)
+
+// Backlog reports a topic's depth and drain rate.
+type Backlog interface {
+	Backlog(topic string) (depth int64, drain float64)
+}
+
+// Check is one readiness probe, named for the answer.
+type Check struct {
+	Name string
+	Ping func(context.Context) error
+}
+
+// Handler serves the admin API.
+type Handler struct {
+	Token    string
+	Workers  *workers.Manager
+	Backlog  Backlog
+	Ready    []Check
+	mux      *http.ServeMux
+}
+
+// New builds the handler.
+func New(token string, w *workers.Manager, backlog Backlog, ready []Check) *Handler {
+	h := &Handler{Token: token, Workers: w, Backlog: backlog, Ready: ready, mux: http.NewServeMux()}
+	h.mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
+		writeJSON(rw, 200, map[string]string{"status": "ok"})
+	})
+	h.mux.HandleFunc("GET /readyz", h.readyz)
+	h.mux.HandleFunc("GET /admin/backends", h.listBackends)
+	h.mux.HandleFunc("GET /admin/backends/{name}", h.getBackend)
+	h.mux.HandleFunc("PATCH /admin/backends/{name}", h.patchBackend)
+	h.mux.HandleFunc("GET /admin/dead-letters", h.listDead)
+	h.mux.HandleFunc("POST /admin/dead-letters/replay", h.replay)
+	return h
+}
+
+func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	if h.Token != "" && r.URL.Path != "/healthz" {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(h.Token)) != 1 {
+			rw.Header().Set("WWW-Authenticate", `Bearer realm="sluice-admin"`)
+			problem(rw, 401, "missing or wrong admin token")
+			return
+		}
+	}
+	h.mux.ServeHTTP(rw, r)
+}
+
+func writeJSON(rw http.ResponseWriter, status int, v any) {
+	rw.Header().Set("Content-Type", "application/json")
+	rw.WriteHeader(status)
+	_ = json.NewEncoder(rw).Encode(v)
+}
+
+func problem(rw http.ResponseWriter, status int, detail string) {
+	rw.Header().Set("Content-Type", "application/problem+json")
+	rw.WriteHeader(status)
+	_ = json.NewEncoder(rw).Encode(map[string]any{
+		"type": "about:blank", "title": http.StatusText(status), "status": status, "detail": detail,
+	})
+}
+
+func (h *Handler) readyz(rw http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	status, out := 200, map[string]string{}
+	for _, c := range h.Ready {
+		if err := c.Ping(ctx); err != nil {
+			status, out[c.Name] = 503, "unavailable"
+		} else {
+			out[c.Name] = "ok"
+		}
+	}
+	writeJSON(rw, status, out)
+}
+
+// Stats are a backend's live figures.
+type Stats struct {
+	InFlight       int     `json:"in_flight"`
+	QueueDepth     int64   `json:"queue_depth"`
+	DrainPerSecond float64 `json:"drain_per_second"`
+	BacklogSeconds float64 `json:"backlog_seconds"`
+	Breaker        string  `json:"breaker"`
+	Attempts       int64   `json:"attempts"`
+	Succeeded      int64   `json:"succeeded"`
+	Failed         int64   `json:"failed"`
+	Retried        int64   `json:"retried"`
+	DeadLettered   int64   `json:"dead_lettered"`
+}
+
+// Backend is the object of GET and PATCH /admin/backends.
+type Backend struct {
+	Name        string  `json:"name"`
+	Rate        float64 `json:"rate"`
+	Burst       int     `json:"burst"`
+	Concurrency int     `json:"concurrency"`
+	Adaptive    bool    `json:"adaptive"`
+	Paused      bool    `json:"paused"`
+	Stats       Stats   `json:"stats"`
+}
+
+func (h *Handler) backend(name string) (Backend, bool) {
+	p := h.Workers.Pool(name)
+	if p == nil {
+		return Backend{}, false
+	}
+	set, st := p.Limiter().Settings(), p.Limiter().State()
+	depth, drain := h.Backlog.Backlog(broker.RequestTopic(name))
+	backlog := 0.0
+	if depth > 0 && drain > 0 {
+		backlog = math.Round(float64(depth)/drain*10) / 10
+	}
+	c := &p.Counter
+	return Backend{
+		Name: name, Rate: set.Rate, Burst: set.Burst, Concurrency: set.Concurrency, Paused: set.Paused,
+		Stats: Stats{
+			InFlight: int(p.Counter.InFlight.Load()), QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
+			BacklogSeconds: backlog, Breaker: st.Breaker,
+			Attempts: c.Attempts.Load(), Succeeded: c.Succeeded.Load(), Failed: c.Failed.Load(),
+			Retried: c.Retried.Load(), DeadLettered: c.DeadLettered.Load(),
+		},
+	}, true
+}
+
+func (h *Handler) listBackends(rw http.ResponseWriter, _ *http.Request) {
+	out := []Backend{}
+	for _, n := range h.Workers.Names() {
+		b, _ := h.backend(n)
+		out = append(out, b)
+	}
+	writeJSON(rw, 200, map[string]any{"backends": out})
+}
+
+func (h *Handler) getBackend(rw http.ResponseWriter, r *http.Request) {
+	b, ok := h.backend(r.PathValue("name"))
+	if !ok {
+		problem(rw, 404, fmt.Sprintf("unknown backend %q", r.PathValue("name")))
+		return
+	}
+	writeJSON(rw, 200, b)
+}
+
+// Patch is the body of PATCH /admin/backends/<name>; absent fields stay.
+type Patch struct {
+	Rate        *float64 `json:"rate"`
+	Burst       *int     `json:"burst"`
+	Concurrency *int     `json:"concurrency"`
+	Adaptive    *bool    `json:"adaptive"`
+	Paused      *bool    `json:"paused"`
+}
+
+// Validate lists every bad field.
+func (p Patch) Validate() error {
+	var errs []error
+	if p.Rate != nil && (*p.Rate < 0 || math.IsNaN(*p.Rate) || math.IsInf(*p.Rate, 0)) {
+		errs = append(errs, errors.New("rate: must be >= 0 (0 = unlimited)"))
+	}
+	if p.Burst != nil && *p.Burst < 1 {
+		errs = append(errs, errors.New("burst: must be >= 1"))
+	}
+	if p.Concurrency != nil && *p.Concurrency < 1 {
+		errs = append(errs, errors.New("concurrency: must be >= 1"))
+	}
+	if p.Adaptive != nil && *p.Adaptive {
+		errs = append(errs, errors.New("adaptive: not supported yet in this release"))
+	}
+	return errors.Join(errs...)
+}
+
+func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	pool := h.Workers.Pool(name)
+	if pool == nil {
+		problem(rw, 404, fmt.Sprintf("unknown backend %q", name))
+		return
+	}
+	var p Patch
+	dec := json.NewDecoder(http.MaxBytesReader(rw, r.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		problem(rw, 400, "body must be a JSON object with any of rate, burst, concurrency, adaptive, paused: "+err.Error())
+		return
+	}
+	if err := p.Validate(); err != nil {
+		problem(rw, 400, strings.ReplaceAll(err.Error(), "\n", "; "))
+		return
+	}
+	set := pool.Limiter().Settings()
+	if p.Rate != nil {
+		set.Rate = *p.Rate
+	}
+	if p.Burst != nil {
+		set.Burst = *p.Burst
+	}
+	if p.Concurrency != nil {
+		set.Concurrency = *p.Concurrency
+	}
+	if p.Paused != nil {
+		set.Paused = *p.Paused
+	}
+	pool.Limiter().Set(set)
+	b, _ := h.backend(name)
+	writeJSON(rw, 200, b)
+}
+
+func (h *Handler) listDead(rw http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			problem(rw, 400, "limit must be a whole number from 1 to 10000")
+			return
+		}
+		limit = n
+	}
+	names := h.Workers.Names()
+	if b := q.Get("backend"); b != "" {
+		names = []string{b}
+	}
+	items := []workers.DeadLetter{}
+	for _, n := range names {
+		if len(items) >= limit {
+			break
+		}
+		got, err := h.Workers.DeadLetters(r.Context(), n, limit-len(items))
+		if errors.Is(err, workers.ErrUnknownBackend) {
+			problem(rw, 404, fmt.Sprintf("unknown backend %q", n))
+			return
+		}
+		if err != nil {
+			problem(rw, 503, "the broker is unavailable")
+			return
+		}
+		items = append(items, got...)
+	}
+	writeJSON(rw, 200, map[string]any{"items": items})
+}
+
+func (h *Handler) replay(rw http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Backend string   `json:"backend"`
+		IDs     []string `json:"ids"`
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(rw, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil || body.Backend == "" {
+		problem(rw, 400, `body must be {"backend":"<name>","ids":["..."]} (no ids = all)`)
+		return
+	}
+	n, err := h.Workers.Replay(r.Context(), body.Backend, body.IDs)
+	switch {
+	case errors.Is(err, workers.ErrUnknownBackend):
+		problem(rw, 404, fmt.Sprintf("unknown backend %q", body.Backend))
+	case err != nil:
+		problem(rw, 503, fmt.Sprintf("replay stopped after %d: the broker is unavailable", n))
+	default:
+		writeJSON(rw, 200, map[string]int{"replayed": n})
+	}
+}

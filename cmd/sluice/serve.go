@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-gw/sluice/admin"
+	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/embedded"
+	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/demo"
+	"github.com/sluice-gw/sluice/ingress"
+	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/workers"
+)
+
+var allRoles = []string{"ingress", "worker", "collector"}
+
+func loadConfig(path string) (*config.Config, error) {
+	return config.Load(path)
+}
+
+func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(cfg.Log.Level)
+	if err != nil {
+		lvl = zerolog.InfoLevel
+	}
+	if cfg.Log.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+func parseRoles(s string) ([]string, error) {
+	var roles []string
+	for _, r := range strings.Split(s, ",") {
+		r = strings.TrimSpace(r)
+		if !slices.Contains(allRoles, r) {
+			return nil, fmt.Errorf("-roles: unknown role %q (want ingress, worker, collector)", r)
+		}
+		if !slices.Contains(roles, r) {
+			roles = append(roles, r)
+		}
+	}
+	return roles, nil
+}
+
+// serve runs the gateway until ctx ends, then shuts down in order: intake
+// stops, producers flush, fetching stops, deliveries in flight finish (or go
+// back to the queue), the collector stores the last outcomes, and the broker
+// and store close. Nothing that got a 202 is lost by it.
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready listening) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	path := configFlag(fs)
+	rolesFlag := fs.String("roles", strings.Join(allRoles, ","), "roles to run: ingress,worker,collector")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	roles, err := parseRoles(*rolesFlag)
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice serve:", err)
+		return errUsage
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		printConfigErrors(stderr, *path, err)
+		return errConfig
+	}
+	if cfg.Broker.Kind == "embedded" && len(roles) != len(allRoles) {
+		fmt.Fprintln(stderr, "sluice serve: -roles: the embedded broker lives inside one process, so it runs all roles; use kafka or rabbitmq to split them")
+		return errUsage
+	}
+	log := newLogger(cfg, stderr)
+	has := func(r string) bool { return slices.Contains(roles, r) }
+
+	// Bind the listeners first: a port in use fails before anything starts.
+	var ingLn, admLn net.Listener
+	if has("ingress") {
+		if ingLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+		defer ingLn.Close()
+	}
+	if admLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+		return fmt.Errorf("admin_listen: %w", err)
+	}
+	defer admLn.Close()
+
+	backends := make([]string, len(cfg.Backends))
+	topics := make([]string, len(cfg.Backends))
+	for i, b := range cfg.Backends {
+		backends[i], topics[i] = b.Name, broker.RequestTopic(b.Name)
+	}
+	openCtx, cancelOpen := context.WithTimeout(ctx, 60*time.Second)
+	defer cancelOpen()
+	br, err := embedded.Open(openCtx, embedded.Options{
+		Dir: cfg.Path(cfg.Broker.Embedded.Dir), Backends: backends,
+		AckWait: cfg.Broker.Embedded.AckWait.D(), PublishWindow: cfg.MaxInflight,
+	})
+	if err != nil {
+		return err
+	}
+	brokerClosed := false
+	defer func() {
+		if !brokerClosed {
+			_ = br.Close()
+		}
+	}()
+	store, err := results.OpenEmbedded(cfg.Path(cfg.Results.Embedded.Dir), cfg.Results.TTL.D())
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	monitor := broker.NewMonitor(br, topics, 500*time.Millisecond)
+	monitor.Poll(ctx)
+	manager := workers.NewManager(cfg, br, log)
+
+	// Background roles run under their own contexts, stopped in order below.
+	bg := func(wg *sync.WaitGroup, name string, f func(context.Context) error) context.CancelFunc {
+		c, cancel := context.WithCancel(context.Background())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(c); err != nil {
+				log.Error().Err(err).Str("role", name).Msg("stopped with an error")
+			}
+		}()
+		return cancel
+	}
+	var monWG, workWG, collWG sync.WaitGroup
+	stopMonitor := bg(&monWG, "monitor", monitor.Run)
+	stopWorkers, stopCollector := context.CancelFunc(func() {}), context.CancelFunc(func() {})
+	if has("collector") {
+		stopCollector = bg(&collWG, "collector", (&results.Collector{Sub: br, Store: store, Log: log}).Run)
+	}
+	if has("worker") {
+		stopWorkers = bg(&workWG, "worker", manager.Run)
+	}
+
+	adm := &http.Server{
+		Handler: admin.New(cfg.AdminToken, manager, monitor, []admin.Check{
+			{Name: "broker", Ping: br.Ping}, {Name: "results", Ping: store.Ping},
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	go func() { _ = adm.Serve(admLn) }()
+
+	var ing *ingress.Server
+	ingErr := make(chan error, 1)
+	ingAddr := ""
+	if has("ingress") {
+		if ing, err = ingress.New(cfg, br, store, monitor, log); err != nil {
+			return err
+		}
+		go func() { ingErr <- ing.Serve(ingLn) }()
+		ingAddr = ingLn.Addr().String()
+	}
+	log.Info().Str("listen", ingAddr).Str("admin", admLn.Addr().String()).
+		Strs("roles", roles).Str("broker", cfg.Broker.Kind).Str("ack", cfg.Ack).Msg("sluice is up")
+	if ready != nil {
+		ready(ingAddr, admLn.Addr().String())
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-ingErr:
+		runErr = fmt.Errorf("ingress: %w", err)
+	}
+
+	log.Info().Msg("shutting down")
+	deadline := time.Now().Add(cfg.ShutdownTimeout.D())
+	sctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if ing != nil {
+		if err := ing.Shutdown(sctx); err != nil {
+			log.Error().Err(err).Msg("ingress shutdown")
+		}
+	}
+	stopWorkers() // pools stop fetching, finish or hand back in-flight work
+	workWG.Wait()
+	// Let the collector store the outcomes the workers just published.
+	for time.Now().Before(deadline.Add(-time.Second)) {
+		st, err := br.Stats(sctx, broker.ResultTopic)
+		if err != nil || st.Depth == 0 || !has("collector") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopCollector()
+	collWG.Wait()
+	stopMonitor()
+	monWG.Wait()
+	_ = adm.Shutdown(sctx)
+	brokerClosed = true
+	if err := br.Close(); err != nil {
+		log.Error().Err(err).Msg("broker close")
+	}
+	log.Info().Msg("stopped")
+	return runErr
+}
+
+func demoBackend(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo-backend", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:9001", "address to listen on")
+	var o demo.Options
+	fs.IntVar(&o.Capacity, "capacity", 8, "requests in progress at once; beyond it: 429 (0 = unlimited)")
+	fs.Float64Var(&o.Rate, "rate", 0, "requests per second; beyond it: 429 (0 = unlimited)")
+	fs.DurationVar(&o.Latency, "latency", 200*time.Millisecond, "time per request")
+	fs.DurationVar(&o.Jitter, "jitter", 100*time.Millisecond, "up to this much more per request")
+	fs.Float64Var(&o.FailRate, "fail-rate", 0.1, "share of requests answered 503 (0..1)")
+	fs.IntVar(&o.RetryAfter, "retry-after", 1, "seconds of Retry-After sent with 429")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("demo-backend: %w", err)
+	}
+	srv := &http.Server{Handler: demo.New(o), ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(stdout, "demo backend on http://%s (capacity %d, rate %g/s, latency %s+%s, fail rate %g); GET /stats for counts\n",
+		ln.Addr(), o.Capacity, o.Rate, o.Latency, o.Jitter, o.FailRate)
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+

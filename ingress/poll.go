@@ -1,0 +1,124 @@
+package ingress
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-gw/sluice/job"
+)
+
+// parseWait reads ?wait=: a Go duration ("10s") or whole seconds ("10").
+func parseWait(v string) (time.Duration, bool) {
+	if v == "" {
+		return 0, true
+	}
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		return min(time.Duration(n)*time.Second, MaxWait), true
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, false
+	}
+	return min(d, MaxWait), true
+}
+
+// poll answers GET /v1/requests/<id>[?wait=D] and GET /v1/requests/<id>/response.
+func (s *Server) poll(ctx *fasthttp.RequestCtx, rest string) {
+	id, sub, _ := strings.Cut(rest, "/")
+	if id == "" || (sub != "" && sub != "response") {
+		s.reject(ctx, 404, "no route for this path", 0)
+		return
+	}
+	if m := string(ctx.Method()); m != "GET" && m != "HEAD" {
+		s.reject(ctx, 405, "polling accepts GET and HEAD", 0)
+		ctx.Response.Header.Set("Allow", "GET, HEAD")
+		return
+	}
+	wait, ok := parseWait(string(ctx.QueryArgs().Peek("wait")))
+	if !ok {
+		s.reject(ctx, 400, `wait must be a duration such as "10s" (at most 30s)`, 0)
+		return
+	}
+	rec, err := s.lookup(id, wait)
+	switch {
+	case errors.Is(err, job.ErrNotFound):
+		s.reject(ctx, 404, "no request with this id (unknown or expired)", 0)
+		return
+	case err != nil:
+		s.reject(ctx, 503, "the result store is unavailable; try later", 1)
+		return
+	}
+	if sub == "response" {
+		s.replay(ctx, rec)
+		return
+	}
+	body, _ := json.Marshal(rec)
+	ctx.SetStatusCode(200)
+	ctx.SetContentType("application/json")
+	if !rec.Status.Terminal() {
+		ctx.Response.Header.Set("Retry-After", "1")
+	}
+	ctx.SetBody(body)
+}
+
+// lookup gets id's record; with wait > 0 it holds until the record is
+// terminal, wait passes or the server shuts down, woken by the store.
+func (s *Server) lookup(id string, wait time.Duration) (*job.Record, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+wait)
+	defer cancel()
+	rec, err := s.store.Get(ctx, id)
+	if err != nil || wait <= 0 || rec.Status.Terminal() {
+		return rec, err
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		changed, stop := s.store.Watch(id)
+		// Read again after watching, so a change in between is not missed.
+		rec, err = s.store.Get(ctx, id)
+		if err != nil || rec.Status.Terminal() {
+			stop()
+			return rec, err
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			stop()
+			return rec, nil
+		case <-s.closing:
+			stop()
+			return rec, nil
+		}
+		stop()
+	}
+}
+
+// replay answers with the backend's terminal response as it was.
+func (s *Server) replay(ctx *fasthttp.RequestCtx, rec *job.Record) {
+	if !rec.Status.Terminal() {
+		ctx.Response.Header.Set("Retry-After", "1")
+		s.reject(ctx, 409, "the request is "+string(rec.Status)+"; its response is not there yet", 1)
+		return
+	}
+	if rec.Response == nil {
+		s.reject(ctx, 502, "the backend never answered: "+rec.LastError, 0)
+		return
+	}
+	ctx.Response.Header.SetNoDefaultContentType(true)
+	for k, v := range rec.Response.Headers {
+		switch strings.ToLower(k) {
+		case "content-length", "transfer-encoding", "connection", "date", "server":
+			continue
+		}
+		ctx.Response.Header.Set(k, v)
+	}
+	ctx.Response.Header.Set("X-Request-Id", rec.ID)
+	ctx.SetStatusCode(rec.Response.Status)
+	ctx.SetBody(rec.Response.BodyBytes())
+}
