@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/workers"
 )
 
@@ -31,18 +32,24 @@ type Check struct {
 	Ping func(context.Context) error
 }
 
+// Recorder applies status events to the result store.
+type Recorder interface {
+	Apply(ctx context.Context, events []*job.Event) error
+}
+
 // Handler serves the admin API.
 type Handler struct {
-	Token    string
-	Workers  *workers.Manager
-	Backlog  Backlog
-	Ready    []Check
-	mux      *http.ServeMux
+	Token   string
+	Workers *workers.Manager
+	Backlog Backlog
+	Results Recorder // optional: replays reset records at once
+	Ready   []Check
+	mux     *http.ServeMux
 }
 
 // New builds the handler.
-func New(token string, w *workers.Manager, backlog Backlog, ready []Check) *Handler {
-	h := &Handler{Token: token, Workers: w, Backlog: backlog, Ready: ready, mux: http.NewServeMux()}
+func New(token string, w *workers.Manager, backlog Backlog, results Recorder, ready []Check) *Handler {
+	h := &Handler{Token: token, Workers: w, Backlog: backlog, Results: results, Ready: ready, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
 		writeJSON(rw, 200, map[string]string{"status": "ok"})
 	})
@@ -269,7 +276,11 @@ func (h *Handler) replay(rw http.ResponseWriter, r *http.Request) {
 		problem(rw, 400, `body must be {"backend":"<name>","ids":["..."]} (no ids = all)`)
 		return
 	}
-	n, err := h.Workers.Replay(r.Context(), body.Backend, body.IDs)
+	events, err := h.Workers.Replay(r.Context(), body.Backend, body.IDs)
+	n := len(events)
+	if h.Results != nil && n > 0 {
+		_ = h.Results.Apply(r.Context(), events) // the collector applies them too
+	}
 	switch {
 	case errors.Is(err, workers.ErrUnknownBackend):
 		problem(rw, 404, fmt.Sprintf("unknown backend %q", body.Backend))

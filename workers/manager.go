@@ -95,16 +95,21 @@ func (m *Manager) DeadLetters(ctx context.Context, backend string, limit int) ([
 // id and pass the backend's limiter like any delivery. Each is republished
 // before it is taken out of the dead-letter topic: a crash in between
 // delivers it twice, never loses it.
-func (m *Manager) Replay(ctx context.Context, backend string, ids []string) (int, error) {
+//
+// It returns the queued events it published, which a caller with the result
+// store may apply at once so polls show the reset without waiting for the
+// collector.
+func (m *Manager) Replay(ctx context.Context, backend string, ids []string) ([]*job.Event, error) {
 	if m.pools[backend] == nil {
-		return 0, ErrUnknownBackend
+		return nil, ErrUnknownBackend
 	}
 	topic := broker.DeadLetterTopic(backend)
 	msgs, err := m.broker.ListDead(ctx, topic, 0)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	var done []string
+	var events []*job.Event
 	for _, msg := range msgs {
 		if len(ids) > 0 && !slices.Contains(ids, msg.Key) {
 			continue
@@ -115,19 +120,21 @@ func (m *Manager) Replay(ctx context.Context, backend string, ids []string) (int
 		}
 		r.Attempts, r.LastError, r.DeadAt = 0, "", time.Time{}
 		r.Gen++
-		if err := m.broker.Publish(ctx, broker.RequestTopic(backend), r.Message()); err != nil {
-			return len(done), err
+		ev := job.EventFor(r, job.Queued, 0)
+		if err := m.broker.Publish(ctx, broker.ResultTopic, ev.Message()); err != nil {
+			return events, err
 		}
-		if err := m.broker.Publish(ctx, broker.ResultTopic, job.EventFor(r, job.Queued, 0).Message()); err != nil {
-			return len(done), err
+		if err := m.broker.Publish(ctx, broker.RequestTopic(backend), r.Message()); err != nil {
+			return events, err
 		}
 		done = append(done, r.ID)
+		events = append(events, ev)
 	}
 	if len(done) == 0 {
-		return 0, nil
+		return nil, nil
 	}
 	if _, err := m.broker.TakeDead(ctx, topic, done); err != nil {
-		return len(done), err
+		return events, err
 	}
-	return len(done), nil
+	return events, nil
 }

@@ -23,6 +23,10 @@ import (
 	"github.com/sluice-gw/sluice/job"
 )
 
+// idleFetch is how long an idle dispatcher waits for a message while
+// holding a permit.
+const idleFetch = 250 * time.Millisecond
+
 // MaxStoredBody is the most of a backend's response body kept for polling.
 const MaxStoredBody = 1 << 20
 
@@ -104,13 +108,25 @@ func (p *Pool) Run(ctx context.Context) error {
 		if err != nil {
 			break
 		}
-		ds, err := sub.Fetch(ctx, 1)
+		// A short wait, so an idle dispatcher gives its permit back often and
+		// a pause or a lower concurrency takes effect at once.
+		fctx, cancel := context.WithTimeout(ctx, idleFetch)
+		ds, err := sub.Fetch(fctx, 1)
+		cancel()
 		if err != nil {
 			permit.Done(true)
-			if ctx.Err() == nil && !errors.Is(err, broker.ErrClosed) {
+			if ctx.Err() != nil || errors.Is(err, broker.ErrClosed) {
+				break
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
 				p.log.Error().Err(err).Msg("fetch")
 			}
-			break
+			continue
+		}
+		if p.lim.Settings().Paused { // paused while we waited: leave it queued
+			permit.Done(true)
+			_ = ds[0].Nack(ctx, 0)
+			continue
 		}
 		wg.Add(1)
 		go func() {

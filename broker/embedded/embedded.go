@@ -198,8 +198,10 @@ func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) 
 	}
 }
 
-// Subscribe starts pulling topic's messages through the shared consumer.
-func (b *Broker) Subscribe(ctx context.Context, topic string, opts broker.SubscribeOptions) (broker.Subscription, error) {
+// Subscribe opens a pull subscription through the shared consumer. It
+// pulls only when Fetch asks, so nothing waits in a client-side buffer with
+// its ack deadline running.
+func (b *Broker) Subscribe(ctx context.Context, topic string, _ broker.SubscribeOptions) (broker.Subscription, error) {
 	s, err := b.stream(topic)
 	if err != nil {
 		return nil, err
@@ -208,97 +210,94 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, opts broker.Subscr
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", topic, err)
 	}
-	prefetch := opts.Prefetch
-	if prefetch <= 0 {
-		prefetch = 16
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(max(2, prefetch/2)))
-	if err != nil {
-		return nil, fmt.Errorf("subscribe %s: %w", topic, err)
-	}
-	sub := &subscription{it: it, ch: make(chan *delivery, max(1, prefetch/2)),
-		closing: make(chan struct{}), done: make(chan struct{})}
-	go sub.pump()
-	return sub, nil
+	return &subscription{cons: cons, topic: topic, closed: make(chan struct{})}, nil
 }
 
 type subscription struct {
-	it      jetstream.MessagesContext
-	ch      chan *delivery
-	closing chan struct{} // closed by Close: hand everything back
-	done    chan struct{} // closed when pump has returned
-	once    sync.Once
+	cons   jetstream.Consumer
+	topic  string
+	closed chan struct{}
+	once   sync.Once
 }
 
-// pump moves due messages from the iterator into ch; a message held back
-// until later is handed back to JetStream with the remaining delay, so it
-// waits there without blocking anything.
-func (s *subscription) pump() {
-	defer close(s.done)
+// maxPullWait bounds one blocking pull, so Close and ctx are noticed.
+const maxPullWait = time.Second
+
+// Fetch takes what is ready now; when nothing is, it waits for one message.
+// A message held back until later goes back to JetStream with the remaining
+// delay, so it waits there without blocking anything.
+func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
 	for {
-		m, err := s.it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
+		select {
+		case <-s.closed:
+			return nil, broker.ErrClosed
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		default:
+		}
+		out, err := s.pull(max, 0)
+		if err == nil && len(out) == 0 {
+			wait := maxPullWait
+			if dl, ok := ctx.Deadline(); ok {
+				wait = min(wait, time.Until(dl))
 			}
-			select { // a transient error: the iterator recovers by itself
-			case <-s.closing:
-				return
+			if wait < time.Millisecond {
+				return nil, context.DeadlineExceeded
+			}
+			if out, err = s.pull(1, wait); err == nil && len(out) > 0 && max > 1 {
+				more, _ := s.pull(max-1, 0)
+				out = append(out, more...)
+			}
+		}
+		if err != nil {
+			select { // the connection recovers by itself
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-s.closed:
+				return nil, broker.ErrClosed
 			case <-time.After(100 * time.Millisecond):
 			}
 			continue
 		}
-		if nb := m.Headers().Get(hdrNotBefore); nb != "" {
-			if ns, err := strconv.ParseInt(nb, 10, 64); err == nil {
-				if wait := time.Until(time.Unix(0, ns)); wait > time.Millisecond {
-					_ = m.NakWithDelay(wait)
-					continue
-				}
-			}
-		}
-		select {
-		case s.ch <- &delivery{m: m}:
-		case <-s.closing:
-			_ = m.Nak()
+		if len(out) > 0 {
+			return out, nil
 		}
 	}
 }
 
-func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
-	var out []broker.Delivery
-	select {
-	case d := <-s.ch:
-		out = append(out, d)
-	case <-s.closing:
-		return nil, broker.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
+// pull fetches up to n messages, waiting up to wait (0: only what is ready).
+func (s *subscription) pull(n int, wait time.Duration) ([]broker.Delivery, error) {
+	var batch jetstream.MessageBatch
+	var err error
+	if wait > 0 {
+		batch, err = s.cons.Fetch(n, jetstream.FetchMaxWait(wait))
+	} else {
+		batch, err = s.cons.FetchNoWait(n)
 	}
-	for len(out) < max {
-		select {
-		case d := <-s.ch:
-			out = append(out, d)
-		default:
-			return out, nil
+	if err != nil {
+		return nil, err
+	}
+	var out []broker.Delivery
+	now := time.Now()
+	for m := range batch.Messages() {
+		if nb := m.Headers().Get(hdrNotBefore); nb != "" {
+			if ns, err := strconv.ParseInt(nb, 10, 64); err == nil {
+				if until := time.Unix(0, ns).Sub(now); until > time.Millisecond {
+					_ = m.NakWithDelay(until)
+					continue
+				}
+			}
 		}
+		out = append(out, &delivery{m: m})
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && len(out) == 0 {
+		return nil, err
 	}
 	return out, nil
 }
 
 func (s *subscription) Close() error {
-	s.once.Do(func() {
-		close(s.closing)
-		s.it.Drain() // buffered messages still come out of Next, to be handed back
-		<-s.done
-		for {
-			select {
-			case d := <-s.ch:
-				_ = d.m.Nak()
-			default:
-				return
-			}
-		}
-	})
+	s.once.Do(func() { close(s.closed) })
 	return nil
 }
 

@@ -150,7 +150,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	}
 
 	adm := &http.Server{
-		Handler: admin.New(cfg.AdminToken, manager, monitor, []admin.Check{
+		Handler: admin.New(cfg.AdminToken, manager, monitor, store, []admin.Check{
 			{Name: "broker", Ping: br.Ping}, {Name: "results", Ping: store.Ping},
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
