@@ -12,7 +12,9 @@ import (
 // Stats, so that hot paths (ingress answering Retry-After, admission against
 // max_backlog) never ask the broker themselves.
 type Monitor struct {
-	b        interface{ Stats(context.Context, string) (QueueStats, error) }
+	b interface {
+		Stats(context.Context, string) (QueueStats, error)
+	}
 	interval time.Duration
 	mu       sync.RWMutex
 	topics   map[string]*topicView

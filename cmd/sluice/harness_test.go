@@ -283,3 +283,5 @@ func (b *backend) setRespond(f func(h hit, n int) (int, map[string]string, strin
 func backendCfg(name, url, extra string) string {
 	return fmt.Sprintf("  - name: %s\n    urls: [%q]\n%s", name, url, extra)
 }
+
+func filepathAbs(p string) (string, error) { return filepath.Abs(p) }

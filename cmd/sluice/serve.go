@@ -243,4 +243,3 @@ func demoBackend(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	return nil
 }
-

@@ -1,0 +1,230 @@
+package ingress
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/job"
+)
+
+type fakePublisher struct {
+	PublishFn func(ctx context.Context, topic string, msg broker.Message) error
+}
+
+func (f *fakePublisher) Publish(ctx context.Context, topic string, msg broker.Message) error {
+	return f.PublishFn(ctx, topic, msg)
+}
+
+type fakeStore struct {
+	mu     sync.Mutex
+	recs   map[string]*job.Record
+	claims map[string]string
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{recs: map[string]*job.Record{}, claims: map[string]string{}}
+}
+func (f *fakeStore) Accept(_ context.Context, r *job.Record) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.recs[r.ID] = r
+	return nil
+}
+func (f *fakeStore) Get(_ context.Context, id string) (*job.Record, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r := f.recs[id]; r != nil {
+		return r, nil
+	}
+	return nil, job.ErrNotFound
+}
+func (f *fakeStore) Watch(string) (<-chan struct{}, func()) { return make(chan struct{}), func() {} }
+func (f *fakeStore) Claim(_ context.Context, c, k, id string) (string, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b, ok := f.claims[c+k]; ok {
+		return b, false, nil
+	}
+	f.claims[c+k] = id
+	return id, true, nil
+}
+func (f *fakeStore) Unclaim(_ context.Context, c, k string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.claims, c+k)
+	return nil
+}
+
+type fakeBacklog struct{ depth int64 }
+
+func (f *fakeBacklog) Backlog(string) (int64, float64) { return f.depth, 0 }
+func (f *fakeBacklog) Add(string, int64)               {}
+
+var (
+	_ broker.Publisher = (*fakePublisher)(nil)
+	_ Store            = (*fakeStore)(nil)
+	_ Backlog          = (*fakeBacklog)(nil)
+)
+
+func testServer(t testing.TB, ack string, pub func(context.Context, string, broker.Message) error) (*Server, *fakeStore) {
+	t.Helper()
+	cfg, err := config.Parse([]byte(`
+ack: `+ack+`
+publish_timeout: 200ms
+routes:
+  - { name: r, path: /r, backend: b, max_body: 64 }
+  - { name: p, path: /p/, backend: b, methods: [PUT, POST] }
+backends: [{ name: b, urls: ["http://127.0.0.1:1/"], rate: 10 }]
+`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := newFakeStore()
+	s, err := New(cfg, &fakePublisher{PublishFn: pub}, st, &fakeBacklog{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, st
+}
+
+func call(s *Server, method, uri, body string, hdr map[string]string) *fasthttp.RequestCtx {
+	var ctx fasthttp.RequestCtx
+	ctx.Request.Header.SetMethod(method)
+	ctx.Request.SetRequestURI(uri)
+	ctx.Request.SetBodyString(body)
+	for k, v := range hdr {
+		ctx.Request.Header.Set(k, v)
+	}
+	s.handle(&ctx)
+	return &ctx
+}
+
+func TestBrokerDownAnswers503(t *testing.T) {
+	for name, err := range map[string]error{
+		"refused":   broker.ErrUnavailable,
+		"timed out": context.DeadlineExceeded,
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, st := testServer(t, "durable", func(ctx context.Context, _ string, _ broker.Message) error {
+				if errors.Is(err, context.DeadlineExceeded) {
+					<-ctx.Done()
+					return ctx.Err()
+				}
+				return err
+			})
+			ctx := call(s, "POST", "/r", "x", map[string]string{"Idempotency-Key": "k1"})
+			if ctx.Response.StatusCode() != 503 || len(ctx.Response.Header.Peek("Retry-After")) == 0 {
+				t.Fatalf("status %d Retry-After %q", ctx.Response.StatusCode(), ctx.Response.Header.Peek("Retry-After"))
+			}
+			if string(ctx.Response.Header.ContentType()) != "application/problem+json" {
+				t.Fatalf("content type %s", ctx.Response.Header.ContentType())
+			}
+			if len(st.recs) != 0 || len(st.claims) != 0 {
+				t.Fatalf("a refused request left a record or an idempotency claim")
+			}
+		})
+	}
+}
+
+func TestIDFormat(t *testing.T) {
+	s, _ := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
+	seen := map[string]bool{}
+	for range 1000 {
+		ctx := call(s, "POST", "/r", "x", nil)
+		var a struct{ ID string }
+		_ = json.Unmarshal(ctx.Response.Body(), &a)
+		raw, err := base64.RawURLEncoding.DecodeString(a.ID)
+		if err != nil || len(raw)*8 < 96 {
+			t.Fatalf("id %q: not URL-safe base64 of >= 96 bits (%v)", a.ID, err)
+		}
+		if seen[a.ID] {
+			t.Fatalf("duplicate id %s", a.ID)
+		}
+		seen[a.ID] = true
+		if string(ctx.Response.Header.Peek("Location")) != "/v1/requests/"+a.ID ||
+			string(ctx.Response.Header.Peek("X-Request-Id")) != a.ID {
+			t.Fatalf("headers: %s", ctx.Response.Header.String())
+		}
+	}
+}
+
+func TestPublishedMessage(t *testing.T) {
+	var got broker.Message
+	var topic string
+	s, _ := testServer(t, "durable", func(_ context.Context, tp string, m broker.Message) error { got, topic = m, tp; return nil })
+	ctx := call(s, "PUT", "/p/a/b?x=1", "payload", map[string]string{"X-Api-Key": "secret", "X-Keep": "1", "Connection": "X-Hop", "X-Hop": "h"})
+	if ctx.Response.StatusCode() != 202 {
+		t.Fatalf("status %d", ctx.Response.StatusCode())
+	}
+	r, err := job.DecodeRequest(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if topic != "requests.b" || r.Method != "PUT" || r.Path != "a/b" || r.Query != "x=1" || string(r.Body) != "payload" || r.Route != "p" {
+		t.Fatalf("published %s %+v", topic, r)
+	}
+	for _, kv := range r.Header {
+		if kv[0] == "X-Api-Key" || kv[0] == "X-Hop" || kv[0] == "Connection" {
+			t.Fatalf("forwarded %s", kv[0])
+		}
+	}
+}
+
+func TestAckFastBuffersAndFlushes(t *testing.T) {
+	var mu sync.Mutex
+	var n int
+	fail := true
+	s, _ := testServer(t, "fast", func(context.Context, string, broker.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if fail {
+			return broker.ErrUnavailable
+		}
+		n++
+		return nil
+	})
+	for range 10 {
+		if c := call(s, "POST", "/r", "x", nil); c.Response.StatusCode() != 202 {
+			t.Fatalf("ack fast: %d", c.Response.StatusCode())
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	fail = false // the broker comes back; buffered requests are not lost
+	mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n != 10 {
+		t.Fatalf("%d of 10 buffered requests published", n)
+	}
+}
+
+func TestRetryAfterEstimate(t *testing.T) {
+	s, _ := testServer(t, "durable", nil)
+	r := s.prefixes[0]
+	cases := []struct {
+		depth int64
+		drain float64
+		want  int
+	}{
+		{0, 0, 1}, {5, 0, 1}, {49, 0, 5}, {49, 5, 10}, {1e9, 1, 86400},
+	}
+	for _, c := range cases {
+		if got := s.retryAfter(r, c.depth, c.drain); got != c.want {
+			t.Errorf("depth %d drain %g: %d, want %d", c.depth, c.drain, got, c.want)
+		}
+	}
+}
