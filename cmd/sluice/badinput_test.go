@@ -3,8 +3,8 @@ package main
 import (
 	"encoding/json"
 	"strings"
-	"time"
 	"testing"
+	"time"
 )
 
 // TestBadInput drives every error of SPEC §3 through a running gateway: each

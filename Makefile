@@ -1,0 +1,36 @@
+# sluice — the two commands a user needs are `make run` and `make test`.
+GO      ?= go
+BIN     := bin/sluice
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: build run test test-short lint bench fuzz clean
+
+build: ## build bin/sluice
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
+
+run: build ## sluice on the embedded broker + the demo slow log store
+	@scripts/run.sh
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+test: lint ## every test, integration tests included, with the race detector
+	scripts/services.sh
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+test-short: ## unit tests only
+	$(GO) test -short -count=1 ./...
+
+bench: build ## benchmarks, as ratios against baselines measured in the same run
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./workers/ ./ingress/
+	$(GO) run ./bench -sluice $(BIN)
+
+fuzz: ## run each fuzz target for a while (FUZZTIME=30s)
+	$(GO) test ./config/ -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./ingress/ -run '^$$' -fuzz FuzzHandle -fuzztime $${FUZZTIME:-30s}
+
+clean:
+	rm -rf bin data
