@@ -209,10 +209,17 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	s.submit(ctx, r, rest)
 }
 
-// newID returns 128 random bits, URL-safe.
+// newID returns a URL-safe id of 144 bits: the time in milliseconds (48
+// bits, so stores that key by the decoded id append instead of scattering
+// writes) and 96 random bits, which make it unguessable.
 func newID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	var b [18]byte
+	ms := uint64(time.Now().UnixMilli())
+	for i := 5; i >= 0; i-- {
+		b[i] = byte(ms)
+		ms >>= 8
+	}
+	_, _ = rand.Read(b[6:]) // never fails (crypto/rand)
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 

@@ -3,6 +3,7 @@ package results
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -92,7 +93,7 @@ func (s *Embedded) Accept(_ context.Context, rec *job.Record) error {
 
 func (s *Embedded) flushLoop() {
 	defer s.done.Done()
-	t := time.NewTicker(10 * time.Millisecond)
+	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
@@ -120,7 +121,7 @@ func (s *Embedded) flush() {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		recs := tx.Bucket(bucketRecords)
 		for _, r := range batch {
-			if recs.Get([]byte(r.ID)) != nil {
+			if recs.Get(recordKey(r.ID)) != nil {
 				continue // an event got there first; it is newer
 			}
 			if err := s.put(tx, r, nil); err != nil {
@@ -141,10 +142,22 @@ func (s *Embedded) flush() {
 	s.mu.Unlock()
 }
 
+// recordKey is the bucket key of id: its decoded bytes, which start with
+// the acceptance time for ids ingress made, so new records append to the
+// tree instead of dirtying pages all over it.
+func recordKey(id string) []byte {
+	if b, err := base64.RawURLEncoding.DecodeString(id); err == nil {
+		return b
+	}
+	return []byte(id)
+}
+
+
 func expiryKey(t time.Time, id string) []byte {
-	k := make([]byte, 8+len(id))
+	rk := recordKey(id)
+	k := make([]byte, 8+len(rk))
 	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
-	copy(k[8:], id)
+	copy(k[8:], rk)
 	return k
 }
 
@@ -154,7 +167,9 @@ func (s *Embedded) put(tx *bolt.Tx, r, old *job.Record) error {
 	if err != nil {
 		return err
 	}
-	if err := tx.Bucket(bucketRecords).Put([]byte(r.ID), v); err != nil {
+	recs := tx.Bucket(bucketRecords)
+	recs.FillPercent = 0.9 // mostly appends
+	if err := recs.Put(recordKey(r.ID), v); err != nil {
 		return err
 	}
 	exp := tx.Bucket(bucketExpiry)
@@ -177,7 +192,7 @@ func decodeRecord(v []byte) (*job.Record, error) {
 func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
 	var rec *job.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketRecords).Get([]byte(id))
+		v := tx.Bucket(bucketRecords).Get(recordKey(id))
 		if v == nil {
 			return nil
 		}
@@ -205,14 +220,26 @@ func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
 // Apply merges events in one transaction, then wakes the watchers of every
 // record that changed.
 func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
-	changed := make([]string, 0, len(events))
+	// Group by id, so a record with several events in the batch (in_flight
+	// then succeeded, typically) is read and written once.
+	byID := make(map[string][]*job.Event, len(events))
+	order := make([]string, 0, len(events))
+	for _, e := range events {
+		if _, ok := byID[e.ID]; !ok {
+			order = append(order, e.ID)
+		}
+		byID[e.ID] = append(byID[e.ID], e)
+	}
+	changed := make([]string, 0, len(order))
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		changed = changed[:0]
 		recs := tx.Bucket(bucketRecords)
-		for _, e := range events {
+		for _, id := range order {
+			evs := byID[id]
+			e := evs[0]
 			var old *job.Record
 			onDisk := false
-			if v := recs.Get([]byte(e.ID)); v != nil {
+			if v := recs.Get(recordKey(e.ID)); v != nil {
 				r, err := decodeRecord(v)
 				if err != nil {
 					return err
@@ -227,7 +254,11 @@ func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
 			if old != nil {
 				cur = *old
 			}
-			if !cur.Apply(e) {
+			applied := false
+			for _, e := range evs {
+				applied = cur.Apply(e) || applied
+			}
+			if !applied {
 				if old != nil && !onDisk { // an older event: still write the accepted record
 					if err := s.put(tx, old, nil); err != nil {
 						return err
@@ -242,7 +273,7 @@ func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
 			if err := s.put(tx, &cur, prev); err != nil {
 				return err
 			}
-			changed = append(changed, e.ID)
+			changed = append(changed, id)
 		}
 		return nil
 	})

@@ -101,10 +101,45 @@ func (l *Limiter) State() State {
 	return st
 }
 
-// Permit is one admitted delivery. Done must be called once when it ends.
+// Permit is one admitted delivery. Done (or Cancel, if the delivery never
+// started) must be called once.
 type Permit struct {
 	l     *Limiter
 	probe bool
+	r     *rate.Reservation
+}
+
+// TryAcquire admits a delivery only if one may start right now; otherwise
+// it returns nil and changes nothing.
+func (l *Limiter) TryAcquire() *Permit {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if l.paused || l.inflight >= l.limit || l.open {
+		return nil
+	}
+	r := l.tb.ReserveN(now, 1)
+	if !r.OK() || r.DelayFrom(now) > 0 {
+		r.CancelAt(now)
+		return nil
+	}
+	l.inflight++
+	return &Permit{l: l, r: r}
+}
+
+// Cancel gives back a permit that was not used: its slot and its token.
+func (p *Permit) Cancel() {
+	l := p.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.inflight--
+	if p.probe {
+		l.probing = false
+	}
+	if p.r != nil {
+		p.r.CancelAt(l.now())
+	}
+	l.signal()
 }
 
 // Acquire waits until a delivery may start: not paused, a free slot, the
@@ -128,7 +163,7 @@ func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) {
 				wait = maxTokenWait
 				break
 			}
-			p := &Permit{l: l, probe: l.open}
+			p := &Permit{l: l, probe: l.open, r: r}
 			l.probing = l.probing || p.probe
 			l.inflight++
 			l.mu.Unlock()

@@ -27,6 +27,9 @@ import (
 // holding a permit.
 const idleFetch = 250 * time.Millisecond
 
+// maxFetch is the most messages one pull takes.
+const maxFetch = 64
+
 // MaxStoredBody is the most of a backend's response body kept for polling.
 const MaxStoredBody = 1 << 20
 
@@ -104,17 +107,29 @@ func (p *Pool) Run(ctx context.Context) error {
 	defer cancelWork()
 	var wg sync.WaitGroup
 	for {
-		permit, err := p.lim.Acquire(ctx)
+		first, err := p.lim.Acquire(ctx)
 		if err != nil {
 			break
 		}
-		// A short wait, so an idle dispatcher gives its permit back often and
-		// a pause or a lower concurrency takes effect at once.
+		// Take every further permit free right now, and fetch that many
+		// messages in one pull; permits left over are given back whole.
+		permits := []*Permit{first}
+		for len(permits) < maxFetch {
+			q := p.lim.TryAcquire()
+			if q == nil {
+				break
+			}
+			permits = append(permits, q)
+		}
+		// A short wait, so an idle dispatcher gives its permits back often
+		// and a pause or a lower concurrency takes effect at once.
 		fctx, cancel := context.WithTimeout(ctx, idleFetch)
-		ds, err := sub.Fetch(fctx, 1)
+		ds, err := sub.Fetch(fctx, len(permits))
 		cancel()
+		for _, q := range permits[len(ds):] {
+			q.Cancel()
+		}
 		if err != nil {
-			permit.Done(true)
 			if ctx.Err() != nil || errors.Is(err, broker.ErrClosed) {
 				break
 			}
@@ -123,16 +138,20 @@ func (p *Pool) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		if p.lim.Settings().Paused { // paused while we waited: leave it queued
-			permit.Done(true)
-			_ = ds[0].Nack(ctx, 0)
+		if p.lim.Settings().Paused { // paused while we waited: leave them queued
+			for i, d := range ds {
+				permits[i].Cancel()
+				_ = d.Nack(ctx, 0)
+			}
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p.deliver(work, ds[0], permit)
-		}()
+		for i, d := range ds {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.deliver(work, d, permits[i])
+			}()
+		}
 	}
 	_ = sub.Close()
 	done := make(chan struct{})

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -35,6 +36,9 @@ type Options struct {
 	AckWait time.Duration
 	// PublishWindow bounds publishes awaiting confirmation. Default 4096.
 	PublishWindow int
+	// Conns is how many in-process connections share the publishes, so the
+	// server parses them in parallel. Default 2.
+	Conns int
 }
 
 const (
@@ -49,6 +53,9 @@ type Broker struct {
 	ns      *server.Server
 	nc      *nats.Conn
 	js      jetstream.JetStream
+	pubs    []jetstream.JetStream // publishing connections, round robin
+	pubNCs  []*nats.Conn
+	next    atomic.Uint32
 	streams map[string]jetstream.Stream // by topic; fixed after Open
 }
 
@@ -94,6 +101,24 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	b := &Broker{opts: opts, ns: ns, nc: nc, js: js, streams: map[string]jetstream.Stream{}}
+	if opts.Conns <= 0 {
+		opts.Conns = 2
+	}
+	b.pubs, b.pubNCs = []jetstream.JetStream{js}, []*nats.Conn{nc}
+	for range opts.Conns - 1 {
+		pnc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("sluice-publisher"), nats.MaxReconnects(-1))
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("embedded broker: connect: %w", err)
+		}
+		pjs, err := jetstream.New(pnc, jetstream.WithPublishAsyncMaxPending(max(1, opts.PublishWindow/opts.Conns)))
+		if err != nil {
+			pnc.Close()
+			b.Close()
+			return nil, fmt.Errorf("embedded broker: %w", err)
+		}
+		b.pubs, b.pubNCs = append(b.pubs, pjs), append(b.pubNCs, pnc)
+	}
 	if err := b.declare(ctx); err != nil {
 		b.Close()
 		return nil, err
@@ -184,7 +209,8 @@ func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) 
 		m.Header[hdrNotBefore] = []string{strconv.FormatInt(msg.NotBefore.UnixNano(), 10)}
 	}
 	m.Data = msg.Body
-	f, err := b.js.PublishMsgAsync(m)
+	js := b.pubs[int(b.next.Add(1))%len(b.pubs)]
+	f, err := js.PublishMsgAsync(m)
 	if err != nil {
 		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, err)
 	}
@@ -415,9 +441,12 @@ func (b *Broker) Ping(ctx context.Context) error {
 
 // Close waits for pending publishes (at most 5s), then stops the server.
 func (b *Broker) Close() error {
-	select {
-	case <-b.js.PublishAsyncComplete():
-	case <-time.After(5 * time.Second):
+	for i, js := range b.pubs {
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(5 * time.Second):
+		}
+		b.pubNCs[i].Close()
 	}
 	b.nc.Close()
 	b.ns.Shutdown()
