@@ -152,7 +152,6 @@ func recordKey(id string) []byte {
 	return []byte(id)
 }
 
-
 func expiryKey(t time.Time, id string) []byte {
 	rk := recordKey(id)
 	k := make([]byte, 8+len(rk))
