@@ -362,6 +362,12 @@ func benchIngest(sk *sink) {
 	s := load(p.addr, "/v1/logs", *conns, *dur, math.MaxInt64)
 	p.stop()
 
+	p = startSluice(sk.url, "    concurrency: 16\n", "ack: fast")
+	p.patch(`{"paused":true}`)
+	load(p.addr, "/v1/logs", *conns, time.Second, math.MaxInt64)
+	f := load(p.addr, "/v1/logs", *conns, *dur, math.MaxInt64)
+	p.stop()
+
 	raw := rawJetStream(*conns, *dur)
 
 	row := func(name string, r loadResult) {
@@ -370,6 +376,7 @@ func benchIngest(sk *sink) {
 	}
 	row("bare fasthttp answering 202", b)
 	row("sluice, embedded, ack: durable", s)
+	row("sluice, embedded, ack: fast", f)
 	fmt.Printf("  %-34s %9.0f msg/s\n", "raw JetStream async publish", raw)
 	tr, lr := s.rps()/b.rps(), float64(s.pct(0.99))/float64(b.pct(0.99))
 	fmt.Printf("  ratio: throughput %.2fx bare (goal >= 0.5x: %s), p99 %.2fx bare's (goal < 2x: %s), %.2fx the raw publisher\n\n",

@@ -27,6 +27,10 @@ import (
 // holding a permit.
 const idleFetch = 250 * time.Millisecond
 
+// inFlightAfter is how long an attempt runs before its in_flight status is
+// published.
+const inFlightAfter = 50 * time.Millisecond
+
 // maxFetch is the most messages one pull takes.
 const maxFetch = 64
 
@@ -178,13 +182,16 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 	p.Counter.Attempts.Add(1)
 	p.Counter.InFlight.Add(1)
 	defer p.Counter.InFlight.Add(-1)
+	// in_flight is progress only, worth an event when a poller could see it:
+	// an attempt answered within inFlightAfter goes straight to its outcome.
 	inflight := job.EventFor(req, job.InFlight, attempt)
 	inflight.LastError = req.LastError
-	go func() { // progress only: the terminal event is the one that must land
+	progress := time.AfterFunc(inFlightAfter, func() {
 		_ = p.broker.Publish(ctx, broker.ResultTopic, inflight.Message())
-	}()
+	})
 
 	status, header, body, err := p.attempt(ctx, req, attempt)
+	progress.Stop()
 	verdict := Classify(status, err, p.cfg.Retry.OnStatus)
 	permit.Done(verdict != Retry)
 	if ctx.Err() != nil { // shutdown cut the attempt short: hand it back untouched
