@@ -228,3 +228,37 @@ func TestRetryAfterEstimate(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxInflight: past max_inflight pending publishes, submits get 503 at
+// once instead of queueing in memory.
+func TestMaxInflight(t *testing.T) {
+	release := make(chan struct{})
+	s, _ := testServer(t, "durable", func(ctx context.Context, _ string, _ broker.Message) error {
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	s.cfg.MaxInflight = 2
+	done := make(chan int, 2)
+	for range 2 {
+		go func() { done <- call(s, "POST", "/r", "x", nil).Response.StatusCode() }()
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for s.inflight.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	ctx := call(s, "POST", "/r", "x", nil)
+	if ctx.Response.StatusCode() != 503 || time.Since(start) > 50*time.Millisecond {
+		t.Fatalf("third submit: %d after %v, want an immediate 503", ctx.Response.StatusCode(), time.Since(start))
+	}
+	close(release)
+	for range 2 {
+		if st := <-done; st != 202 {
+			t.Fatalf("pending submit ended %d", st)
+		}
+	}
+}
