@@ -129,17 +129,23 @@ func (l *Limiter) TryAcquire() *Permit {
 
 // Cancel gives back a permit that was not used: its slot and its token.
 func (p *Permit) Cancel() {
-	l := p.l
-	l.mu.Lock()
+	l := p.release()
 	defer l.mu.Unlock()
-	l.inflight--
-	if p.probe {
-		l.probing = false
-	}
 	if p.r != nil {
 		p.r.CancelAt(l.now())
 	}
 	l.signal()
+}
+
+// release frees the permit's slot and returns its limiter, still locked.
+func (p *Permit) release() *Limiter {
+	l := p.l
+	l.mu.Lock()
+	l.inflight--
+	if p.probe {
+		l.probing = false
+	}
+	return l
 }
 
 // Acquire waits until a delivery may start: not paused, a free slot, the
@@ -204,13 +210,8 @@ func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) {
 // (any status that is not retried counts); unhealthy attempts feed the
 // breaker.
 func (p *Permit) Done(healthy bool) {
-	l := p.l
-	l.mu.Lock()
+	l := p.release()
 	defer l.mu.Unlock()
-	l.inflight--
-	if p.probe {
-		l.probing = false
-	}
 	if healthy {
 		l.fails, l.open = 0, false
 	} else {
