@@ -1,10 +1,8 @@
 package results
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -18,8 +16,7 @@ import (
 )
 
 var (
-	bucketRecords = []byte("records")
-	bucketExpiry  = []byte("expiry") // 8-byte big-endian unix nanos + id -> nil
+	bucketRecords = []byte("records") // recordKey(id) -> storedRecord JSON
 	bucketIdem    = []byte("idempotency")
 )
 
@@ -64,7 +61,7 @@ func OpenEmbedded(dir string, ttl time.Duration) (*Embedded, error) {
 		return nil, fmt.Errorf("result store: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRecords, bucketExpiry, bucketIdem} {
+		for _, b := range [][]byte{bucketRecords, bucketIdem} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -124,7 +121,7 @@ func (s *Embedded) flush() {
 			if recs.Get(recordKey(r.ID)) != nil {
 				continue // an event got there first; it is newer
 			}
-			if err := s.put(tx, r, nil); err != nil {
+			if err := s.put(tx, r); err != nil {
 				return err
 			}
 		}
@@ -152,30 +149,27 @@ func recordKey(id string) []byte {
 	return []byte(id)
 }
 
-func expiryKey(t time.Time, id string) []byte {
-	rk := recordKey(id)
-	k := make([]byte, 8+len(rk))
-	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
-	copy(k[8:], rk)
-	return k
+// acceptedMillis reads the acceptance time an ingress id starts with.
+func acceptedMillis(key []byte) (int64, bool) {
+	if len(key) < 18 {
+		return 0, false
+	}
+	var ms int64
+	for _, b := range key[:6] {
+		ms = ms<<8 | int64(b)
+	}
+	return ms, true
 }
 
-// put writes r and its expiry entry, replacing old's expiry entry.
-func (s *Embedded) put(tx *bolt.Tx, r, old *job.Record) error {
+// put writes r.
+func (s *Embedded) put(tx *bolt.Tx, r *job.Record) error {
 	v, err := json.Marshal(storedRecord{Record: r, Client: r.Client, Gen: r.Gen})
 	if err != nil {
 		return err
 	}
 	recs := tx.Bucket(bucketRecords)
 	recs.FillPercent = 0.9 // mostly appends
-	if err := recs.Put(recordKey(r.ID), v); err != nil {
-		return err
-	}
-	exp := tx.Bucket(bucketExpiry)
-	if old != nil {
-		_ = exp.Delete(expiryKey(old.UpdatedAt.Add(s.ttl), old.ID))
-	}
-	return exp.Put(expiryKey(r.UpdatedAt.Add(s.ttl), r.ID), nil)
+	return recs.Put(recordKey(r.ID), v)
 }
 
 func decodeRecord(v []byte) (*job.Record, error) {
@@ -259,17 +253,13 @@ func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
 			}
 			if !applied {
 				if old != nil && !onDisk { // an older event: still write the accepted record
-					if err := s.put(tx, old, nil); err != nil {
+					if err := s.put(tx, old); err != nil {
 						return err
 					}
 				}
 				continue
 			}
-			prev := old
-			if !onDisk {
-				prev = nil
-			}
-			if err := s.put(tx, &cur, prev); err != nil {
+			if err := s.put(tx, &cur); err != nil {
 				return err
 			}
 			changed = append(changed, id)
@@ -337,20 +327,28 @@ func (s *Embedded) sweepLoop() {
 	}
 }
 
-// Sweep deletes expired records and idempotency keys.
+// Sweep deletes expired records and idempotency keys. Record keys start
+// with the acceptance time and a record expires ttl after its last update,
+// never sooner than ttl after acceptance; so only keys accepted before
+// now-ttl need a look, oldest first.
 func (s *Embedded) Sweep() {
 	now := s.now()
-	limit := expiryKey(now, "")
+	cutoff := now.Add(-s.ttl).UnixMilli()
 	_ = s.db.Update(func(tx *bolt.Tx) error {
-		exp, recs := tx.Bucket(bucketExpiry), tx.Bucket(bucketRecords)
-		c := exp.Cursor()
+		recs := tx.Bucket(bucketRecords)
 		var dead [][]byte
-		for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit[:8]) < 0; k, _ = c.Next() {
-			dead = append(dead, append([]byte(nil), k...))
+		c := recs.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if ms, ok := acceptedMillis(k); ok && ms > cutoff {
+				break
+			}
+			r, err := decodeRecord(v)
+			if err != nil || now.After(r.UpdatedAt.Add(s.ttl)) {
+				dead = append(dead, append([]byte(nil), k...))
+			}
 		}
 		for _, k := range dead {
-			_ = exp.Delete(k)
-			_ = recs.Delete(k[8:])
+			_ = recs.Delete(k)
 		}
 		idem := tx.Bucket(bucketIdem)
 		var stale [][]byte

@@ -2,6 +2,7 @@ package results
 
 import (
 	"context"
+	"encoding/base64"
 	"testing"
 	"time"
 
@@ -92,26 +93,56 @@ func TestApplyOrderAndWatch(t *testing.T) {
 	}
 }
 
+// ingressID builds an id the way ingress does: acceptance millis + random.
+func ingressID(at time.Time, n byte) string {
+	var b [18]byte
+	ms := uint64(at.UnixMilli())
+	for i := 5; i >= 0; i-- {
+		b[i] = byte(ms)
+		ms >>= 8
+	}
+	b[17] = n
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
 func TestExpiry(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, t.TempDir(), time.Minute)
 	defer s.Close()
 	now := time.Now()
 	s.now = func() time.Time { return now }
-	_ = s.Accept(ctx, accepted("old", now.Add(-2*time.Minute)))
-	_ = s.Accept(ctx, accepted("new", now))
+	old := ingressID(now.Add(-3*time.Minute), 1)
+	// Accepted long ago, but updated recently: it lives ttl past its update.
+	slow := ingressID(now.Add(-3*time.Minute), 2)
+	fresh := ingressID(now, 3)
+	_ = s.Accept(ctx, accepted(old, now.Add(-3*time.Minute)))
+	_ = s.Accept(ctx, accepted(slow, now.Add(-3*time.Minute)))
+	_ = s.Accept(ctx, accepted(fresh, now))
 	s.flush()
-	if _, err := s.Get(ctx, "old"); err != ErrNotFound {
+	done := ev(slow, job.Succeeded, 1, 0)
+	done.At = now.Add(-10 * time.Second)
+	if err := s.Apply(ctx, []*job.Event{done}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, old); err != ErrNotFound {
 		t.Fatalf("expired record still served: %v", err)
 	}
 	s.Sweep()
-	if _, err := s.Get(ctx, "new"); err != nil {
-		t.Fatalf("live record: %v", err)
+	for _, id := range []string{slow, fresh} {
+		if _, err := s.Get(ctx, id); err != nil {
+			t.Fatalf("live record %s: %v", id, err)
+		}
 	}
 	var n int
 	_ = s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
-	if n != 1 {
-		t.Fatalf("%d records on disk after sweep, want 1", n)
+	if n != 2 {
+		t.Fatalf("%d records on disk after sweep, want 2", n)
+	}
+	now = now.Add(2 * time.Minute) // now slow has expired too
+	s.Sweep()
+	_ = s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
+	if n != 0 {
+		t.Fatalf("%d records on disk after the second sweep, want 0", n)
 	}
 }
 
