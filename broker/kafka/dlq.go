@@ -1,0 +1,161 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strconv"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/sluice-gw/sluice/broker"
+)
+
+// takenTopic records dead letters taken out for replay: Kafka cannot delete
+// a record, so a taken one is remembered by its position, as the key
+// "<topic>/<partition>/<offset>".
+const takenTopic = "dlq-taken"
+
+type record struct {
+	partition int
+	offset    int64
+	at        time.Time
+	msg       broker.Message
+}
+
+func (r record) pos(topic string) string {
+	return topic + "/" + strconv.Itoa(r.partition) + "/" + strconv.FormatInt(r.offset, 10)
+}
+
+// readAll reads every record of topic up to its current end.
+func (b *Broker) readAll(ctx context.Context, topic string) ([]record, error) {
+	name := b.name(topic)
+	md, err := b.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{name}})
+	if err != nil || len(md.Topics) == 0 {
+		return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
+	}
+	var reqs []kafkago.OffsetRequest
+	for _, p := range md.Topics[0].Partitions {
+		reqs = append(reqs, kafkago.FirstOffsetOf(p.ID), kafkago.LastOffsetOf(p.ID))
+	}
+	lo, err := b.client.ListOffsets(ctx, &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{name: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
+	}
+	var out []record
+	for _, p := range lo.Topics[name] {
+		for off := p.FirstOffset; off < p.LastOffset; {
+			resp, err := b.client.Fetch(ctx, &kafkago.FetchRequest{Topic: name, Partition: p.Partition,
+				Offset: off, MinBytes: 1, MaxBytes: 8 << 20, MaxWait: 100 * time.Millisecond})
+			if err != nil {
+				return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
+			}
+			if resp.Error != nil {
+				return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, resp.Error)
+			}
+			next := off
+			for {
+				rec, err := resp.Records.ReadRecord()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					return nil, fmt.Errorf("read %s: %w", topic, err)
+				}
+				m := kafkago.Message{Offset: rec.Offset, Time: rec.Time, Partition: p.Partition}
+				if rec.Key != nil {
+					m.Key, _ = io.ReadAll(rec.Key)
+				}
+				if rec.Value != nil {
+					m.Value, _ = io.ReadAll(rec.Value)
+				}
+				for _, h := range rec.Headers {
+					m.Headers = append(m.Headers, kafkago.Header{Key: h.Key, Value: h.Value})
+				}
+				if rec.Offset >= off {
+					msg, _ := fromKafka(m)
+					out = append(out, record{partition: p.Partition, offset: rec.Offset, at: rec.Time, msg: msg})
+					next = rec.Offset + 1
+				}
+			}
+			if next == off {
+				break // nothing more readable now
+			}
+			off = next
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].at.Before(out[j].at) })
+	return out, nil
+}
+
+// live returns topic's dead letters not taken yet, oldest first.
+func (b *Broker) live(ctx context.Context, topic string) ([]record, error) {
+	if !b.topics[topic] {
+		return nil, fmt.Errorf("kafka: unknown topic %q", topic)
+	}
+	taken, err := b.readAll(ctx, takenTopic)
+	if err != nil {
+		return nil, err
+	}
+	gone := map[string]bool{}
+	for _, t := range taken {
+		gone[t.msg.Key] = true
+	}
+	all, err := b.readAll(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	for _, r := range all {
+		if !gone[r.pos(topic)] {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// ListDead implements broker.DeadLetters.
+func (b *Broker) ListDead(ctx context.Context, topic string, limit int) ([]broker.Message, error) {
+	recs, err := b.live(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	var out []broker.Message
+	for _, r := range recs {
+		if limit > 0 && len(out) >= limit {
+			break
+		}
+		out = append(out, r.msg)
+	}
+	return out, nil
+}
+
+// TakeDead implements broker.DeadLetters: it records the positions of the
+// taken messages, so they are not listed again.
+func (b *Broker) TakeDead(ctx context.Context, topic string, keys []string) ([]broker.Message, error) {
+	recs, err := b.live(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	var out []broker.Message
+	var marks []kafkago.Message
+	for _, r := range recs {
+		if len(keys) > 0 && !slices.Contains(keys, r.msg.Key) {
+			continue
+		}
+		out = append(out, r.msg)
+		pos := r.pos(topic)
+		marks = append(marks, kafkago.Message{Topic: b.name(takenTopic), Key: []byte(pos),
+			Headers: []kafkago.Header{{Key: hdrKey, Value: []byte(pos)}}})
+	}
+	if len(marks) > 0 {
+		if err := b.w.WriteMessages(ctx, marks...); err != nil {
+			return nil, fmt.Errorf("take %s: %w: %v", topic, broker.ErrUnavailable, err)
+		}
+	}
+	return out, nil
+}
