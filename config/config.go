@@ -87,7 +87,10 @@ type ResultsEmbedded struct {
 
 // Redis configures the Redis result store.
 type Redis struct {
-	Addr string `yaml:"addr"`
+	Addr      string `yaml:"addr"` // default 127.0.0.1:6379
+	Password  string `yaml:"password"`
+	DB        int    `yaml:"db"`
+	KeyPrefix string `yaml:"key_prefix"` // default "sluice:"
 }
 
 // Auth configures client authentication.
@@ -255,6 +258,31 @@ func (c *Config) ApplyDefaults() {
 	}
 	if c.MaxInflight == 0 {
 		c.MaxInflight = 4096
+	}
+	if c.Broker.Kind == "kafka" && c.Broker.Kafka == nil {
+		c.Broker.Kafka = &Kafka{}
+	}
+	if k := c.Broker.Kafka; k != nil {
+		if k.Brokers == nil {
+			k.Brokers = []string{"127.0.0.1:9092"}
+		}
+		if k.TopicPrefix == "" {
+			k.TopicPrefix = "sluice."
+		}
+		if k.Partitions == 0 {
+			k.Partitions = 6
+		}
+	}
+	if c.Results.Store == "redis" && c.Results.Redis == nil {
+		c.Results.Redis = &Redis{}
+	}
+	if r := c.Results.Redis; r != nil {
+		if r.Addr == "" {
+			r.Addr = "127.0.0.1:6379"
+		}
+		if r.KeyPrefix == "" {
+			r.KeyPrefix = "sluice:"
+		}
 	}
 	if c.Broker.Embedded.AckWait == 0 {
 		c.Broker.Embedded.AckWait = Duration(5 * time.Minute)

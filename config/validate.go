@@ -55,14 +55,27 @@ func (c *Config) Validate() error {
 	}
 
 	switch c.Broker.Kind {
-	case "embedded":
-	case "kafka", "rabbitmq":
-		bad("broker.kind", "%q is %s (use embedded)", c.Broker.Kind, notYet)
+	case "embedded", "kafka":
+	case "rabbitmq":
+		bad("broker.kind", "%q is %s (use embedded or kafka)", c.Broker.Kind, notYet)
 	default:
 		bad("broker.kind", "must be embedded, kafka or rabbitmq, got %q", c.Broker.Kind)
 	}
-	if c.Broker.Kafka != nil {
-		bad("broker.kafka", notYet)
+	if k := c.Broker.Kafka; k != nil {
+		if len(k.Brokers) == 0 {
+			bad("broker.kafka.brokers", "at least one host:port is required")
+		}
+		for i, a := range k.Brokers {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				bad(fmt.Sprintf("broker.kafka.brokers[%d]", i), "must be host:port, got %q", a)
+			}
+		}
+		if k.Partitions < 1 {
+			bad("broker.kafka.partitions", "must be >= 1")
+		}
+		if strings.ContainsAny(k.TopicPrefix, " /\\") {
+			bad("broker.kafka.topic_prefix", "must be a valid Kafka topic name prefix, got %q", k.TopicPrefix)
+		}
 	}
 	if c.Broker.RabbitMQ != nil {
 		bad("broker.rabbitmq", notYet)
@@ -71,14 +84,15 @@ func (c *Config) Validate() error {
 		bad("broker.embedded.ack_wait", "must be > 0")
 	}
 	switch c.Results.Store {
-	case "embedded":
-	case "redis":
-		bad("results.store", "%q is %s (use embedded)", c.Results.Store, notYet)
+	case "embedded", "redis":
 	default:
 		bad("results.store", "must be embedded or redis, got %q", c.Results.Store)
 	}
-	if c.Results.Redis != nil {
-		bad("results.redis", notYet)
+	if r := c.Results.Redis; r != nil {
+		checkAddr("results.redis.addr", r.Addr)
+		if r.DB < 0 {
+			bad("results.redis.db", "must be >= 0")
+		}
 	}
 	if c.Results.TTL < 0 {
 		bad("results.ttl", "must be > 0")

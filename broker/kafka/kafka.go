@@ -58,7 +58,9 @@ type Broker struct {
 var _ broker.Broker = (*Broker)(nil)
 
 // Open connects, creates missing topics and starts the delay forwarders.
-// It fails with broker.ErrUnavailable when no broker answers before ctx ends.
+// When Kafka does not answer before ctx ends, Open still returns: topics are
+// created as soon as it does, and until then publishes fail with
+// broker.ErrUnavailable.
 func Open(ctx context.Context, opts Options) (*Broker, error) {
 	if opts.TopicPrefix == "" {
 		opts.TopicPrefix = "sluice."
@@ -96,11 +98,17 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 	for _, d := range tiers {
 		all = append(all, tierTopic(d))
 	}
-	if err := b.createTopics(ctx, all); err != nil {
-		return nil, err
-	}
 	fctx, cancel := context.WithCancel(context.Background())
 	b.stop = cancel
+	// Topics are created in the background when Kafka is not there yet:
+	// sluice starts, answers 503 until Kafka is reachable, then recovers.
+	if err := b.createTopics(ctx, all); err != nil {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			_ = b.createTopics(fctx, all)
+		}()
+	}
 	if !opts.NoForward {
 		for _, d := range tiers {
 			b.wg.Add(1)

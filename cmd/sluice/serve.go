@@ -18,6 +18,7 @@ import (
 	"github.com/sluice-gw/sluice/admin"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/embedded"
+	"github.com/sluice-gw/sluice/broker/kafka"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/demo"
 	"github.com/sluice-gw/sluice/ingress"
@@ -77,9 +78,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 		printConfigErrors(stderr, *path, err)
 		return errConfig
 	}
-	if cfg.Broker.Kind == "embedded" && len(roles) != len(allRoles) {
-		fmt.Fprintln(stderr, "sluice serve: -roles: the embedded broker lives inside one process, so it runs all roles; use kafka or rabbitmq to split them")
-		return errUsage
+	if len(roles) != len(allRoles) {
+		switch {
+		case cfg.Broker.Kind == "embedded":
+			fmt.Fprintln(stderr, "sluice serve: -roles: the embedded broker lives inside one process, so it runs all roles; use kafka to split them")
+			return errUsage
+		case cfg.Results.Store != "redis":
+			fmt.Fprintln(stderr, "sluice serve: -roles: processes with separate roles share outcomes through results.store: redis")
+			return errUsage
+		}
 	}
 	log := newLogger(cfg, stderr)
 	has := func(r string) bool { return slices.Contains(roles, r) }
@@ -102,12 +109,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	for i, b := range cfg.Backends {
 		backends[i], topics[i] = b.Name, broker.RequestTopic(b.Name)
 	}
-	openCtx, cancelOpen := context.WithTimeout(ctx, 60*time.Second)
-	defer cancelOpen()
-	br, err := embedded.Open(openCtx, embedded.Options{
-		Dir: cfg.Path(cfg.Broker.Embedded.Dir), Backends: backends,
-		AckWait: cfg.Broker.Embedded.AckWait.D(), PublishWindow: cfg.MaxInflight,
-	})
+	br, err := openBroker(ctx, cfg, backends, has("worker"))
 	if err != nil {
 		return err
 	}
@@ -117,7 +119,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 			_ = br.Close()
 		}
 	}()
-	store, err := results.OpenEmbedded(cfg.Path(cfg.Results.Embedded.Dir), cfg.Results.TTL.D())
+	store, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
@@ -210,6 +212,35 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	}
 	log.Info().Msg("stopped")
 	return runErr
+}
+
+// openBroker opens the configured broker. Kafka that is not reachable yet
+// does not stop the start: submits answer 503 until it is.
+func openBroker(ctx context.Context, cfg *config.Config, backends []string, worker bool) (broker.Broker, error) {
+	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	switch cfg.Broker.Kind {
+	case "kafka":
+		k := cfg.Broker.Kafka
+		return kafka.Open(openCtx, kafka.Options{
+			Brokers: k.Brokers, TopicPrefix: k.TopicPrefix, Partitions: k.Partitions,
+			Backends: backends, NoForward: !worker,
+		})
+	default:
+		return embedded.Open(openCtx, embedded.Options{
+			Dir: cfg.Path(cfg.Broker.Embedded.Dir), Backends: backends,
+			AckWait: cfg.Broker.Embedded.AckWait.D(), PublishWindow: cfg.MaxInflight,
+		})
+	}
+}
+
+func openStore(cfg *config.Config) (results.Store, error) {
+	if cfg.Results.Store == "redis" {
+		r := cfg.Results.Redis
+		return results.OpenRedis(results.RedisOptions{Addr: r.Addr, Password: r.Password, DB: r.DB,
+			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()}), nil
+	}
+	return results.OpenEmbedded(cfg.Path(cfg.Results.Embedded.Dir), cfg.Results.TTL.D())
 }
 
 func demoBackend(ctx context.Context, args []string, stdout, stderr io.Writer) error {
