@@ -1,7 +1,67 @@
 #!/usr/bin/env bash
-# Makes sure the services the test suite needs are there and running. The
-# embedded broker and result store need nothing outside the process, so this
-# release checks only the toolchain. (Later brokers add their servers here.)
-set -euo pipefail
-command -v go >/dev/null || { echo "services: Go is not installed" >&2; exit 1; }
-echo "services: embedded broker and result store run in-process; nothing to start"
+# Makes sure the services the test suite needs are installed and running:
+# Redis on 127.0.0.1:6379 (result store tests). Kafka tests use kfake, an
+# in-process Kafka, unless KAFKA_BROKERS points at a real cluster. Installs
+# from Debian packages when a service is missing. Under CI (CI=true) a
+# service that cannot be had is a failure.
+set -uo pipefail
+
+log() { echo "services: $*"; }
+fail() {
+  log "$*"
+  exit 1
+}
+
+need_root_apt() {
+  command -v apt-get >/dev/null || return 1
+  [ "$(id -u)" = 0 ] || return 1
+}
+
+apt_install() {
+  need_root_apt || return 1
+  if [ ! -f /tmp/.sluice-apt-updated ]; then
+    timeout 300 apt-get update -qq >/dev/null 2>&1 && touch /tmp/.sluice-apt-updated
+  fi
+  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "$@" >/dev/null 2>&1
+}
+
+redis_up() {
+  if command -v redis-cli >/dev/null; then
+    [ "$(timeout 2 redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]
+  else
+    (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && timeout 2 head -c 5 <&3 | grep -q PONG) 2>/dev/null
+  fi
+}
+
+ensure_redis() {
+  if [ -n "${REDIS_ADDR:-}" ]; then
+    log "using Redis at $REDIS_ADDR"
+    return 0
+  fi
+  redis_up && { log "Redis is running on 127.0.0.1:6379"; return 0; }
+  if ! command -v redis-server >/dev/null; then
+    log "installing redis-server from Debian packages"
+    apt_install redis-server || return 1
+  fi
+  log "starting redis-server on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp --logfile /tmp/sluice-redis.log >/dev/null 2>&1 || return 1
+  for _ in $(seq 50); do
+    redis_up && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+command -v go >/dev/null || fail "Go is not installed"
+if ! ensure_redis; then
+  if [ "${CI:-}" = true ]; then
+    fail "Redis is required and could not be started (CI=true: a missing service is a failure)"
+  fi
+  fail "Redis is required for the result-store tests; install redis-server or set REDIS_ADDR"
+fi
+if [ -n "${KAFKA_BROKERS:-}" ]; then
+  log "Kafka tests run against $KAFKA_BROKERS"
+else
+  log "Kafka tests run against kfake (in-process); set KAFKA_BROKERS for a real cluster"
+fi

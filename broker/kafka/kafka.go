@@ -476,4 +476,3 @@ func (b *Broker) Close() error {
 	b.wg.Wait()
 	return b.w.Close()
 }
-
