@@ -109,6 +109,7 @@ type Stats struct {
 	DrainPerSecond float64 `json:"drain_per_second"`
 	BacklogSeconds float64 `json:"backlog_seconds"`
 	Breaker        string  `json:"breaker"`
+	Share          float64 `json:"share"` // this process's part of rate and concurrency
 	Attempts       int64   `json:"attempts"`
 	Succeeded      int64   `json:"succeeded"`
 	Failed         int64   `json:"failed"`
@@ -143,7 +144,7 @@ func (h *Handler) backend(name string) (Backend, bool) {
 		Name: name, Rate: set.Rate, Burst: set.Burst, Concurrency: set.Concurrency, Paused: set.Paused,
 		Stats: Stats{
 			InFlight: int(p.Counter.InFlight.Load()), QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
-			BacklogSeconds: backlog, Breaker: st.Breaker,
+			BacklogSeconds: backlog, Breaker: st.Breaker, Share: math.Round(st.Share*1000) / 1000,
 			Attempts: c.Attempts.Load(), Succeeded: c.Succeeded.Load(), Failed: c.Failed.Load(),
 			Retried: c.Retried.Load(), DeadLettered: c.DeadLettered.Load(),
 		},

@@ -82,6 +82,14 @@ type Subscription interface {
 	Close() error
 }
 
+// Sharer is implemented by subscriptions whose topic is split among
+// several processes (Kafka consumer groups): Share is this subscription's
+// fraction of the topic (0..1), so per-backend limits can be divided so
+// that they hold in total across processes.
+type Sharer interface {
+	Share(ctx context.Context) (float64, error)
+}
+
 // QueueStats describes one topic's backlog.
 type QueueStats struct {
 	// Depth counts messages not yet acknowledged, held-back retries included.

@@ -26,6 +26,8 @@ type Limiter struct {
 	limit    int
 	inflight int
 	paused   bool
+	share    float64       // this process's part of the backend's limits
+	eff      int           // concurrency after the share
 	changed  chan struct{} // closed and replaced on every change
 
 	// breaker
@@ -49,7 +51,7 @@ type Settings struct {
 // NewLimiter builds a limiter; failures 0 turns the breaker off.
 func NewLimiter(s Settings, failures int, cooldown time.Duration) *Limiter {
 	l := &Limiter{tb: rate.NewLimiter(rate.Inf, 1), changed: make(chan struct{}),
-		threshold: failures, cooldown: cooldown, now: time.Now}
+		threshold: failures, cooldown: cooldown, now: time.Now, share: 1}
 	l.Set(s)
 	return l
 }
@@ -59,13 +61,34 @@ func (l *Limiter) Set(s Settings) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.rate, l.burst, l.limit, l.paused = s.Rate, max(1, s.Burst), max(1, s.Concurrency), s.Paused
-	lim := rate.Limit(s.Rate)
-	if s.Rate <= 0 {
+	l.apply()
+}
+
+// SetShare sets the fraction (0..1] of the backend's rate and concurrency
+// this process may use, when several processes deliver to it.
+func (l *Limiter) SetShare(f float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f <= 0 || f > 1 {
+		f = 1
+	}
+	if f == l.share {
+		return
+	}
+	l.share = f
+	l.apply()
+}
+
+// apply derives the enforced limits from the settings and the share.
+func (l *Limiter) apply() {
+	lim := rate.Limit(l.rate * l.share)
+	if l.rate <= 0 {
 		lim = rate.Inf
 	}
 	now := l.now()
 	l.tb.SetLimitAt(now, lim)
-	l.tb.SetBurstAt(now, l.burst)
+	l.tb.SetBurstAt(now, max(1, int(math.Round(float64(l.burst)*l.share))))
+	l.eff = max(1, int(math.Round(float64(l.limit)*l.share)))
 	l.signal()
 }
 
@@ -84,14 +107,15 @@ func (l *Limiter) Settings() Settings {
 // State describes the limiter right now.
 type State struct {
 	InFlight int
-	Breaker  string // closed | open | half_open
+	Breaker  string  // closed | open | half_open
+	Share    float64 // this process's part of the backend's limits
 }
 
 // State reports deliveries in flight and the breaker's state.
 func (l *Limiter) State() State {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := State{InFlight: l.inflight, Breaker: "closed"}
+	st := State{InFlight: l.inflight, Breaker: "closed", Share: l.share}
 	if l.open {
 		st.Breaker = "open"
 		if !l.now().Before(l.openUntil) {
@@ -115,7 +139,7 @@ func (l *Limiter) TryAcquire() *Permit {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	if l.paused || l.inflight >= l.limit || l.open {
+	if l.paused || l.inflight >= l.eff || l.open {
 		return nil
 	}
 	r := l.tb.ReserveN(now, 1)
@@ -157,7 +181,7 @@ func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) {
 		now := l.now()
 		var wait time.Duration // 0: until something changes
 		switch {
-		case l.paused, l.inflight >= l.limit:
+		case l.paused, l.inflight >= l.eff:
 		case l.open && now.Before(l.openUntil):
 			wait = l.openUntil.Sub(now)
 		case l.open && l.probing:

@@ -106,6 +106,9 @@ func (p *Pool) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if sh, ok := sub.(broker.Sharer); ok {
+		go p.followShare(ctx, sh)
+	}
 	// Deliveries outlive ctx by up to the drain time.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -168,6 +171,26 @@ func (p *Pool) Run(ctx context.Context) error {
 		<-done
 	}
 	return nil
+}
+
+// followShare keeps the limiter at this process's share of the backend's
+// limits, as the broker reassigns the topic among worker processes.
+func (p *Pool) followShare(ctx context.Context, sh broker.Sharer) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		f, err := sh.Share(qctx)
+		cancel()
+		if err == nil && f > 0 {
+			p.lim.SetShare(f)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {

@@ -215,3 +215,33 @@ func TestTarget(t *testing.T) {
 		t.Errorf("exact route target %s", got)
 	}
 }
+
+// TestLimiterShare: with half of the backend's partitions, a process
+// delivers at half the rate and half the concurrency.
+func TestLimiterShare(t *testing.T) {
+	l := NewLimiter(Settings{Rate: 100, Burst: 1, Concurrency: 8}, 0, 0)
+	l.SetShare(0.5)
+	if s := l.Settings(); s.Rate != 100 || s.Concurrency != 8 {
+		t.Fatalf("configured settings changed: %+v", s)
+	}
+	ctx := context.Background()
+	var held []*Permit
+	for range 4 {
+		p, _ := l.Acquire(ctx)
+		held = append(held, p)
+	}
+	if l.TryAcquire() != nil {
+		t.Fatal("a fifth permit with half of concurrency 8")
+	}
+	for _, p := range held {
+		p.Done(true)
+	}
+	start := time.Now()
+	for range 21 {
+		p, _ := l.Acquire(ctx)
+		p.Done(true)
+	}
+	if el := time.Since(start); el < 350*time.Millisecond {
+		t.Fatalf("21 permits at half of 100/s took %v, want about 400ms", el)
+	}
+}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -267,14 +269,16 @@ func (b *Broker) Subscribe(_ context.Context, topic string, opts broker.Subscrib
 	if queue <= 0 {
 		queue = 64
 	}
+	clientID := fmt.Sprintf("sluice-%d-%d", os.Getpid(), subSeq.Add(1))
 	r := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers: b.opts.Brokers, GroupID: groupPrefix + b.name(topic), Topic: b.name(topic),
+		Dialer:      &kafkago.Dialer{ClientID: clientID, Timeout: 10 * time.Second, DualStack: true},
 		StartOffset: kafkago.FirstOffset, QueueCapacity: queue,
 		MaxWait: 250 * time.Millisecond, ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
 		HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second, RebalanceTimeout: 10 * time.Second,
 		JoinGroupBackoff: 500 * time.Millisecond,
 	})
-	s := &subscription{b: b, topic: topic, r: r, parts: map[int]*partition{},
+	s := &subscription{b: b, topic: topic, r: r, clientID: clientID, parts: map[int]*partition{},
 		kick: make(chan struct{}, 1), closed: make(chan struct{}), done: make(chan struct{})}
 	go s.commitLoop()
 	return s, nil
@@ -289,9 +293,10 @@ type partition struct {
 }
 
 type subscription struct {
-	b      *Broker
-	topic  string
-	r      *kafkago.Reader
+	b        *Broker
+	topic    string
+	r        *kafkago.Reader
+	clientID string
 	mu     sync.Mutex
 	parts  map[int]*partition
 	kick   chan struct{}
@@ -396,6 +401,36 @@ func (s *subscription) Close() error {
 	})
 	return nil
 }
+
+var _ broker.Sharer = (*subscription)(nil)
+
+// Share is the fraction of the topic's partitions the group assigned to
+// this subscription: the group's members identify by client id.
+func (s *subscription) Share(ctx context.Context) (float64, error) {
+	group := groupPrefix + s.b.name(s.topic)
+	resp, err := s.b.client.DescribeGroups(ctx, &kafkago.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		return 0, err
+	}
+	mine, total := 0, 0
+	for _, g := range resp.Groups {
+		for _, m := range g.Members {
+			for _, t := range m.MemberAssignments.Topics {
+				total += len(t.Partitions)
+				if m.ClientID == s.clientID {
+					mine += len(t.Partitions)
+				}
+			}
+		}
+	}
+	if total == 0 {
+		return 0, errors.New("no partitions assigned yet")
+	}
+	return float64(mine) / float64(total), nil
+}
+
+// subSeq numbers subscriptions, for their client ids.
+var subSeq atomic.Int64
 
 type delivery struct {
 	s *subscription

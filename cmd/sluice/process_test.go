@@ -57,6 +57,11 @@ type proc struct {
 func startProc(t *testing.T, cfgPath string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(sluiceBinary(t), "serve", "-config", cfgPath), exited: make(chan error, 1)}
+	return p.start(t)
+}
+
+func (p *proc) start(t *testing.T) *proc {
+	t.Helper()
 	stderr, _ := p.cmd.StderrPipe()
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"testing"
+	"time"
+)
+
+// startRoles starts `sluice serve -roles roles` as a child process.
+func startRoles(t *testing.T, cfgPath, roles string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(sluiceBinary(t), "serve", "-config", cfgPath, "-roles", roles), exited: make(chan error, 1)}
+	return p.start(t)
+}
+
+// TestScaleOutRateHoldsInTotal: two worker processes share one backend's
+// rate: the backend sees rate/s in total, not twice it.
+func TestScaleOutRateHoldsInTotal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	addrs, prefix := kafkaBrokers(t)
+	be := newBackend(t, nil)
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, kafkaCfg(addrs, prefix)+fmt.Sprintf(`
+log: { level: info }
+results:
+  store: redis
+  redis: { addr: %q, key_prefix: %q }
+routes: [{ name: r, path: /r, backend: b }]
+backends:
+`, redisAddrForTests(), prefix)+backendCfg("b", be.URL, "    rate: 50\n    burst: 1\n    concurrency: 8\n"))
+	front := startRoles(t, cfg, "ingress,collector")
+	startRoles(t, cfg, "worker")
+	startRoles(t, cfg, "worker")
+
+	ids := submitStream(front.base, 800, nil, nil)
+	if len(ids) != 800 {
+		t.Fatalf("%d of 800 accepted", len(ids))
+	}
+	// Let both workers join and split the partitions, then measure.
+	time.Sleep(4 * time.Second)
+	start := be.count()
+	time.Sleep(6 * time.Second)
+	got := float64(be.count()-start) / 6
+	t.Logf("backend saw %.1f deliveries/s from two worker processes at rate 50", got)
+	if got < 45 || got > 55 {
+		t.Fatalf("%.1f/s in total, want 50 ± 10%%", got)
+	}
+	// Every request still ends succeeded, polled through the front process.
+	sort.Strings(ids)
+	awaitAll(t, front.base, ids[:20], 60*time.Second)
+}
+
+func redisAddrForTests() string {
+	if a := os.Getenv("REDIS_ADDR"); a != "" {
+		return a
+	}
+	return "127.0.0.1:6379"
+}
