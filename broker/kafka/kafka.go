@@ -297,12 +297,12 @@ type subscription struct {
 	topic    string
 	r        *kafkago.Reader
 	clientID string
-	mu     sync.Mutex
-	parts  map[int]*partition
-	kick   chan struct{}
-	closed chan struct{}
-	done   chan struct{}
-	once   sync.Once
+	mu       sync.Mutex
+	parts    map[int]*partition
+	kick     chan struct{}
+	closed   chan struct{}
+	done     chan struct{}
+	once     sync.Once
 }
 
 func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
