@@ -40,7 +40,14 @@ func (c *Collector) Run(ctx context.Context) error {
 			if ctx.Err() != nil || errors.Is(err, broker.ErrClosed) {
 				return nil
 			}
-			return err
+			// The broker is away for now: its client reconnects by itself.
+			c.Log.Warn().Err(err).Msg("fetching status events; retrying")
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(500 * time.Millisecond):
+			}
+			continue
 		}
 		events := make([]*job.Event, 0, len(ds))
 		keep := ds[:0]

@@ -448,17 +448,37 @@ func (d *delivery) Ack(context.Context) error {
 }
 
 // Nack puts a copy back (after delay, through a delay tier) and settles
-// the original: Kafka cannot un-read an offset.
+// the original: Kafka cannot un-read an offset. If Kafka cannot take the
+// copy now, it keeps trying in the background; should the subscription
+// close first, the offset stays uncommitted and the group hands the
+// message out again.
 func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
 	msg := d.Message()
 	if delay > 0 {
 		msg.NotBefore = time.Now().Add(delay)
 	}
-	if err := d.s.b.Publish(ctx, d.s.topic, msg); err != nil {
-		return err // unsettled: the group hands it out again after a restart
+	err := d.s.b.Publish(ctx, d.s.topic, msg)
+	if err == nil {
+		d.s.settle(d.m)
+		return nil
 	}
-	d.s.settle(d.m)
-	return nil
+	go func() {
+		for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+			select {
+			case <-d.s.closed:
+				return
+			case <-time.After(wait):
+			}
+			pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := d.s.b.Publish(pctx, d.s.topic, msg)
+			cancel()
+			if err == nil {
+				d.s.settle(d.m)
+				return
+			}
+		}
+	}()
+	return err
 }
 
 // Stats sums, over the topic's partitions, the end offsets less the

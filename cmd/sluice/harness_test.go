@@ -285,3 +285,8 @@ func backendCfg(name, url, extra string) string {
 }
 
 func filepathAbs(p string) (string, error) { return filepath.Abs(p) }
+
+func jsonDecode(resp *http.Response, v any) error {
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	kfakeOnce sync.Once
+	kfakeBin  string
+	kfakeErr  error
+)
+
+// kfakeProc runs kfake as its own process on port with data in dir.
+func kfakeProc(t *testing.T, port int, dir string) *exec.Cmd {
+	t.Helper()
+	kfakeOnce.Do(func() {
+		d, err := os.MkdirTemp("", "kfake-bin")
+		if err != nil {
+			kfakeErr = err
+			return
+		}
+		kfakeBin = filepath.Join(d, "kfake")
+		if out, err := exec.Command("go", "build", "-o", kfakeBin, "./testdata/kfake").CombinedOutput(); err != nil {
+			kfakeErr = fmt.Errorf("build kfake: %v\n%s", err, out)
+		}
+	})
+	if kfakeErr != nil {
+		t.Fatal(kfakeErr)
+	}
+	cmd := exec.Command(kfakeBin, "-port", fmt.Sprint(port), "-dir", dir)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatalf("kfake did not start: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// TestKafkaKilledMidStream: SIGKILL of the Kafka process mid-stream: submits
+// get 503 while it is down, delivery resumes by itself after it is back,
+// and every id that got a 202 succeeds.
+func TestKafkaKilledMidStream(t *testing.T) {
+	if testing.Short() || os.Getenv("KAFKA_BROKERS") != "" {
+		t.Skip("runs its own kfake process")
+	}
+	port, kdir := freePort(t), t.TempDir()
+	k := kfakeProc(t, port, kdir)
+	be := newBackend(t, nil)
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, kafkaCfg(fmt.Sprintf("127.0.0.1:%d", port), "fault.")+`
+log: { level: info }
+publish_timeout: 2s
+routes: [{ name: r, path: /r, backend: b }]
+backends:
+`+backendCfg("b", be.URL, "    rate: 200\n    concurrency: 8\n"))
+	p := startProc(t, cfg)
+
+	var mu sync.Mutex
+	var ids []string
+	var n503 atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	c := &http.Client{Timeout: 5 * time.Second}
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 3000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := c.Post(p.base+"/r", "application/json", strings.NewReader(fmt.Sprintf(`{"w":%d,"i":%d}`, w, i)))
+				if err != nil {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				var a accepted
+				_ = jsonDecode(resp, &a)
+				switch resp.StatusCode {
+				case 202:
+					mu.Lock()
+					ids = append(ids, a.ID)
+					mu.Unlock()
+				case 503:
+					n503.Add(1)
+					if resp.Header.Get("Retry-After") == "" {
+						t.Error("503 without Retry-After")
+					}
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(ids) }
+	for count() < 300 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = k.Process.Signal(syscall.SIGKILL)
+	_ = k.Wait()
+	before := count()
+	time.Sleep(3 * time.Second)
+	during := count() - before
+	kfakeProc(t, port, kdir)
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d accepted in all, %d accepted while Kafka was down, %d answered 503", count(), during, n503.Load())
+	if n503.Load() == 0 {
+		t.Fatal("no 503 while Kafka was down")
+	}
+	if during > 50 {
+		t.Fatalf("%d accepted while Kafka was down", during)
+	}
+	if count() <= before+during {
+		t.Fatal("no submit accepted after Kafka came back")
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		stuck := map[string]int{}
+		var example string
+		for _, id := range ids {
+			_, r := (&gw{t: t, base: p.base}).poll(id)
+			if r.Status != "succeeded" {
+				stuck[r.Status]++
+				example = id
+			}
+		}
+		if len(stuck) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not succeeded by status: %v; e.g. %s, which the backend saw %d times (accepted before the kill: %v)",
+				stuck, example, len(be.hitsFor(example)), indexOf(ids, example) < before)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func indexOf(s []string, v string) int {
+	for i, x := range s {
+		if x == v {
+			return i
+		}
+	}
+	return -1
+}
