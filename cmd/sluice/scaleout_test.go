@@ -61,3 +61,46 @@ func redisAddrForTests() string {
 	}
 	return "127.0.0.1:6379"
 }
+
+// TestWorkerKilledPartitionsMove: SIGKILL of one of two worker processes
+// mid-stream: the other takes over its partitions and every request that
+// got a 202 succeeds.
+func TestWorkerKilledPartitionsMove(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test")
+	}
+	addrs, prefix := kafkaBrokers(t)
+	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
+		time.Sleep(20 * time.Millisecond)
+		return 200, nil, "ok"
+	})
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, kafkaCfg(addrs, prefix)+fmt.Sprintf(`
+log: { level: info }
+results:
+  store: redis
+  redis: { addr: %q, key_prefix: %q }
+routes: [{ name: r, path: /r, backend: b }]
+backends:
+`, redisAddrForTests(), prefix)+backendCfg("b", be.URL, "    rate: 100\n    concurrency: 8\n"))
+	front := startRoles(t, cfg, "ingress,collector")
+	victim := startRoles(t, cfg, "worker")
+	startRoles(t, cfg, "worker")
+	ids := submitStream(front.base, 600, nil, nil)
+	if len(ids) != 600 {
+		t.Fatalf("%d of 600 accepted", len(ids))
+	}
+	for be.count() < 150 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := victim.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed a worker after %d deliveries", be.count())
+	awaitAll(t, front.base, ids, 120*time.Second)
+	for _, id := range ids {
+		if len(be.hitsFor(id)) == 0 {
+			t.Fatalf("%s succeeded without reaching the backend", id)
+		}
+	}
+}
