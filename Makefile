@@ -19,6 +19,7 @@ lint: ## gofmt and go vet
 
 test: lint ## every test, integration tests included, with the race detector
 	scripts/services.sh
+	docker-compose config -q
 	$(GO) test -race -count=1 -timeout 12m ./...
 
 test-short: ## unit tests only

@@ -54,6 +54,10 @@ ensure_redis() {
 }
 
 command -v go >/dev/null || fail "Go is not installed"
+if ! command -v docker-compose >/dev/null; then
+  log "installing docker-compose from Debian packages (validates docker-compose.yml)"
+  apt_install docker-compose || fail "docker-compose is needed to validate docker-compose.yml"
+fi
 if ! ensure_redis; then
   if [ "${CI:-}" = true ]; then
     fail "Redis is required and could not be started (CI=true: a missing service is a failure)"

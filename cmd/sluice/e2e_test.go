@@ -450,3 +450,13 @@ backends:
 		}
 	}
 }
+
+// TestShippedConfigsAreValid: the configs the repository ships pass check.
+func TestShippedConfigsAreValid(t *testing.T) {
+	for _, p := range []string{"../../sluice.yaml", "../../deploy/sluice-kafka.yaml"} {
+		var out, errb strings.Builder
+		if err := run(t.Context(), []string{"check", "-config", p}, &out, &errb, nil); err != nil {
+			t.Errorf("%s: %v\n%s", p, err, errb.String())
+		}
+	}
+}
