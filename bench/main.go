@@ -34,6 +34,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/valyala/fasthttp"
 )
 
@@ -42,13 +44,18 @@ var (
 	dur       = flag.Duration("duration", 5*time.Second, "length of each ingest measurement")
 	conns     = flag.Int("conns", 64, "client connections for ingest")
 	bareAddr  = flag.String("bare-server", "", "internal: run the bare fasthttp baseline on this address")
-	only      = flag.String("only", "", "run only these parts, comma-separated: ingest,rate,retries,cpu,overload")
+	kfakeRun  = flag.Bool("kfake-server", false, "internal: run kfake and print its address")
+	only      = flag.String("only", "", "run only these parts, comma-separated: ingest,rate,retries,cpu,overload,kafka")
 )
 
 func main() {
 	flag.Parse()
 	if *bareAddr != "" {
 		runBare(*bareAddr)
+		return
+	}
+	if *kfakeRun {
+		runKfake()
 		return
 	}
 	fmt.Printf("sluice bench — %d cores, %s, %s per ingest run, %d connections, 1 KiB JSON\n\n",
@@ -69,6 +76,9 @@ func main() {
 	}
 	if want("overload") {
 		benchOverload(sink)
+	}
+	if want("kafka") {
+		benchKafka(sink)
 	}
 }
 
@@ -202,18 +212,25 @@ type sluiceProc struct {
 }
 
 func startSluice(backendURL, backendExtra, topExtra string) *sluiceProc {
+	return startSluiceWith(backendURL, backendExtra, topExtra, "")
+}
+
+func startSluiceWith(backendURL, backendExtra, topExtra, brokerCfg string) *sluiceProc {
 	dir, _ := os.MkdirTemp("", "sluice-bench")
+	if brokerCfg == "" {
+		brokerCfg = "broker: { embedded: { dir: " + filepath.Join(dir, "q") + " } }"
+	}
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
 log: { level: info }
 %s
-broker: { embedded: { dir: %s } }
+%s
 results: { embedded: { dir: %s } }
 routes: [{ name: logs, path: /v1/logs, backend: sink }]
 backends:
   - name: sink
     urls: [%q]
-%s`, topExtra, filepath.Join(dir, "q"), filepath.Join(dir, "r"), backendURL, backendExtra)
+%s`, topExtra, brokerCfg, filepath.Join(dir, "r"), backendURL, backendExtra)
 	path := filepath.Join(dir, "sluice.yaml")
 	_ = os.WriteFile(path, []byte(cfg), 0o644)
 	cmd := exec.Command(*sluiceBin, "serve", "-config", path)
@@ -559,4 +576,95 @@ func benchOverload(sk *sink) {
 		r.rps(), r.byStatus[202], r.byStatus[503], r.n-r.byStatus[202]-r.byStatus[503], r.errors)
 	fmt.Printf("  RSS %.0f MiB idle, %d MiB peak; still serving afterwards: %v (goal: bounded, excess 503, alive: %s)\n\n",
 		rss0, peak.Load(), alive, verdict(alive && r.byStatus[503] > 0 && peak.Load() < 1024))
+}
+
+// ---- Kafka: kfake in its own process ----
+
+func runKfake() {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println(c.ListenAddrs()[0])
+	select {}
+}
+
+func startKfake() (string, func()) {
+	self, _ := os.Executable()
+	cmd := exec.Command(self, "-kfake-server")
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		panic(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	return strings.TrimSpace(line), func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+}
+
+// rawKafka measures kafka-go's writer alone, configured as sluice's: acks
+// from all replicas, 2 ms batch timeout; c goroutines each writing one
+// 1 KiB message at a time, like submits.
+func rawKafka(addr string, c int, d time.Duration) loadResult {
+	ctx := context.Background()
+	client := &kafkago.Client{Addr: kafkago.TCP(addr), Timeout: 10 * time.Second}
+	_, _ = client.CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{
+		{Topic: "raw", NumPartitions: 6, ReplicationFactor: -1}}})
+	w := &kafkago.Writer{Addr: kafkago.TCP(addr), Topic: "raw", Balancer: &kafkago.Hash{},
+		RequiredAcks: kafkago.RequireAll, BatchTimeout: 2 * time.Millisecond, BatchSize: 1000}
+	defer w.Close()
+	run := func(d time.Duration) loadResult {
+		var mu sync.Mutex
+		res := loadResult{byStatus: map[int]int{}}
+		stop := time.Now().Add(d)
+		start := time.Now()
+		var wg sync.WaitGroup
+		var seq atomic.Int64
+		for range c {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var lat []time.Duration
+				n := 0
+				for time.Now().Before(stop) {
+					t0 := time.Now()
+					k := strconv.FormatInt(seq.Add(1), 36)
+					if err := w.WriteMessages(ctx, kafkago.Message{Key: []byte(k), Value: payload,
+						Headers: []kafkago.Header{{Key: "sluice-id", Value: []byte(k)}}}); err == nil {
+						lat = append(lat, time.Since(t0))
+						n++
+					}
+				}
+				mu.Lock()
+				res.latencies = append(res.latencies, lat...)
+				res.n += n
+				res.byStatus[202] += n
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		res.elapsed = time.Since(start)
+		slices.Sort(res.latencies)
+		return res
+	}
+	run(time.Second)
+	return run(d)
+}
+
+func benchKafka(sk *sink) {
+	fmt.Println("== kafka: ingest through Kafka (kfake in its own process), 1 KiB JSON")
+	addr, stopK := startKfake()
+	defer stopK()
+	raw := rawKafka(addr, *conns, *dur)
+	p := startSluiceWith(sk.url, "    concurrency: 16\n", "ack: durable",
+		fmt.Sprintf("broker: { kind: kafka, kafka: { brokers: [%q], topic_prefix: \"bench.\", partitions: 6 } }", addr))
+	p.patch(`{"paused":true}`)
+	load(p.addr, "/v1/logs", *conns, time.Second, math.MaxInt64)
+	s := load(p.addr, "/v1/logs", *conns, *dur, math.MaxInt64)
+	p.stop()
+	fmt.Printf("  %-34s %9.0f msg/s   p50 %6.2f ms   p99 %6.2f ms\n", "raw kafka-go writer, same batching", raw.rps(), ms(raw.pct(0.5)), ms(raw.pct(0.99)))
+	fmt.Printf("  %-34s %9.0f req/s   p50 %6.2f ms   p99 %6.2f ms   (non-2xx %d, errors %d)\n", "sluice, kafka, ack: durable",
+		s.rps(), ms(s.pct(0.5)), ms(s.pct(0.99)), s.n-s.byStatus[202], s.errors)
+	r := s.rps() / raw.rps()
+	fmt.Printf("  ratio: %.2fx the raw writer (goal >= 0.7x: %s); p99 %.2f ms (goal < 10 ms: %s)\n\n",
+		r, verdict(r >= 0.7), ms(s.pct(0.99)), verdict(s.pct(0.99) < 10*time.Millisecond))
 }
