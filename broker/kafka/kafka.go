@@ -215,6 +215,7 @@ func (b *Broker) forward(ctx context.Context, tier time.Duration) {
 		Brokers: b.opts.Brokers, GroupID: groupPrefix + b.opts.TopicPrefix + "delay",
 		Topic: b.name(tierTopic(tier)), StartOffset: kafkago.FirstOffset,
 		MaxWait: 250 * time.Millisecond, ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
+		WatchPartitionChanges: true, PartitionWatchInterval: 2 * time.Second,
 	})
 	defer r.Close()
 	for {
@@ -277,6 +278,9 @@ func (b *Broker) Subscribe(_ context.Context, topic string, opts broker.Subscrib
 		MaxWait: 250 * time.Millisecond, ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
 		HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second, RebalanceTimeout: 10 * time.Second,
 		JoinGroupBackoff: 500 * time.Millisecond,
+		// Topics created after the reader joined (Kafka came up later)
+		// and added partitions trigger a rebalance instead of going unread.
+		WatchPartitionChanges: true, PartitionWatchInterval: 2 * time.Second,
 	})
 	s := &subscription{b: b, topic: topic, r: r, clientID: clientID, parts: map[int]*partition{},
 		kick: make(chan struct{}, 1), closed: make(chan struct{}), done: make(chan struct{})}

@@ -171,3 +171,46 @@ func indexOf(s []string, v string) int {
 	}
 	return -1
 }
+
+// TestStartedBeforeKafka: sluice starts while Kafka is not there yet,
+// answers 503 with Retry-After, and recovers by itself when Kafka comes up.
+func TestStartedBeforeKafka(t *testing.T) {
+	if testing.Short() || os.Getenv("KAFKA_BROKERS") != "" {
+		t.Skip("runs its own kfake process")
+	}
+	port := freePort(t)
+	be := newBackend(t, nil)
+	cfg := writeConfig(t, t.TempDir(), kafkaCfg(fmt.Sprintf("127.0.0.1:%d", port), "late.")+`
+log: { level: info }
+publish_timeout: 1s
+routes: [{ name: r, path: /r, backend: b }]
+backends:
+`+backendCfg("b", be.URL, ""))
+	p := startProc(t, cfg)
+	resp, err := http.Post(p.base+"/r", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("without Kafka: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	kfakeProc(t, port, t.TempDir())
+	var id string
+	deadline := time.Now().Add(60 * time.Second)
+	for id == "" {
+		resp, err := http.Post(p.base+"/r", "text/plain", strings.NewReader("x"))
+		if err == nil {
+			var a accepted
+			_ = jsonDecode(resp, &a)
+			if resp.StatusCode == 202 {
+				id = a.ID
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no 202 within 60s of Kafka coming up")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	awaitAll(t, p.base, []string{id}, 60*time.Second)
+}
