@@ -391,6 +391,7 @@ func benchIngest(sk *sink) {
 		fmt.Printf("  %-34s %9.0f req/s   p50 %6.2f ms   p99 %6.2f ms   (non-2xx %d, errors %d)\n",
 			name, r.rps(), ms(r.pct(0.50)), ms(r.pct(0.99)), r.n-r.byStatus[202], r.errors)
 	}
+	bareRPS = b.rps()
 	row("bare fasthttp answering 202", b)
 	row("sluice, embedded, ack: durable", s)
 	row("sluice, embedded, ack: fast", f)
@@ -399,6 +400,9 @@ func benchIngest(sk *sink) {
 	fmt.Printf("  ratio: throughput %.2fx bare (goal >= 0.5x: %s), p99 %.2fx bare's (goal < 2x: %s), %.2fx the raw publisher\n\n",
 		tr, verdict(tr >= 0.5), lr, verdict(lr < 2), s.rps()/raw)
 }
+
+// bareRPS is the bare fasthttp baseline of this run, once measured.
+var bareRPS float64
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
@@ -665,6 +669,10 @@ func benchKafka(sk *sink) {
 	fmt.Printf("  %-34s %9.0f req/s   p50 %6.2f ms   p99 %6.2f ms   (non-2xx %d, errors %d)\n", "sluice, kafka, ack: durable",
 		s.rps(), ms(s.pct(0.5)), ms(s.pct(0.99)), s.n-s.byStatus[202], s.errors)
 	r := s.rps() / raw.rps()
-	fmt.Printf("  ratio: %.2fx the raw writer (goal >= 0.7x: %s); p99 %.2f ms (goal < 10 ms: %s)\n\n",
+	fmt.Printf("  ratio: %.2fx the raw writer (goal >= 0.7x: %s); p99 %.2f ms (goal < 10 ms: %s)",
 		r, verdict(r >= 0.7), ms(s.pct(0.99)), verdict(s.pct(0.99) < 10*time.Millisecond))
+	if bareRPS > 0 {
+		fmt.Printf("; %.2fx bare fasthttp", s.rps()/bareRPS)
+	}
+	fmt.Print("\n\n")
 }

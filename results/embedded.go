@@ -32,8 +32,7 @@ type Embedded struct {
 	stop chan struct{}
 	done sync.WaitGroup
 
-	mu      sync.Mutex
-	pending map[string]*job.Record // accepted, not yet on disk
+	queue acceptQueue // accepted, not yet on disk
 }
 
 var _ Store = (*Embedded)(nil)
@@ -73,48 +72,25 @@ func OpenEmbedded(dir string, ttl time.Duration) (*Embedded, error) {
 		return nil, fmt.Errorf("result store: %w", err)
 	}
 	s := &Embedded{db: db, ttl: ttl, now: time.Now, stop: make(chan struct{}),
-		pending: map[string]*job.Record{}, hub: hub{w: map[string][]chan struct{}{}}}
+		queue: newAcceptQueue(), hub: hub{w: map[string][]chan struct{}{}}}
 	s.done.Add(2)
-	go s.flushLoop()
+	go func() { defer s.done.Done(); every(50*time.Millisecond, s.stop, s.flush) }()
 	go s.sweepLoop()
 	return s, nil
 }
 
 // Accept keeps rec in memory until the next flush.
 func (s *Embedded) Accept(_ context.Context, rec *job.Record) error {
-	s.mu.Lock()
-	s.pending[rec.ID] = rec
-	s.mu.Unlock()
+	s.queue.put(rec)
 	return nil
 }
 
-func (s *Embedded) flushLoop() {
-	defer s.done.Done()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			s.flush()
-			return
-		case <-t.C:
-			s.flush()
-		}
-	}
-}
-
-// flush writes pending accepted records that have no record on disk yet.
+// flush writes queued accepted records that have no record on disk yet.
 func (s *Embedded) flush() {
-	s.mu.Lock()
-	if len(s.pending) == 0 {
-		s.mu.Unlock()
+	batch := s.queue.batch()
+	if len(batch) == 0 {
 		return
 	}
-	batch := make([]*job.Record, 0, len(s.pending))
-	for _, r := range s.pending {
-		batch = append(batch, r)
-	}
-	s.mu.Unlock()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		recs := tx.Bucket(bucketRecords)
 		for _, r := range batch {
@@ -127,16 +103,9 @@ func (s *Embedded) flush() {
 		}
 		return nil
 	})
-	if err != nil {
-		return // kept pending; tried again next tick
+	if err == nil { // else kept queued; tried again next tick
+		s.queue.written(batch)
 	}
-	s.mu.Lock()
-	for _, r := range batch {
-		if s.pending[r.ID] == r {
-			delete(s.pending, r.ID)
-		}
-	}
-	s.mu.Unlock()
 }
 
 // recordKey is the bucket key of id: its decoded bytes, which start with
@@ -197,12 +166,7 @@ func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	if rec == nil {
-		s.mu.Lock()
-		if p := s.pending[id]; p != nil {
-			cp := *p
-			rec = &cp
-		}
-		s.mu.Unlock()
+		rec = s.queue.get(id)
 	}
 	if rec == nil || s.now().After(rec.UpdatedAt.Add(s.ttl)) {
 		return nil, ErrNotFound
@@ -239,9 +203,7 @@ func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
 				}
 				old, onDisk = r, true
 			} else {
-				s.mu.Lock()
-				old = s.pending[e.ID]
-				s.mu.Unlock()
+				old = s.queue.get(id)
 			}
 			var cur job.Record
 			if old != nil {
@@ -269,11 +231,7 @@ func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	s.mu.Lock()
-	for _, e := range events {
-		delete(s.pending, e.ID)
-	}
-	s.mu.Unlock()
+	s.queue.forget(order)
 	for _, id := range changed {
 		s.hub.notify(id)
 	}

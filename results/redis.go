@@ -30,13 +30,12 @@ type RedisOptions struct {
 // ErrUnavailable while Redis is away. Collectors announce changed ids on a
 // pub/sub channel, which wakes long polls in every process.
 type Redis struct {
-	rdb    *redis.Client
-	opts   RedisOptions
-	hub    hub
-	stop   chan struct{}
-	done   sync.WaitGroup
-	mu     sync.Mutex
-	queued map[string]*job.Record
+	rdb   *redis.Client
+	opts  RedisOptions
+	hub   hub
+	stop  chan struct{}
+	done  sync.WaitGroup
+	queue acceptQueue
 }
 
 var _ Store = (*Redis)(nil)
@@ -51,10 +50,10 @@ func OpenRedis(opts RedisOptions) *Redis {
 			DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
 			MaxRetries: 1}),
 		opts: opts, hub: hub{w: map[string][]chan struct{}{}}, stop: make(chan struct{}),
-		queued: map[string]*job.Record{},
+		queue: newAcceptQueue(),
 	}
 	s.done.Add(2)
-	go s.flushLoop()
+	go func() { defer s.done.Done(); every(5*time.Millisecond, s.stop, s.flush) }()
 	go s.listen()
 	return s
 }
@@ -69,38 +68,18 @@ func unavailable(err error) error { return fmt.Errorf("%w: %v", ErrUnavailable, 
 
 // Accept queues rec for the next pipelined write.
 func (s *Redis) Accept(_ context.Context, rec *job.Record) error {
-	s.mu.Lock()
-	s.queued[rec.ID] = rec
-	s.mu.Unlock()
+	s.queue.put(rec)
 	return nil
 }
 
-func (s *Redis) flushLoop() {
-	defer s.done.Done()
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			s.flush()
-			return
-		case <-t.C:
-			s.flush()
-		}
-	}
-}
-
 // flush writes accepted records, never over a record an event already made.
+// While Redis is away they stay queued and are tried again.
 func (s *Redis) flush() {
-	s.mu.Lock()
-	if len(s.queued) == 0 {
-		s.mu.Unlock()
+	batch := s.queue.batch()
+	if len(batch) == 0 {
 		return
 	}
-	batch := s.queued
-	s.queued = map[string]*job.Record{}
-	s.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, r := range batch {
@@ -109,14 +88,8 @@ func (s *Redis) flush() {
 		}
 		return nil
 	})
-	if err != nil { // Redis away: keep them for the next try
-		s.mu.Lock()
-		for id, r := range batch {
-			if _, newer := s.queued[id]; !newer {
-				s.queued[id] = r
-			}
-		}
-		s.mu.Unlock()
+	if err == nil {
+		s.queue.written(batch)
 	}
 }
 
@@ -124,12 +97,8 @@ func (s *Redis) flush() {
 func (s *Redis) Get(ctx context.Context, id string) (*job.Record, error) {
 	v, err := s.rdb.Get(ctx, s.recKey(id)).Bytes()
 	if errors.Is(err, redis.Nil) {
-		s.mu.Lock()
-		r := s.queued[id]
-		s.mu.Unlock()
-		if r != nil {
-			cp := *r
-			return &cp, nil
+		if r := s.queue.get(id); r != nil {
+			return r, nil
 		}
 		return nil, ErrNotFound
 	}
@@ -167,12 +136,8 @@ func (s *Redis) Apply(ctx context.Context, events []*job.Event) error {
 				if r, err := decodeRecord([]byte(str)); err == nil {
 					cur = *r
 				}
-			} else {
-				s.mu.Lock()
-				if q := s.queued[id]; q != nil {
-					cur = *q
-				}
-				s.mu.Unlock()
+			} else if q := s.queue.get(id); q != nil {
+				cur = *q
 			}
 			applied := false
 			for _, e := range byID[id] {
@@ -193,11 +158,7 @@ func (s *Redis) Apply(ctx context.Context, events []*job.Event) error {
 	if err != nil {
 		return unavailable(err)
 	}
-	s.mu.Lock()
-	for _, id := range ids {
-		delete(s.queued, id)
-	}
-	s.mu.Unlock()
+	s.queue.forget(ids)
 	return nil
 }
 
