@@ -214,7 +214,9 @@ func (b *Broker) forward(ctx context.Context, tier time.Duration) {
 	r := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers: b.opts.Brokers, GroupID: groupPrefix + b.opts.TopicPrefix + "delay",
 		Topic: b.name(tierTopic(tier)), StartOffset: kafkago.FirstOffset,
-		MaxWait: 250 * time.Millisecond, ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
+		// A fetch returns as soon as data is there; a long wait only spares
+		// the broker idle polls.
+		MaxWait: 2 * time.Second, ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
 		WatchPartitionChanges: true, PartitionWatchInterval: 2 * time.Second,
 	})
 	defer r.Close()
@@ -275,7 +277,7 @@ func (b *Broker) Subscribe(_ context.Context, topic string, opts broker.Subscrib
 		Brokers: b.opts.Brokers, GroupID: groupPrefix + b.name(topic), Topic: b.name(topic),
 		Dialer:      &kafkago.Dialer{ClientID: clientID, Timeout: 10 * time.Second, DualStack: true},
 		StartOffset: kafkago.FirstOffset, QueueCapacity: queue,
-		MaxWait: 250 * time.Millisecond, ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
+		MaxWait: time.Second, ReadBackoffMin: 50 * time.Millisecond, ReadBackoffMax: time.Second,
 		HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second, RebalanceTimeout: 10 * time.Second,
 		JoinGroupBackoff: 500 * time.Millisecond,
 		// Topics created after the reader joined (Kafka came up later)
