@@ -53,6 +53,7 @@ type Broker struct {
 	client *kafkago.Client
 	w      *kafkago.Writer
 	topics map[string]bool // logical topics sluice declared
+	ready  chan struct{}   // closed once every topic exists
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -88,6 +89,7 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 			ReadTimeout:  10 * time.Second,
 		},
 		topics: map[string]bool{broker.ResultTopic: true, takenTopic: true},
+		ready:  make(chan struct{}),
 	}
 	for _, be := range opts.Backends {
 		b.topics[broker.RequestTopic(be)] = true
@@ -104,11 +106,17 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 	b.stop = cancel
 	// Topics are created in the background when Kafka is not there yet:
 	// sluice starts, answers 503 until Kafka is reachable, then recovers.
-	if err := b.createTopics(ctx, all); err != nil {
+	// Readers start only once the topics exist: a consumer group that joins
+	// before its topic exists is never assigned its partitions.
+	if err := b.createTopics(ctx, all); err == nil {
+		close(b.ready)
+	} else {
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
-			_ = b.createTopics(fctx, all)
+			if b.createTopics(fctx, all) == nil {
+				close(b.ready)
+			}
 		}()
 	}
 	if !opts.NoForward {
@@ -211,6 +219,11 @@ func (b *Broker) route(topic string, msg broker.Message, now time.Time) kafkago.
 
 // forward moves messages out of one delay tier once they have waited it.
 func (b *Broker) forward(ctx context.Context, tier time.Duration) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-b.ready:
+	}
 	r := kafkago.NewReader(kafkago.ReaderConfig{
 		Brokers: b.opts.Brokers, GroupID: groupPrefix + b.opts.TopicPrefix + "delay",
 		Topic: b.name(tierTopic(tier)), StartOffset: kafkago.FirstOffset,
@@ -273,7 +286,7 @@ func (b *Broker) Subscribe(_ context.Context, topic string, opts broker.Subscrib
 		queue = 64
 	}
 	clientID := fmt.Sprintf("sluice-%d-%d", os.Getpid(), subSeq.Add(1))
-	r := kafkago.NewReader(kafkago.ReaderConfig{
+	cfg := kafkago.ReaderConfig{
 		Brokers: b.opts.Brokers, GroupID: groupPrefix + b.name(topic), Topic: b.name(topic),
 		Dialer:      &kafkago.Dialer{ClientID: clientID, Timeout: 10 * time.Second, DualStack: true},
 		StartOffset: kafkago.FirstOffset, QueueCapacity: queue,
@@ -283,9 +296,19 @@ func (b *Broker) Subscribe(_ context.Context, topic string, opts broker.Subscrib
 		// Topics created after the reader joined (Kafka came up later)
 		// and added partitions trigger a rebalance instead of going unread.
 		WatchPartitionChanges: true, PartitionWatchInterval: 2 * time.Second,
-	})
-	s := &subscription{b: b, topic: topic, r: r, clientID: clientID, parts: map[int]*partition{},
-		kick: make(chan struct{}, 1), closed: make(chan struct{}), done: make(chan struct{})}
+	}
+	s := &subscription{b: b, topic: topic, clientID: clientID, parts: map[int]*partition{},
+		kick: make(chan struct{}, 1), closed: make(chan struct{}), done: make(chan struct{}),
+		started: make(chan struct{}), starter: make(chan struct{})}
+	go func() { // the reader joins the group once the topics exist
+		defer close(s.starter)
+		select {
+		case <-s.closed:
+		case <-b.ready:
+			s.r = kafkago.NewReader(cfg)
+			close(s.started)
+		}
+	}()
 	go s.commitLoop()
 	return s, nil
 }
@@ -301,7 +324,9 @@ type partition struct {
 type subscription struct {
 	b        *Broker
 	topic    string
-	r        *kafkago.Reader
+	r        *kafkago.Reader // set before started closes
+	started  chan struct{}
+	starter  chan struct{} // closed when the starting goroutine is done
 	clientID string
 	mu       sync.Mutex
 	parts    map[int]*partition
@@ -312,6 +337,13 @@ type subscription struct {
 }
 
 func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
+	select {
+	case <-s.started:
+	case <-s.closed:
+		return nil, broker.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	var out []broker.Delivery
 	for len(out) < max {
 		fctx := ctx
@@ -403,7 +435,12 @@ func (s *subscription) Close() error {
 	s.once.Do(func() {
 		close(s.closed)
 		<-s.done
-		_ = s.r.Close()
+		<-s.starter
+		select {
+		case <-s.started:
+			_ = s.r.Close()
+		default:
+		}
 	})
 	return nil
 }
