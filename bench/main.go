@@ -655,12 +655,19 @@ func rawKafka(addr string, c int, d time.Duration) loadResult {
 }
 
 func benchKafka(sk *sink) {
-	fmt.Println("== kafka: ingest through Kafka (kfake in its own process), 1 KiB JSON")
-	addr, stopK := startKfake()
-	defer stopK()
+	var addr string
+	if env := os.Getenv("KAFKA_BROKERS"); env != "" {
+		addr, _, _ = strings.Cut(env, ",")
+		fmt.Printf("== kafka: ingest through Kafka at %s, 1 KiB JSON\n", addr)
+	} else {
+		fmt.Println("== kafka: ingest through Kafka (kfake in its own process), 1 KiB JSON")
+		a, stopK := startKfake()
+		defer stopK()
+		addr = a
+	}
 	raw := rawKafka(addr, *conns, *dur)
 	p := startSluiceWith(sk.url, "    concurrency: 16\n", "ack: durable",
-		fmt.Sprintf("broker: { kind: kafka, kafka: { brokers: [%q], topic_prefix: \"bench.\", partitions: 6 } }", addr))
+		fmt.Sprintf("broker: { kind: kafka, kafka: { brokers: [%q], topic_prefix: \"bench%d.\", partitions: 6 } }", addr, time.Now().Unix()))
 	p.patch(`{"paused":true}`)
 	load(p.addr, "/v1/logs", *conns, time.Second, math.MaxInt64)
 	s := load(p.addr, "/v1/logs", *conns, *dur, math.MaxInt64)
