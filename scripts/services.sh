@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the services the test suite needs are installed and running:
-# Redis on 127.0.0.1:6379 (result store tests). Kafka tests use kfake, an
+# Redis on 127.0.0.1:6379 (result store tests) and RabbitMQ on
+# 127.0.0.1:5672, guest/guest (RabbitMQ broker tests). Kafka tests use kfake, an
 # in-process Kafka, unless KAFKA_BROKERS points at a real cluster. Installs
 # from Debian packages when a service is missing. Under CI (CI=true) a
 # service that cannot be had is a failure.
@@ -53,6 +54,30 @@ ensure_redis() {
   return 1
 }
 
+rabbit_up() {
+  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
+}
+
+ensure_rabbitmq() {
+  if [ -n "${RABBITMQ_URL:-}" ]; then
+    log "using RabbitMQ at the RABBITMQ_URL given"
+    return 0
+  fi
+  rabbit_up && { log "RabbitMQ is running on 127.0.0.1:5672"; return 0; }
+  if ! command -v rabbitmq-server >/dev/null; then
+    log "installing rabbitmq-server from Debian packages"
+    apt_install rabbitmq-server || return 1
+  fi
+  log "starting rabbitmq-server"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || return 1
+  for _ in $(seq 100); do
+    rabbit_up && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
 command -v go >/dev/null || fail "Go is not installed"
 if ! command -v docker-compose >/dev/null; then
   log "installing docker-compose from Debian packages (validates docker-compose.yml)"
@@ -63,6 +88,12 @@ if ! ensure_redis; then
     fail "Redis is required and could not be started (CI=true: a missing service is a failure)"
   fi
   fail "Redis is required for the result-store tests; install redis-server or set REDIS_ADDR"
+fi
+if ! ensure_rabbitmq; then
+  if [ "${CI:-}" = true ]; then
+    fail "RabbitMQ is required and could not be started (CI=true: a missing service is a failure)"
+  fi
+  fail "RabbitMQ is required for the RabbitMQ broker tests; install rabbitmq-server or set RABBITMQ_URL"
 fi
 if [ -n "${KAFKA_BROKERS:-}" ]; then
   log "Kafka tests run against $KAFKA_BROKERS"
