@@ -70,7 +70,11 @@ ensure_rabbitmq() {
   fi
   log "starting rabbitmq-server"
   rabbitmq-server -detached >/dev/null 2>&1 || true
-  timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || return 1
+  # -detached returns before the node exists; await_startup needs the node.
+  for _ in $(seq 120); do
+    timeout 30 rabbitmqctl await_startup >/dev/null 2>&1 && break
+    sleep 1
+  done
   for _ in $(seq 100); do
     rabbit_up && return 0
     sleep 0.2
