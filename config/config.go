@@ -273,6 +273,17 @@ func (c *Config) ApplyDefaults() {
 			k.Partitions = 6
 		}
 	}
+	if c.Broker.Kind == "rabbitmq" && c.Broker.RabbitMQ == nil {
+		c.Broker.RabbitMQ = &RabbitMQ{}
+	}
+	if r := c.Broker.RabbitMQ; r != nil {
+		if r.URL == "" {
+			r.URL = "amqp://guest:guest@127.0.0.1:5672/"
+		}
+		if r.QueuePrefix == "" {
+			r.QueuePrefix = "sluice."
+		}
+	}
 	if c.Results.Store == "redis" && c.Results.Redis == nil {
 		c.Results.Redis = &Redis{}
 	}

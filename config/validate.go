@@ -55,9 +55,7 @@ func (c *Config) Validate() error {
 	}
 
 	switch c.Broker.Kind {
-	case "embedded", "kafka":
-	case "rabbitmq":
-		bad("broker.kind", "%q is %s (use embedded or kafka)", c.Broker.Kind, notYet)
+	case "embedded", "kafka", "rabbitmq":
 	default:
 		bad("broker.kind", "must be embedded, kafka or rabbitmq, got %q", c.Broker.Kind)
 	}
@@ -77,8 +75,10 @@ func (c *Config) Validate() error {
 			bad("broker.kafka.topic_prefix", "must be a valid Kafka topic name prefix, got %q", k.TopicPrefix)
 		}
 	}
-	if c.Broker.RabbitMQ != nil {
-		bad("broker.rabbitmq", notYet)
+	if r := c.Broker.RabbitMQ; r != nil {
+		if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
+			bad("broker.rabbitmq.url", "must be an amqp:// or amqps:// url")
+		}
 	}
 	if c.Broker.Embedded.AckWait < 0 {
 		bad("broker.embedded.ack_wait", "must be > 0")

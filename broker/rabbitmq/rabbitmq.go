@@ -550,3 +550,42 @@ func (b *Broker) Close() error {
 	b.wg.Wait()
 	return nil
 }
+
+// DeleteQueues removes every queue a broker with opts declares: request,
+// result, dead-letter and delay queues. For tearing a deployment down (and
+// for tests); it deletes queued messages with them.
+func DeleteQueues(opts Options) error {
+	b := &Broker{opts: opts, queues: map[string]bool{broker.ResultTopic: true}}
+	if b.opts.QueuePrefix == "" {
+		b.opts.QueuePrefix = "sluice."
+	}
+	b.targets = []string{broker.ResultTopic}
+	for _, be := range opts.Backends {
+		b.queues[broker.RequestTopic(be)] = true
+		b.queues[broker.DeadLetterTopic(be)] = true
+		b.targets = append(b.targets, broker.RequestTopic(be))
+	}
+	conn, err := amqp.Dial(opts.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	for topic := range b.queues {
+		if _, err := ch.QueueDelete(b.name(topic), false, false, false); err != nil {
+			return err
+		}
+	}
+	for _, t := range b.targets {
+		for _, d := range tiers {
+			if _, err := ch.QueueDelete(b.delayQueue(d, t), false, false, false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

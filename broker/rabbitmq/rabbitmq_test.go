@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/brokertest"
 )
@@ -20,27 +18,6 @@ func amqpURL() string {
 		return u
 	}
 	return "amqp://guest:guest@127.0.0.1:5672/"
-}
-
-// dropQueues deletes every queue a test broker declared.
-func dropQueues(t *testing.T, b *Broker) {
-	conn, err := amqp.Dial(amqpURL())
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	for topic := range b.queues {
-		_, _ = ch.QueueDelete(b.name(topic), false, false, false)
-	}
-	for _, tg := range b.targets {
-		for _, d := range tiers {
-			_, _ = ch.QueueDelete(b.delayQueue(d, tg), false, false, false)
-		}
-	}
 }
 
 func TestConformance(t *testing.T) {
@@ -63,7 +40,7 @@ func TestConformance(t *testing.T) {
 		t.Cleanup(func() {
 			_ = b.Close()
 			if !restart {
-				dropQueues(t, b)
+				_ = DeleteQueues(b.opts)
 			}
 		})
 		return b

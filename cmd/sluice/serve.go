@@ -19,6 +19,7 @@ import (
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/embedded"
 	"github.com/sluice-gw/sluice/broker/kafka"
+	"github.com/sluice-gw/sluice/broker/rabbitmq"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/demo"
 	"github.com/sluice-gw/sluice/ingress"
@@ -81,7 +82,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	if len(roles) != len(allRoles) {
 		switch {
 		case cfg.Broker.Kind == "embedded":
-			fmt.Fprintln(stderr, "sluice serve: -roles: the embedded broker lives inside one process, so it runs all roles; use kafka to split them")
+			fmt.Fprintln(stderr, "sluice serve: -roles: the embedded broker lives inside one process, so it runs all roles; use kafka or rabbitmq to split them")
 			return errUsage
 		case cfg.Results.Store != "redis":
 			fmt.Fprintln(stderr, "sluice serve: -roles: processes with separate roles share outcomes through results.store: redis")
@@ -220,6 +221,9 @@ func openBroker(ctx context.Context, cfg *config.Config, backends []string, work
 	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	switch cfg.Broker.Kind {
+	case "rabbitmq":
+		r := cfg.Broker.RabbitMQ
+		return rabbitmq.Open(openCtx, rabbitmq.Options{URL: r.URL, QueuePrefix: r.QueuePrefix, Backends: backends})
 	case "kafka":
 		k := cfg.Broker.Kafka
 		return kafka.Open(openCtx, kafka.Options{
