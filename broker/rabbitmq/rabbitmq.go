@@ -394,6 +394,26 @@ func (s *subscription) Close() error {
 	return nil
 }
 
+var _ broker.Sharer = (*subscription)(nil)
+
+// Share is 1/n for the n consumers of the queue (one per process): the
+// competing consumers split the backend's limits evenly.
+func (s *subscription) Share(context.Context) (float64, error) {
+	var n int
+	err := s.b.withChannel(func(ch *amqp.Channel) error {
+		q, err := ch.QueueDeclarePassive(s.b.name(s.topic), true, false, false, false, nil)
+		n = q.Consumers
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n < 1 {
+		return 0, fmt.Errorf("no consumers on %s yet", s.topic)
+	}
+	return 1 / float64(n), nil
+}
+
 type delivery struct {
 	s       *subscription
 	m       amqp.Delivery

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/broker/rabbitmq"
 )
 
 // startRoles starts `sluice serve -roles roles` as a child process.
@@ -17,15 +19,29 @@ func startRoles(t *testing.T, cfgPath, roles string) *proc {
 }
 
 // TestScaleOutRateHoldsInTotal: two worker processes share one backend's
-// rate: the backend sees rate/s in total, not twice it.
+// rate: the backend sees rate/s in total, not twice it — on Kafka (shares
+// by assigned partitions) and RabbitMQ (competing consumers).
 func TestScaleOutRateHoldsInTotal(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	addrs, prefix := kafkaBrokers(t)
+	t.Run("kafka", func(t *testing.T) {
+		addrs, prefix := kafkaBrokers(t)
+		scaleOut(t, kafkaCfg(addrs, prefix), prefix)
+	})
+	t.Run("rabbitmq", func(t *testing.T) {
+		prefix := fmt.Sprintf("sluice-scale-%d.", time.Now().UnixNano())
+		t.Cleanup(func() {
+			_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"b"}})
+		})
+		scaleOut(t, rabbitCfg(prefix), prefix)
+	})
+}
+
+func scaleOut(t *testing.T, brokerCfg, prefix string) {
 	be := newBackend(t, nil)
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, kafkaCfg(addrs, prefix)+fmt.Sprintf(`
+	cfg := writeConfig(t, dir, brokerCfg+fmt.Sprintf(`
 log: { level: info }
 results:
   store: redis
