@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/broker/rabbitmq"
 )
 
 var (
@@ -182,9 +184,25 @@ backends:
 // TestKill9LosesNothing: SIGKILL mid-stream, restart on the same data: every
 // id that got a 202 is delivered and succeeds.
 func TestKill9LosesNothing(t *testing.T) {
+	t.Run("embedded", func(t *testing.T) { kill9(t, "") })
+	t.Run("rabbitmq", func(t *testing.T) {
+		prefix := fmt.Sprintf("sluice-kill-%d.", time.Now().UnixNano())
+		t.Cleanup(func() {
+			_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"b"}})
+		})
+		kill9(t, rabbitCfg(prefix))
+	})
+}
+
+func kill9(t *testing.T, brokerCfg string) {
 	be := newBackend(t, nil)
 	dir := t.TempDir()
-	cfg := procConfig(t, dir, be.URL, "    rate: 150\n    concurrency: 8\n")
+	cfg := writeConfig(t, dir, brokerCfg+`
+log: { level: info }
+shutdown_timeout: 10s
+routes: [{ name: r, path: /r, backend: b }]
+backends:
+`+backendCfg("b", be.URL, "    rate: 150\n    concurrency: 8\n"))
 	p := startProc(t, cfg)
 
 	stop := make(chan struct{})
