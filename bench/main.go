@@ -34,9 +34,12 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	amqp "github.com/rabbitmq/amqp091-go"
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-gw/sluice/broker/rabbitmq"
 )
 
 var (
@@ -45,7 +48,7 @@ var (
 	conns     = flag.Int("conns", 64, "client connections for ingest")
 	bareAddr  = flag.String("bare-server", "", "internal: run the bare fasthttp baseline on this address")
 	kfakeRun  = flag.Bool("kfake-server", false, "internal: run kfake and print its address")
-	only      = flag.String("only", "", "run only these parts, comma-separated: ingest,rate,retries,cpu,overload,kafka")
+	only      = flag.String("only", "", "run only these parts, comma-separated: ingest,rate,retries,cpu,overload,kafka,rabbitmq")
 )
 
 func main() {
@@ -79,6 +82,9 @@ func main() {
 	}
 	if want("kafka") {
 		benchKafka(sink)
+	}
+	if want("rabbitmq") {
+		benchRabbit(sink)
 	}
 }
 
@@ -682,4 +688,106 @@ func benchKafka(sk *sink) {
 		fmt.Printf("; %.2fx bare fasthttp", s.rps()/bareRPS)
 	}
 	fmt.Print("\n\n")
+}
+
+// ---- RabbitMQ ----
+
+func rabbitURL() string {
+	if u := os.Getenv("RABBITMQ_URL"); u != "" {
+		return u
+	}
+	return "amqp://guest:guest@127.0.0.1:5672/"
+}
+
+// rawRabbit measures amqp091-go alone, pipelined as sluice does: a pool of
+// 4 confirm-mode channels, c goroutines each publishing one persistent 1 KiB
+// message to a quorum queue and waiting for its deferred confirm.
+func rawRabbit(c int, d time.Duration) (loadResult, error) {
+	conn, err := amqp.Dial(rabbitURL())
+	if err != nil {
+		return loadResult{}, err
+	}
+	defer conn.Close()
+	q := fmt.Sprintf("sluice-bench-raw-%d", time.Now().UnixNano())
+	setup, err := conn.Channel()
+	if err != nil {
+		return loadResult{}, err
+	}
+	if _, err := setup.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		return loadResult{}, err
+	}
+	defer func() { _, _ = setup.QueueDelete(q, false, false, false); setup.Close() }()
+	pool := make(chan *amqp.Channel, 4)
+	for range 4 {
+		ch, err := conn.Channel()
+		if err != nil {
+			return loadResult{}, err
+		}
+		if err := ch.Confirm(false); err != nil {
+			return loadResult{}, err
+		}
+		pool <- ch
+	}
+	run := func(d time.Duration) loadResult {
+		var mu sync.Mutex
+		res := loadResult{byStatus: map[int]int{}}
+		stop := time.Now().Add(d)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range c {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var lat []time.Duration
+				ctx := context.Background()
+				for time.Now().Before(stop) {
+					t0 := time.Now()
+					ch := <-pool
+					dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, amqp.Publishing{
+						Headers: amqp.Table{"sluice-id": "x"}, Body: payload, DeliveryMode: amqp.Persistent})
+					pool <- ch
+					if err != nil {
+						continue
+					}
+					if ok, err := dc.WaitContext(ctx); err == nil && ok {
+						lat = append(lat, time.Since(t0))
+					}
+				}
+				mu.Lock()
+				res.latencies = append(res.latencies, lat...)
+				res.n += len(lat)
+				res.byStatus[202] += len(lat)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		res.elapsed = time.Since(start)
+		slices.Sort(res.latencies)
+		return res
+	}
+	run(time.Second)
+	return run(d), nil
+}
+
+func benchRabbit(sk *sink) {
+	fmt.Println("== rabbitmq: ingest through RabbitMQ on 127.0.0.1:5672, 1 KiB JSON, quorum queues")
+	raw, err := rawRabbit(*conns, *dur)
+	if err != nil {
+		fmt.Printf("  skipped: no RabbitMQ at %s (%v)\n\n", rabbitURL(), err)
+		return
+	}
+	prefix := fmt.Sprintf("sluice-bench-%d.", time.Now().UnixNano())
+	p := startSluiceWith(sk.url, "    concurrency: 16\n", "ack: durable",
+		fmt.Sprintf("broker: { kind: rabbitmq, rabbitmq: { url: %q, queue_prefix: %q } }", rabbitURL(), prefix))
+	p.patch(`{"paused":true}`)
+	load(p.addr, "/v1/logs", *conns, time.Second, math.MaxInt64)
+	s := load(p.addr, "/v1/logs", *conns, *dur, math.MaxInt64)
+	p.stop()
+	_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"sink"}})
+	fmt.Printf("  %-34s %9.0f msg/s   p50 %6.2f ms   p99 %6.2f ms\n", "raw amqp091, pipelined confirms", raw.rps(), ms(raw.pct(0.5)), ms(raw.pct(0.99)))
+	fmt.Printf("  %-34s %9.0f req/s   p50 %6.2f ms   p99 %6.2f ms   (non-2xx %d, errors %d)\n", "sluice, rabbitmq, ack: durable",
+		s.rps(), ms(s.pct(0.5)), ms(s.pct(0.99)), s.n-s.byStatus[202], s.errors)
+	r := s.rps() / raw.rps()
+	fmt.Printf("  ratio: %.2fx the raw publisher (goal >= 0.7x: %s); p99 %.2f ms (goal < 10 ms: %s)\n\n",
+		r, verdict(r >= 0.7), ms(s.pct(0.99)), verdict(s.pct(0.99) < 10*time.Millisecond))
 }
