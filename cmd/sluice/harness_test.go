@@ -10,8 +10,10 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -289,4 +291,75 @@ func filepathAbs(p string) (string, error) { return filepath.Abs(p) }
 func jsonDecode(resp *http.Response, v any) error {
 	defer resp.Body.Close()
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// stream submits from 4 clients until stopped (bounded by max each),
+// keeping the ids that got a 202 and counting 503s.
+type stream struct {
+	mu   sync.Mutex
+	ids  []string
+	n503 atomic.Int64
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func startStream(t *testing.T, base string, max int) *stream {
+	s := &stream{stop: make(chan struct{})}
+	c := &http.Client{Timeout: 5 * time.Second}
+	for w := range 4 {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for i := 0; i < max; i++ {
+				select {
+				case <-s.stop:
+					return
+				default:
+				}
+				resp, err := c.Post(base+"/r", "application/json", strings.NewReader(fmt.Sprintf(`{"w":%d,"i":%d}`, w, i)))
+				if err != nil {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				var a accepted
+				_ = jsonDecode(resp, &a)
+				switch resp.StatusCode {
+				case 202:
+					s.mu.Lock()
+					s.ids = append(s.ids, a.ID)
+					s.mu.Unlock()
+				case 503:
+					s.n503.Add(1)
+					if resp.Header.Get("Retry-After") == "" {
+						t.Error("503 without Retry-After")
+					}
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+	return s
+}
+
+func (s *stream) count() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.ids) }
+
+// waitFor waits until n submits were accepted, failing after 2 minutes.
+func (s *stream) waitFor(t *testing.T, n int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(120 * time.Second)
+	for s.count() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("submits not accepted again after %s (%d so far)", what, s.count())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// end stops the stream and returns the accepted ids.
+func (s *stream) end() []string {
+	close(s.stop)
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.ids)
 }

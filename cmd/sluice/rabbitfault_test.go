@@ -3,12 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,66 +58,21 @@ backends:
 `+backendCfg("b", be.URL, "    rate: 200\n    concurrency: 8\n"))
 	p := startProc(t, cfg)
 
-	var mu sync.Mutex
-	var ids []string
-	var n503 atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	c := &http.Client{Timeout: 5 * time.Second}
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 20000; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				resp, err := c.Post(p.base+"/r", "application/json", strings.NewReader(fmt.Sprintf(`{"w":%d,"i":%d}`, w, i)))
-				if err != nil {
-					time.Sleep(20 * time.Millisecond)
-					continue
-				}
-				var a accepted
-				_ = jsonDecode(resp, &a)
-				switch resp.StatusCode {
-				case 202:
-					mu.Lock()
-					ids = append(ids, a.ID)
-					mu.Unlock()
-				case 503:
-					n503.Add(1)
-				}
-				time.Sleep(2 * time.Millisecond)
-			}
-		}()
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(ids) }
-	waitMore := func(n int, what string) {
-		deadline := time.Now().Add(120 * time.Second)
-		for count() < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("submits not accepted again after %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	waitMore(200, "start")
+	st := startStream(t, p.base, 20000)
+	st.waitFor(t, 200, "start")
 	rabbitctl(t, "stop_app")
 	time.Sleep(2 * time.Second)
 	rabbitctl(t, "start_app")
-	waitMore(count()+200, "stop_app/start_app")
+	st.waitFor(t, st.count()+200, "stop_app/start_app")
 	if out, err := exec.Command("pkill", "-9", "-f", "beam.smp").CombinedOutput(); err != nil {
 		t.Fatalf("pkill beam.smp: %v %s", err, out)
 	}
 	time.Sleep(2 * time.Second)
 	rabbitBack(t)
-	waitMore(count()+200, "SIGKILL and restart")
-	close(stop)
-	wg.Wait()
-	t.Logf("%d accepted, %d answered 503 while RabbitMQ was away", count(), n503.Load())
-	if n503.Load() == 0 {
+	st.waitFor(t, st.count()+200, "SIGKILL and restart")
+	ids := st.end()
+	t.Logf("%d accepted, %d answered 503 while RabbitMQ was away", len(ids), st.n503.Load())
+	if st.n503.Load() == 0 {
 		t.Fatal("no 503 while RabbitMQ was away")
 	}
 	awaitAll(t, p.base, ids, 120*time.Second)
