@@ -72,10 +72,6 @@ type Server struct {
 	// ack: fast
 	fastQ  chan *job.Request
 	fastWG sync.WaitGroup
-
-	// Accepted counts 202s; Rejected counts error answers by status.
-	Accepted atomic.Int64
-	rejected sync.Map // int -> *atomic.Int64
 }
 
 // New compiles the routes of cfg.
@@ -152,25 +148,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Rejected returns the error answers so far, by status.
-func (s *Server) Rejected() map[int]int64 {
-	out := map[int]int64{}
-	s.rejected.Range(func(k, v any) bool { out[k.(int)] = v.(*atomic.Int64).Load(); return true })
-	return out
-}
-
-func (s *Server) reject(ctx *fasthttp.RequestCtx, status int, detail string, retryAfter int) {
-	c, _ := s.rejected.LoadOrStore(status, new(atomic.Int64))
-	c.(*atomic.Int64).Add(1)
-	problem(ctx, status, detail, retryAfter)
-}
-
 func (s *Server) parseError(ctx *fasthttp.RequestCtx, err error) {
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-		s.reject(ctx, 413, "request body is larger than any route allows", 0)
+		problem(ctx, 413, "request body is larger than any route allows", 0)
 		return
 	}
-	s.reject(ctx, 400, "malformed HTTP request", 0)
+	problem(ctx, 400, "malformed HTTP request", 0)
 }
 
 func (s *Server) match(path string) (*route, string) {
@@ -193,11 +176,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	r, rest := s.match(string(path))
 	if r == nil {
-		s.reject(ctx, 404, "no route for this path", 0)
+		problem(ctx, 404, "no route for this path", 0)
 		return
 	}
 	if !r.methods[string(ctx.Method())] {
-		s.reject(ctx, 405, "this route accepts "+r.allow, 0)
+		problem(ctx, 405, "this route accepts "+r.allow, 0)
 		ctx.Response.Header.Set("Allow", r.allow)
 		return
 	}
@@ -238,24 +221,24 @@ func (s *Server) retryAfter(r *route, depth int64, drain float64) int {
 func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 	body := ctx.PostBody()
 	if int64(len(body)) > int64(r.cfg.MaxBody) {
-		s.reject(ctx, 413, "request body is larger than this route's max_body ("+strconv.FormatInt(int64(r.cfg.MaxBody), 10)+" bytes)", 0)
+		problem(ctx, 413, "request body is larger than this route's max_body ("+strconv.FormatInt(int64(r.cfg.MaxBody), 10)+" bytes)", 0)
 		return
 	}
 	if r.schema != nil {
 		if err := r.schema.Validate(body); err != nil {
-			s.reject(ctx, 400, "body does not match the route's schema: "+err.Error(), 0)
+			problem(ctx, 400, "body does not match the route's schema: "+err.Error(), 0)
 			return
 		}
 	}
 	depth, drain := s.backlog.Backlog(r.topic)
 	if mb := r.backend.MaxBacklog; mb > 0 && depth >= mb {
-		s.reject(ctx, 503, "backend "+r.backend.Name+" has "+strconv.FormatInt(depth, 10)+" requests waiting; try later",
+		problem(ctx, 503, "backend "+r.backend.Name+" has "+strconv.FormatInt(depth, 10)+" requests waiting; try later",
 			s.retryAfter(r, depth, drain))
 		return
 	}
 	if n := s.inflight.Add(1); n > int64(s.cfg.MaxInflight) {
 		s.inflight.Add(-1)
-		s.reject(ctx, 503, "too many requests are being queued right now; try later", 1)
+		problem(ctx, 503, "too many requests are being queued right now; try later", 1)
 		return
 	}
 	defer s.inflight.Add(-1)
@@ -268,7 +251,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 	if idemKey != "" {
 		bound, created, err := s.store.Claim(reqCtx, client, idemKey, id)
 		if err != nil {
-			s.reject(ctx, 503, "the result store is unavailable; try later", 1)
+			problem(ctx, 503, "the result store is unavailable; try later", 1)
 			return
 		}
 		if !created {
@@ -294,13 +277,13 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		case s.fastQ <- req:
 		default:
 			s.unclaim(client, idemKey)
-			s.reject(ctx, 503, "the in-memory buffer is full; try later", 1)
+			problem(ctx, 503, "the in-memory buffer is full; try later", 1)
 			return
 		}
 	} else if err := s.pub.Publish(reqCtx, r.topic, req.Message()); err != nil {
 		s.log.Warn().Err(err).Str("route", r.cfg.Name).Msg("publish refused; answering 503")
 		s.unclaim(client, idemKey)
-		s.reject(ctx, 503, "the queue cannot take the request right now; try later", 2)
+		problem(ctx, 503, "the queue cannot take the request right now; try later", 2)
 		return
 	}
 	s.backlog.Add(r.topic, 1)
@@ -318,7 +301,6 @@ func (s *Server) unclaim(client, key string) {
 }
 
 func (s *Server) accepted(ctx *fasthttp.RequestCtx, id string, retryAfter int) {
-	s.Accepted.Add(1)
 	loc := pollPrefix + id
 	ctx.SetStatusCode(202)
 	ctx.SetContentType("application/json")

@@ -32,26 +32,26 @@ func parseWait(v string) (time.Duration, bool) {
 func (s *Server) poll(ctx *fasthttp.RequestCtx, rest string) {
 	id, sub, _ := strings.Cut(rest, "/")
 	if id == "" || (sub != "" && sub != "response") {
-		s.reject(ctx, 404, "no route for this path", 0)
+		problem(ctx, 404, "no route for this path", 0)
 		return
 	}
 	if m := string(ctx.Method()); m != "GET" && m != "HEAD" {
-		s.reject(ctx, 405, "polling accepts GET and HEAD", 0)
+		problem(ctx, 405, "polling accepts GET and HEAD", 0)
 		ctx.Response.Header.Set("Allow", "GET, HEAD")
 		return
 	}
 	wait, ok := parseWait(string(ctx.QueryArgs().Peek("wait")))
 	if !ok {
-		s.reject(ctx, 400, `wait must be a duration such as "10s" (at most 30s)`, 0)
+		problem(ctx, 400, `wait must be a duration such as "10s" (at most 30s)`, 0)
 		return
 	}
 	rec, err := s.lookup(id, wait)
 	switch {
 	case errors.Is(err, job.ErrNotFound):
-		s.reject(ctx, 404, "no request with this id (unknown or expired)", 0)
+		problem(ctx, 404, "no request with this id (unknown or expired)", 0)
 		return
 	case err != nil:
-		s.reject(ctx, 503, "the result store is unavailable; try later", 1)
+		problem(ctx, 503, "the result store is unavailable; try later", 1)
 		return
 	}
 	if sub == "response" {
@@ -103,11 +103,11 @@ func (s *Server) lookup(id string, wait time.Duration) (*job.Record, error) {
 func (s *Server) replay(ctx *fasthttp.RequestCtx, rec *job.Record) {
 	if !rec.Status.Terminal() {
 		ctx.Response.Header.Set("Retry-After", "1")
-		s.reject(ctx, 409, "the request is "+string(rec.Status)+"; its response is not there yet", 1)
+		problem(ctx, 409, "the request is "+string(rec.Status)+"; its response is not there yet", 1)
 		return
 	}
 	if rec.Response == nil {
-		s.reject(ctx, 502, "the backend never answered: "+rec.LastError, 0)
+		problem(ctx, 502, "the backend never answered: "+rec.LastError, 0)
 		return
 	}
 	ctx.Response.Header.SetNoDefaultContentType(true)

@@ -193,10 +193,9 @@ func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
 		recs := tx.Bucket(bucketRecords)
 		for _, id := range order {
 			evs := byID[id]
-			e := evs[0]
 			var old *job.Record
 			onDisk := false
-			if v := recs.Get(recordKey(e.ID)); v != nil {
+			if v := recs.Get(recordKey(id)); v != nil {
 				r, err := decodeRecord(v)
 				if err != nil {
 					return err
