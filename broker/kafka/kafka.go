@@ -36,15 +36,6 @@ const (
 	groupPrefix  = "sluice-"
 )
 
-// tiers are the delay topics: a held-back message waits in the largest tier
-// not longer than its remaining delay, then moves on (to a smaller tier or
-// its target). Every message of a tier waits the same time, so a tier is
-// FIFO and its head never holds up a message that is due sooner.
-var tiers = []time.Duration{
-	100 * time.Millisecond, 500 * time.Millisecond, time.Second, 5 * time.Second,
-	30 * time.Second, 2 * time.Minute, 10 * time.Minute, time.Hour,
-}
-
 func tierTopic(d time.Duration) string { return "delay." + d.String() }
 
 // Broker is the Kafka broker. It is safe for concurrent use.
@@ -95,11 +86,11 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 		b.topics[broker.RequestTopic(be)] = true
 		b.topics[broker.DeadLetterTopic(be)] = true
 	}
-	all := make([]string, 0, len(b.topics)+len(tiers))
+	all := make([]string, 0, len(b.topics)+len(broker.DelayTiers))
 	for t := range b.topics {
 		all = append(all, t)
 	}
-	for _, d := range tiers {
+	for _, d := range broker.DelayTiers {
 		all = append(all, tierTopic(d))
 	}
 	fctx, cancel := context.WithCancel(context.Background())
@@ -120,7 +111,7 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 		}()
 	}
 	if !opts.NoForward {
-		for _, d := range tiers {
+		for _, d := range broker.DelayTiers {
 			b.wg.Add(1)
 			go func() {
 				defer b.wg.Done()
@@ -200,15 +191,9 @@ func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) 
 
 // route picks the Kafka topic for msg: its own, or the delay tier it waits in.
 func (b *Broker) route(topic string, msg broker.Message, now time.Time) kafkago.Message {
-	wait := msg.NotBefore.Sub(now)
-	if msg.NotBefore.IsZero() || wait < tiers[0] {
+	tier, ok := broker.DelayTier(msg.NotBefore.Sub(now))
+	if msg.NotBefore.IsZero() || !ok {
 		return toKafka(b.name(topic), msg)
-	}
-	tier := tiers[0]
-	for _, d := range tiers {
-		if d <= wait {
-			tier = d
-		}
 	}
 	m := toKafka(b.name(tierTopic(tier)), msg)
 	m.Headers = append(m.Headers,
@@ -258,7 +243,7 @@ func (b *Broker) forward(ctx context.Context, tier time.Duration) {
 			case <-time.After(w):
 			}
 		}
-		if w := time.Until(msg.NotBefore); w > 0 && w < tiers[0] {
+		if w := time.Until(msg.NotBefore); w > 0 && w < broker.DelayTiers[0] {
 			time.Sleep(w) // less than any tier: finish the wait here
 		}
 		for b.w.WriteMessages(ctx, b.route(target, msg, time.Now())) != nil {

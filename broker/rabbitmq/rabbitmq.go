@@ -30,15 +30,6 @@ const (
 	hdrNotBefore = "sluice-not-before"
 )
 
-// tiers are the delay queues: each holds messages for a fixed time (its
-// message TTL), then dead-letters them back to their target queue. A
-// message waits in the largest tier not longer than its remaining delay;
-// one that comes back early goes on to a smaller tier.
-var tiers = []time.Duration{
-	100 * time.Millisecond, 500 * time.Millisecond, time.Second, 5 * time.Second,
-	30 * time.Second, 2 * time.Minute, 10 * time.Minute, time.Hour,
-}
-
 // Broker is the RabbitMQ broker. It is safe for concurrent use; no AMQP
 // channel is ever used by two goroutines at once.
 type Broker struct {
@@ -64,20 +55,7 @@ var _ broker.Broker = (*Broker)(nil)
 // away, publishes fail with broker.ErrUnavailable and subscriptions wait.
 // It waits up to ctx for a first connection.
 func Open(ctx context.Context, opts Options) (*Broker, error) {
-	if opts.QueuePrefix == "" {
-		opts.QueuePrefix = "sluice."
-	}
-	if opts.PublishChannels <= 0 {
-		opts.PublishChannels = 4
-	}
-	b := &Broker{opts: opts, queues: map[string]bool{broker.ResultTopic: true},
-		up: make(chan struct{}), stop: make(chan struct{})}
-	b.targets = []string{broker.ResultTopic}
-	for _, be := range opts.Backends {
-		b.queues[broker.RequestTopic(be)] = true
-		b.queues[broker.DeadLetterTopic(be)] = true
-		b.targets = append(b.targets, broker.RequestTopic(be))
-	}
+	b := newBroker(opts)
 	b.wg.Add(1)
 	go b.manage()
 	select {
@@ -85,6 +63,38 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 	case <-ctx.Done():
 	}
 	return b, nil
+}
+
+// newBroker fills defaults and derives the topology of opts.
+func newBroker(opts Options) *Broker {
+	if opts.QueuePrefix == "" {
+		opts.QueuePrefix = "sluice."
+	}
+	if opts.PublishChannels <= 0 {
+		opts.PublishChannels = 4
+	}
+	b := &Broker{opts: opts, queues: map[string]bool{broker.ResultTopic: true},
+		targets: []string{broker.ResultTopic}, up: make(chan struct{}), stop: make(chan struct{})}
+	for _, be := range opts.Backends {
+		b.queues[broker.RequestTopic(be)] = true
+		b.queues[broker.DeadLetterTopic(be)] = true
+		b.targets = append(b.targets, broker.RequestTopic(be))
+	}
+	return b
+}
+
+// queueNames lists every queue of the topology: topics, then delay queues.
+func (b *Broker) queueNames() []string {
+	var out []string
+	for topic := range b.queues {
+		out = append(out, b.name(topic))
+	}
+	for _, t := range b.targets {
+		for _, d := range broker.DelayTiers {
+			out = append(out, b.delayQueue(d, t))
+		}
+	}
+	return out
 }
 
 func (b *Broker) name(topic string) string { return b.opts.QueuePrefix + topic }
@@ -155,7 +165,7 @@ func (b *Broker) setup(conn *amqp.Connection) error {
 		}
 	}
 	for _, t := range b.targets {
-		for _, d := range tiers {
+		for _, d := range broker.DelayTiers {
 			if _, err := ch.QueueDeclare(b.delayQueue(d, t), true, false, false, false, amqp.Table{
 				"x-message-ttl":             d.Milliseconds(),
 				"x-dead-letter-exchange":    "",
@@ -202,13 +212,7 @@ func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) 
 	for k, v := range msg.Headers {
 		hdr[k] = v
 	}
-	if wait := time.Until(msg.NotBefore); !msg.NotBefore.IsZero() && wait >= tiers[0] {
-		tier := tiers[0]
-		for _, d := range tiers {
-			if d <= wait {
-				tier = d
-			}
-		}
+	if tier, ok := broker.DelayTier(time.Until(msg.NotBefore)); !msg.NotBefore.IsZero() && ok {
 		queue = b.delayQueue(tier, topic)
 		hdr[hdrNotBefore] = strconv.FormatInt(msg.NotBefore.UnixNano(), 10)
 	}
@@ -325,7 +329,7 @@ func (s *subscription) consume(conn *amqp.Connection) {
 				}
 			}
 			switch {
-			case rest >= tiers[0]: // back early from a tier: on to a smaller one
+			case rest >= broker.DelayTiers[0]: // back early from a tier: on to a smaller one
 				_ = d.Nack(context.Background(), rest)
 			case rest > time.Millisecond: // less than any tier: hold it here
 				go func() {
@@ -496,7 +500,7 @@ func (b *Broker) Stats(_ context.Context, topic string) (broker.QueueStats, erro
 	err := b.withChannel(func(ch *amqp.Channel) error {
 		names := []string{b.name(topic)}
 		if slices.Contains(b.targets, topic) {
-			for _, d := range tiers {
+			for _, d := range broker.DelayTiers {
 				names = append(names, b.delayQueue(d, topic))
 			}
 		}
@@ -575,17 +579,8 @@ func (b *Broker) Close() error {
 // result, dead-letter and delay queues. For tearing a deployment down (and
 // for tests); it deletes queued messages with them.
 func DeleteQueues(opts Options) error {
-	b := &Broker{opts: opts, queues: map[string]bool{broker.ResultTopic: true}}
-	if b.opts.QueuePrefix == "" {
-		b.opts.QueuePrefix = "sluice."
-	}
-	b.targets = []string{broker.ResultTopic}
-	for _, be := range opts.Backends {
-		b.queues[broker.RequestTopic(be)] = true
-		b.queues[broker.DeadLetterTopic(be)] = true
-		b.targets = append(b.targets, broker.RequestTopic(be))
-	}
-	conn, err := amqp.Dial(opts.URL)
+	b := newBroker(opts)
+	conn, err := amqp.Dial(b.opts.URL)
 	if err != nil {
 		return err
 	}
@@ -595,16 +590,9 @@ func DeleteQueues(opts Options) error {
 		return err
 	}
 	defer ch.Close()
-	for topic := range b.queues {
-		if _, err := ch.QueueDelete(b.name(topic), false, false, false); err != nil {
+	for _, q := range b.queueNames() {
+		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
 			return err
-		}
-	}
-	for _, t := range b.targets {
-		for _, d := range tiers {
-			if _, err := ch.QueueDelete(b.delayQueue(d, t), false, false, false); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
