@@ -11,32 +11,24 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/rabbitmq/rabbitctl"
 )
 
 func ctl(t *testing.T, args ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput(); err != nil {
-		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
+	if err := rabbitctl.Ctl(ctx, args...); err != nil {
+		t.Fatal(err)
 	}
 }
 
-// ensureRunning brings the local RabbitMQ back whatever a test did to it.
 func ensureRunning(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
-	if exec.CommandContext(ctx, "rabbitmqctl", "start_app").Run() == nil {
-		return
+	if err := rabbitctl.EnsureRunning(ctx); err != nil {
+		t.Error(err)
 	}
-	_ = exec.Command("rabbitmq-server", "-detached").Run()
-	for ctx.Err() == nil {
-		if exec.CommandContext(ctx, "rabbitmqctl", "await_startup").Run() == nil {
-			return
-		}
-		time.Sleep(time.Second)
-	}
-	t.Error("RabbitMQ did not come back")
 }
 
 // TestBrokerRestarts drives a stream of publishes and a consumer through
@@ -111,8 +103,8 @@ func TestBrokerRestarts(t *testing.T) {
 	ctl(t, "start_app")
 	waitMore(count()+200, "stop_app/start_app")
 
-	if out, err := exec.Command("pkill", "-9", "-f", "beam.smp").CombinedOutput(); err != nil {
-		t.Fatalf("pkill beam.smp: %v %s", err, out)
+	if err := rabbitctl.Kill(); err != nil {
+		t.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
 	ensureRunning(t)

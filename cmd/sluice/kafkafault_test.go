@@ -7,38 +7,16 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-var (
-	kfakeOnce sync.Once
-	kfakeBin  string
-	kfakeErr  error
-)
-
 // kfakeProc runs kfake as its own process on port with data in dir.
 func kfakeProc(t *testing.T, port int, dir string) *exec.Cmd {
 	t.Helper()
-	kfakeOnce.Do(func() {
-		d, err := os.MkdirTemp("", "kfake-bin")
-		if err != nil {
-			kfakeErr = err
-			return
-		}
-		kfakeBin = filepath.Join(d, "kfake")
-		if out, err := exec.Command("go", "build", "-o", kfakeBin, "./testdata/kfake").CombinedOutput(); err != nil {
-			kfakeErr = fmt.Errorf("build kfake: %v\n%s", err, out)
-		}
-	})
-	if kfakeErr != nil {
-		t.Fatal(kfakeErr)
-	}
-	cmd := exec.Command(kfakeBin, "-port", fmt.Sprint(port), "-dir", dir)
+	cmd := exec.Command(buildOnce(t, "./testdata/kfake"), "-port", fmt.Sprint(port), "-dir", dir)
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -96,35 +74,7 @@ backends:
 	if during > 50 {
 		t.Fatalf("%d accepted while Kafka was down", during)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		stuck := map[string]int{}
-		var example string
-		for _, id := range ids {
-			_, r := (&gw{t: t, base: p.base}).poll(id)
-			if r.Status != "succeeded" {
-				stuck[r.Status]++
-				example = id
-			}
-		}
-		if len(stuck) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not succeeded by status: %v; e.g. %s, which the backend saw %d times (accepted before the kill: %v)",
-				stuck, example, len(be.hitsFor(example)), indexOf(ids, example) < before)
-		}
-		time.Sleep(time.Second)
-	}
-}
-
-func indexOf(s []string, v string) int {
-	for i, x := range s {
-		if x == v {
-			return i
-		}
-	}
-	return -1
+	awaitAll(t, p.base, ids, 120*time.Second)
 }
 
 // TestStartedBeforeKafka: sluice starts while Kafka is not there yet,

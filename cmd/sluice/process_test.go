@@ -20,31 +20,35 @@ import (
 )
 
 var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
+	buildMu sync.Mutex
+	built   = map[string]string{} // package -> binary
 )
 
-// sluiceBinary builds the real binary once per test run.
-func sluiceBinary(t *testing.T) string {
+// buildOnce builds a main package once per test run and returns the binary.
+func buildOnce(t *testing.T, pkg string) string {
 	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sluice-bin")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "sluice")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if bin, ok := built[pkg]; ok {
+		return bin
 	}
-	return binPath
+	dir, err := os.MkdirTemp("", "sluice-test-bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, filepath.Base(pkg))
+	if pkg == "." {
+		bin = filepath.Join(dir, "sluice")
+	}
+	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	built[pkg] = bin
+	return bin
 }
+
+// sluiceBinary is the real binary, built once per test run.
+func sluiceBinary(t *testing.T) string { return buildOnce(t, ".") }
 
 // proc is sluice running as a child process.
 type proc struct {

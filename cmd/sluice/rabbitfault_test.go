@@ -4,37 +4,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/sluice-gw/sluice/broker/rabbitmq"
+	"github.com/sluice-gw/sluice/broker/rabbitmq/rabbitctl"
 )
-
-func rabbitctl(t *testing.T, args ...string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput(); err != nil {
-		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
-	}
-}
-
-func rabbitBack(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
-	defer cancel()
-	if exec.CommandContext(ctx, "rabbitmqctl", "start_app").Run() == nil {
-		return
-	}
-	_ = exec.Command("rabbitmq-server", "-detached").Run()
-	for ctx.Err() == nil {
-		if exec.CommandContext(ctx, "rabbitmqctl", "await_startup").Run() == nil {
-			return
-		}
-		time.Sleep(time.Second)
-	}
-	t.Error("RabbitMQ did not come back")
-}
 
 // TestRabbitMQRestartsMidStream: through sluice, RabbitMQ is stopped
 // (stop_app), started, then SIGKILLed and restarted, in the middle of a
@@ -44,7 +19,7 @@ func TestRabbitMQRestartsMidStream(t *testing.T) {
 	if testing.Short() || os.Getenv("RABBITMQ_URL") != "" {
 		t.Skip("restarts the local RabbitMQ")
 	}
-	t.Cleanup(func() { rabbitBack(t) })
+	t.Cleanup(func() { rabbitRunning(t) })
 	prefix := fmt.Sprintf("sluice-rfault-%d.", time.Now().UnixNano())
 	t.Cleanup(func() {
 		_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"b"}})
@@ -60,15 +35,21 @@ backends:
 
 	st := startStream(t, p.base, 20000)
 	st.waitFor(t, 200, "start")
-	rabbitctl(t, "stop_app")
-	time.Sleep(2 * time.Second)
-	rabbitctl(t, "start_app")
-	st.waitFor(t, st.count()+200, "stop_app/start_app")
-	if out, err := exec.Command("pkill", "-9", "-f", "beam.smp").CombinedOutput(); err != nil {
-		t.Fatalf("pkill beam.smp: %v %s", err, out)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := rabbitctl.Ctl(ctx, "stop_app"); err != nil {
+		t.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
-	rabbitBack(t)
+	if err := rabbitctl.Ctl(ctx, "start_app"); err != nil {
+		t.Fatal(err)
+	}
+	st.waitFor(t, st.count()+200, "stop_app/start_app")
+	if err := rabbitctl.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	rabbitRunning(t)
 	st.waitFor(t, st.count()+200, "SIGKILL and restart")
 	ids := st.end()
 	t.Logf("%d accepted, %d answered 503 while RabbitMQ was away", len(ids), st.n503.Load())
@@ -76,4 +57,12 @@ backends:
 		t.Fatal("no 503 while RabbitMQ was away")
 	}
 	awaitAll(t, p.base, ids, 120*time.Second)
+}
+
+func rabbitRunning(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := rabbitctl.EnsureRunning(ctx); err != nil {
+		t.Error(err)
+	}
 }

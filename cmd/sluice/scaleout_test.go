@@ -41,14 +41,7 @@ func TestScaleOutRateHoldsInTotal(t *testing.T) {
 func scaleOut(t *testing.T, brokerCfg, prefix string) {
 	be := newBackend(t, nil)
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, brokerCfg+fmt.Sprintf(`
-log: { level: info }
-results:
-  store: redis
-  redis: { addr: %q, key_prefix: %q }
-routes: [{ name: r, path: /r, backend: b }]
-backends:
-`, redisAddrForTests(), prefix)+backendCfg("b", be.URL, "    rate: 50\n    burst: 1\n    concurrency: 8\n"))
+	cfg := splitConfig(t, dir, brokerCfg, prefix, be.URL, "    rate: 50\n    burst: 1\n    concurrency: 8\n")
 	front := startRoles(t, cfg, "ingress,collector")
 	startRoles(t, cfg, "worker")
 	startRoles(t, cfg, "worker")
@@ -71,6 +64,20 @@ backends:
 	awaitAll(t, front.base, ids[:20], 60*time.Second)
 }
 
+// splitConfig is a config for separate ingress, worker and collector
+// processes: the given broker, Redis as the shared result store, route /r
+// to backend b.
+func splitConfig(t *testing.T, dir, brokerCfg, prefix, backendURL, backendExtra string) string {
+	return writeConfig(t, dir, brokerCfg+fmt.Sprintf(`
+log: { level: info }
+results:
+  store: redis
+  redis: { addr: %q, key_prefix: %q }
+routes: [{ name: r, path: /r, backend: b }]
+backends:
+`, redisAddrForTests(), prefix)+backendCfg("b", backendURL, backendExtra))
+}
+
 func redisAddrForTests() string {
 	if a := os.Getenv("REDIS_ADDR"); a != "" {
 		return a
@@ -91,14 +98,7 @@ func TestWorkerKilledPartitionsMove(t *testing.T) {
 		return 200, nil, "ok"
 	})
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, kafkaCfg(addrs, prefix)+fmt.Sprintf(`
-log: { level: info }
-results:
-  store: redis
-  redis: { addr: %q, key_prefix: %q }
-routes: [{ name: r, path: /r, backend: b }]
-backends:
-`, redisAddrForTests(), prefix)+backendCfg("b", be.URL, "    rate: 100\n    concurrency: 8\n"))
+	cfg := splitConfig(t, dir, kafkaCfg(addrs, prefix), prefix, be.URL, "    rate: 100\n    concurrency: 8\n")
 	front := startRoles(t, cfg, "ingress,collector")
 	victim := startRoles(t, cfg, "worker")
 	startRoles(t, cfg, "worker")

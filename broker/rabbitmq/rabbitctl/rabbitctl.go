@@ -1,0 +1,43 @@
+// Package rabbitctl stops, kills and restarts the local RabbitMQ server
+// (rabbitmqctl, rabbitmq-server), for fault tests that need the real broker
+// to go away and come back in the middle of a stream.
+package rabbitctl
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"time"
+)
+
+// Ctl runs rabbitmqctl with args.
+func Ctl(ctx context.Context, args ...string) error {
+	if out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("rabbitmqctl %v: %v\n%s", args, err, out)
+	}
+	return nil
+}
+
+// Kill sends SIGKILL to the broker's Erlang VM.
+func Kill() error {
+	if out, err := exec.Command("pkill", "-9", "-f", "beam.smp").CombinedOutput(); err != nil {
+		return fmt.Errorf("pkill beam.smp: %v %s", err, out)
+	}
+	return nil
+}
+
+// EnsureRunning brings the broker back, whatever was done to it: start_app
+// after a stop_app, or a new node after a kill, waiting until it is up.
+func EnsureRunning(ctx context.Context) error {
+	if Ctl(ctx, "start_app") == nil {
+		return nil
+	}
+	_ = exec.Command("rabbitmq-server", "-detached").Run()
+	for ctx.Err() == nil {
+		if Ctl(ctx, "await_startup") == nil {
+			return nil
+		}
+		time.Sleep(time.Second)
+	}
+	return fmt.Errorf("RabbitMQ did not come back: %w", ctx.Err())
+}
