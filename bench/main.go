@@ -178,6 +178,42 @@ func load(addr, path string, c int, d time.Duration, maxReqs int64) loadResult {
 	return res
 }
 
+// closedLoop runs op from c goroutines, one call after another, for a
+// second of warm-up and then for d, and measures the successful calls.
+func closedLoop(c int, d time.Duration, op func() error) loadResult {
+	run := func(d time.Duration) loadResult {
+		var mu sync.Mutex
+		res := loadResult{byStatus: map[int]int{}}
+		stop := time.Now().Add(d)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range c {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var lat []time.Duration
+				for time.Now().Before(stop) {
+					t0 := time.Now()
+					if op() == nil {
+						lat = append(lat, time.Since(t0))
+					}
+				}
+				mu.Lock()
+				res.latencies = append(res.latencies, lat...)
+				res.n += len(lat)
+				res.byStatus[202] += len(lat)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		res.elapsed = time.Since(start)
+		slices.Sort(res.latencies)
+		return res
+	}
+	run(time.Second)
+	return run(d)
+}
+
 // ---- the bare fasthttp baseline, in its own process like sluice ----
 
 func runBare(addr string) {
@@ -435,37 +471,21 @@ func rawJetStream(c int, d time.Duration) float64 {
 		Storage: jetstream.FileStorage, Retention: jetstream.WorkQueuePolicy}); err != nil {
 		panic(err)
 	}
-	var n atomic.Int64
-	run := func(d time.Duration) {
-		stop := time.Now().Add(d)
-		var wg sync.WaitGroup
-		for range c {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for time.Now().Before(stop) {
-					m := nats.NewMsg("b")
-					m.Header["sluice-id"] = []string{"x"}
-					m.Data = payload
-					f, err := js.PublishMsgAsync(m)
-					if err != nil {
-						continue
-					}
-					select {
-					case <-f.Ok():
-						n.Add(1)
-					case <-f.Err():
-					}
-				}
-			}()
+	return closedLoop(c, d, func() error {
+		m := nats.NewMsg("b")
+		m.Header["sluice-id"] = []string{"x"}
+		m.Data = payload
+		f, err := js.PublishMsgAsync(m)
+		if err != nil {
+			return err
 		}
-		wg.Wait()
-	}
-	run(time.Second)
-	n.Store(0)
-	start := time.Now()
-	run(d)
-	return float64(n.Load()) / time.Since(start).Seconds()
+		select {
+		case <-f.Ok():
+			return nil
+		case err := <-f.Err():
+			return err
+		}
+	}).rps()
 }
 
 func benchRate(sk *sink) {
@@ -622,42 +642,12 @@ func rawKafka(addr string, c int, d time.Duration) loadResult {
 	w := &kafkago.Writer{Addr: kafkago.TCP(addr), Topic: "raw", Balancer: &kafkago.Hash{},
 		RequiredAcks: kafkago.RequireAll, BatchTimeout: 2 * time.Millisecond, BatchSize: 1000}
 	defer w.Close()
-	run := func(d time.Duration) loadResult {
-		var mu sync.Mutex
-		res := loadResult{byStatus: map[int]int{}}
-		stop := time.Now().Add(d)
-		start := time.Now()
-		var wg sync.WaitGroup
-		var seq atomic.Int64
-		for range c {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var lat []time.Duration
-				n := 0
-				for time.Now().Before(stop) {
-					t0 := time.Now()
-					k := strconv.FormatInt(seq.Add(1), 36)
-					if err := w.WriteMessages(ctx, kafkago.Message{Key: []byte(k), Value: payload,
-						Headers: []kafkago.Header{{Key: "sluice-id", Value: []byte(k)}}}); err == nil {
-						lat = append(lat, time.Since(t0))
-						n++
-					}
-				}
-				mu.Lock()
-				res.latencies = append(res.latencies, lat...)
-				res.n += n
-				res.byStatus[202] += n
-				mu.Unlock()
-			}()
-		}
-		wg.Wait()
-		res.elapsed = time.Since(start)
-		slices.Sort(res.latencies)
-		return res
-	}
-	run(time.Second)
-	return run(d)
+	var seq atomic.Int64
+	return closedLoop(c, d, func() error {
+		k := strconv.FormatInt(seq.Add(1), 36)
+		return w.WriteMessages(ctx, kafkago.Message{Key: []byte(k), Value: payload,
+			Headers: []kafkago.Header{{Key: "sluice-id", Value: []byte(k)}}})
+	})
 }
 
 func benchKafka(sk *sink) {
@@ -728,45 +718,20 @@ func rawRabbit(c int, d time.Duration) (loadResult, error) {
 		}
 		pool <- ch
 	}
-	run := func(d time.Duration) loadResult {
-		var mu sync.Mutex
-		res := loadResult{byStatus: map[int]int{}}
-		stop := time.Now().Add(d)
-		start := time.Now()
-		var wg sync.WaitGroup
-		for range c {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var lat []time.Duration
-				ctx := context.Background()
-				for time.Now().Before(stop) {
-					t0 := time.Now()
-					ch := <-pool
-					dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, amqp.Publishing{
-						Headers: amqp.Table{"sluice-id": "x"}, Body: payload, DeliveryMode: amqp.Persistent})
-					pool <- ch
-					if err != nil {
-						continue
-					}
-					if ok, err := dc.WaitContext(ctx); err == nil && ok {
-						lat = append(lat, time.Since(t0))
-					}
-				}
-				mu.Lock()
-				res.latencies = append(res.latencies, lat...)
-				res.n += len(lat)
-				res.byStatus[202] += len(lat)
-				mu.Unlock()
-			}()
+	ctx := context.Background()
+	return closedLoop(c, d, func() error {
+		ch := <-pool
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", q, false, false, amqp.Publishing{
+			Headers: amqp.Table{"sluice-id": "x"}, Body: payload, DeliveryMode: amqp.Persistent})
+		pool <- ch
+		if err != nil {
+			return err
 		}
-		wg.Wait()
-		res.elapsed = time.Since(start)
-		slices.Sort(res.latencies)
-		return res
-	}
-	run(time.Second)
-	return run(d), nil
+		if ok, err := dc.WaitContext(ctx); err != nil || !ok {
+			return fmt.Errorf("not confirmed: %v", err)
+		}
+		return nil
+	}), nil
 }
 
 func benchRabbit(sk *sink) {
