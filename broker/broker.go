@@ -13,6 +13,16 @@ var ErrUnavailable = errors.New("broker unavailable")
 // ErrClosed reports use of a closed subscription or broker.
 var ErrClosed = errors.New("broker closed")
 
+// ErrTooLarge reports a message the broker refuses for its size. Retrying
+// cannot help: callers answer 413 or store a smaller outcome instead.
+var ErrTooLarge = errors.New("message too large for the broker")
+
+// Overhead is the room a request message needs beside its body (sluice's
+// headers, the client's forwarded headers, the broker's own framing). A
+// broker that carries MaxMessageBytes carries bodies of MaxMessageBytes -
+// Overhead.
+const Overhead = 128 << 10
+
 // RequestTopic is the topic of requests waiting for backend.
 func RequestTopic(backend string) string { return "requests." + backend }
 
@@ -40,7 +50,9 @@ type Message struct {
 type Publisher interface {
 	// Publish returns nil only once the broker confirmed msg durably. It
 	// returns an error wrapping ErrUnavailable when the broker cannot take it
-	// before ctx ends.
+	// before ctx ends (a transient failure: the message may or may not have
+	// landed), and one wrapping ErrTooLarge when the broker refuses it for
+	// its size (permanent). Either way the publisher stays usable.
 	Publish(ctx context.Context, topic string, msg Message) error
 }
 
@@ -78,7 +90,9 @@ type Subscription interface {
 	// returns up to max messages that are ready now.
 	Fetch(ctx context.Context, max int) ([]Delivery, error)
 	// Close stops fetching; buffered, unreturned messages go back to the
-	// topic at once. Deliveries already returned stay valid until settled.
+	// topic at once. Callers settle every delivery Fetch returned before
+	// they call Close (stop fetching, settle what is in flight, then
+	// close): one settled after Close may be delivered again.
 	Close() error
 }
 
@@ -99,14 +113,28 @@ type QueueStats struct {
 	Consumed int64
 }
 
-// DeadLetters reads and takes messages out of a dead-letter topic.
+// DeadLetter is one message of a dead-letter topic and where it sits there.
+type DeadLetter struct {
+	Message
+	// Pos identifies this copy of the message in its topic (a sequence
+	// number, an offset): the same key may sit there more than once, say
+	// after a replay failed again.
+	Pos string
+}
+
+// DeadLetters reads and takes messages out of a dead-letter topic. Reading
+// never consumes or redelivers anything: listing as often as a dashboard
+// polls changes nothing in the topic.
 type DeadLetters interface {
-	// ListDead returns up to limit messages of topic, oldest first.
-	ListDead(ctx context.Context, topic string, limit int) ([]Message, error)
-	// TakeDead removes the messages with the given keys (all when keys is
-	// empty) from topic and returns them. The caller republishes them before
-	// it calls TakeDead, so a crash in between duplicates, never loses.
-	TakeDead(ctx context.Context, topic string, keys []string) ([]Message, error)
+	// ListDead returns up to limit (all when limit <= 0) dead letters of
+	// topic that were not taken, oldest first.
+	ListDead(ctx context.Context, topic string, limit int) ([]DeadLetter, error)
+	// TakeDead removes exactly the dead letters at positions pos, as
+	// ListDead returned them; positions already taken are ignored. Messages
+	// that arrived after the listing stay, even with the same key. The
+	// caller republishes what it takes before it calls TakeDead, so a crash
+	// in between duplicates, never loses.
+	TakeDead(ctx context.Context, topic string, pos []string) error
 }
 
 // Broker is everything one broker kind provides.

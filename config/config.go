@@ -15,9 +15,11 @@ import (
 // Config is the whole sluice configuration file. Zero values mean the defaults
 // documented on each field; ApplyDefaults fills them in.
 type Config struct {
-	Listen          string   `yaml:"listen"`           // default ":8080"
-	AdminListen     string   `yaml:"admin_listen"`     // default "127.0.0.1:9090"
-	AdminToken      string   `yaml:"admin_token"`      // empty: admin API open
+	Listen      string `yaml:"listen"`       // default ":8080"
+	AdminListen string `yaml:"admin_listen"` // default "127.0.0.1:9090"
+	AdminToken  string `yaml:"admin_token"`  // empty: admin API open; $SLUICE_ADMIN_TOKEN overrides
+	// AdminPprof serves Go's profiles under /debug/pprof/ on the admin port.
+	AdminPprof      bool     `yaml:"admin_pprof"`
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"` // default 15s
 	Ack             string   `yaml:"ack"`              // durable (default) | fast
 	// MaxInflight caps the requests being written to the broker at once; past it
@@ -25,7 +27,13 @@ type Config struct {
 	MaxInflight int `yaml:"max_inflight"`
 	// PublishTimeout bounds how long a submit waits for the broker. Default 5s.
 	PublishTimeout Duration `yaml:"publish_timeout"`
-	Log            Log      `yaml:"log"`
+	// MaxConnections caps open client connections; past it a new connection
+	// gets 503 with Retry-After and is closed. Default 10000.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxLongPolls caps polls waiting with ?wait= at once; past it, 503
+	// with Retry-After. Default 4096.
+	MaxLongPolls int `yaml:"max_long_polls"`
+	Log          Log `yaml:"log"`
 
 	Broker   Broker    `yaml:"broker"`
 	Results  Results   `yaml:"results"`
@@ -57,19 +65,60 @@ type Embedded struct {
 	// AckWait is how long a delivered message may stay unacknowledged before
 	// the broker hands it out again. Default 5m.
 	AckWait Duration `yaml:"ack_wait"`
+	// Sync is how often the queue's files are fsync'ed: "always" (before
+	// every confirm, so a 202 survives a power loss) or a duration (a 202
+	// survives a crash of sluice, but a power loss can take what was
+	// accepted within the last interval). Default "always".
+	Sync string `yaml:"sync"`
 }
 
-// Kafka configures the Kafka broker.
+// SyncAlways reports whether Sync is "always"; else SyncInterval applies.
+func (e Embedded) SyncAlways() bool { return e.Sync == "always" }
+
+// SyncInterval is Sync as a duration (0 when it is "always" or invalid).
+func (e Embedded) SyncInterval() time.Duration {
+	d, err := time.ParseDuration(e.Sync)
+	if err != nil {
+		return 0
+	}
+	return d
+}
+
+// Kafka configures the Kafka broker. Topic settings apply to the topics
+// sluice creates, and are set on its existing topics at start.
 type Kafka struct {
 	Brokers     []string `yaml:"brokers"`
 	TopicPrefix string   `yaml:"topic_prefix"`
 	Partitions  int      `yaml:"partitions"`
+	// MaxMessageBytes is the largest message sluice writes and its topics'
+	// max.message.bytes. Default: 4 MiB, or the largest max_body plus
+	// broker.Overhead when that is more.
+	MaxMessageBytes Size `yaml:"max_message_bytes"`
+	// ReplicationFactor of new topics. Default min(3, brokers in the cluster).
+	ReplicationFactor int `yaml:"replication_factor"`
+	// MinInsyncReplicas (min.insync.replicas): a write is confirmed once
+	// this many replicas have it. Default max(1, replication_factor-1).
+	MinInsyncReplicas int `yaml:"min_insync_replicas"`
+	// Retention (retention.ms) of request, result and delay topics: a
+	// request still waiting after this long is deleted by Kafka. Default
+	// 720h (30 days).
+	Retention Duration `yaml:"retention"`
+	// DeadLetterRetention of dead-letter topics; 0 (the default) keeps dead
+	// letters until they are replayed.
+	DeadLetterRetention Duration `yaml:"dead_letter_retention"`
 }
 
 // RabbitMQ configures the RabbitMQ broker.
 type RabbitMQ struct {
 	URL         string `yaml:"url"`
 	QueuePrefix string `yaml:"queue_prefix"`
+	// MaxMessageBytes is the server's max_message_size (RabbitMQ 4.x
+	// default 16 MiB); larger messages are refused before they are sent.
+	MaxMessageBytes Size `yaml:"max_message_bytes"`
+	// DeliveryLimit is x-delivery-limit of sluice's quorum queues: a message
+	// handed back this many times without being settled (crash loops) is
+	// moved to the dead-letter queue. Default 100.
+	DeliveryLimit int `yaml:"delivery_limit"`
 }
 
 // Results configures the result store.
@@ -91,6 +140,10 @@ type Redis struct {
 	Password  string `yaml:"password"`
 	DB        int    `yaml:"db"`
 	KeyPrefix string `yaml:"key_prefix"` // default "sluice:"
+	// MaxPending bounds accepted records waiting in memory to be written
+	// while Redis is slow or away; past it, submits answer 503. Default
+	// 100000.
+	MaxPending int `yaml:"max_pending"`
 }
 
 // Auth configures client authentication.
@@ -219,6 +272,9 @@ func Parse(data []byte, dir string) (*Config, error) {
 	if errors.Is(derr, errSyntax) {
 		return nil, derr
 	}
+	if v := os.Getenv("SLUICE_ADMIN_TOKEN"); v != "" {
+		c.AdminToken = v
+	}
 	c.ApplyDefaults()
 	if err := errors.Join(derr, c.Validate()); err != nil {
 		return nil, err
@@ -259,6 +315,13 @@ func (c *Config) ApplyDefaults() {
 	if c.MaxInflight == 0 {
 		c.MaxInflight = 4096
 	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 10000
+	}
+	if c.MaxLongPolls == 0 {
+		c.MaxLongPolls = 4096
+	}
+	def(&c.Broker.Embedded.Sync, "always")
 	if c.Broker.Kind == "kafka" && c.Broker.Kafka == nil {
 		c.Broker.Kafka = &Kafka{}
 	}
@@ -272,6 +335,12 @@ func (c *Config) ApplyDefaults() {
 		if k.Partitions == 0 {
 			k.Partitions = 6
 		}
+		if k.MaxMessageBytes == 0 {
+			k.MaxMessageBytes = Size(max(4<<20, c.maxBody()+Overhead))
+		}
+		if k.Retention == 0 {
+			k.Retention = Duration(720 * time.Hour)
+		}
 	}
 	if c.Broker.Kind == "rabbitmq" && c.Broker.RabbitMQ == nil {
 		c.Broker.RabbitMQ = &RabbitMQ{}
@@ -283,6 +352,12 @@ func (c *Config) ApplyDefaults() {
 		if r.QueuePrefix == "" {
 			r.QueuePrefix = "sluice."
 		}
+		if r.MaxMessageBytes == 0 {
+			r.MaxMessageBytes = 16 << 20
+		}
+		if r.DeliveryLimit == 0 {
+			r.DeliveryLimit = 100
+		}
 	}
 	if c.Results.Store == "redis" && c.Results.Redis == nil {
 		c.Results.Redis = &Redis{}
@@ -293,6 +368,9 @@ func (c *Config) ApplyDefaults() {
 		}
 		if r.KeyPrefix == "" {
 			r.KeyPrefix = "sluice:"
+		}
+		if r.MaxPending == 0 {
+			r.MaxPending = 100000
 		}
 	}
 	if c.Broker.Embedded.AckWait == 0 {
@@ -344,6 +422,34 @@ func (c *Config) ApplyDefaults() {
 			b.Breaker.Cooldown = Duration(5 * time.Second)
 		}
 	}
+}
+
+// Overhead is the room a request message needs beside its body: sluice's
+// headers, the client's forwarded headers and the broker's framing. It is
+// broker.Overhead (config is a leaf and cannot import it).
+const Overhead = 128 << 10
+
+// EmbeddedMaxMessageBytes is the largest message the embedded broker carries.
+const EmbeddedMaxMessageBytes = 64 << 20
+
+// maxBody is the largest max_body of any route (routes default first).
+func (c *Config) maxBody() int64 {
+	var m int64 = 1 << 20
+	for _, r := range c.Routes {
+		m = max(m, int64(r.MaxBody))
+	}
+	return m
+}
+
+// MaxMessageBytes is the largest message the configured broker carries.
+func (c *Config) MaxMessageBytes() int64 {
+	switch {
+	case c.Broker.Kind == "kafka" && c.Broker.Kafka != nil:
+		return int64(c.Broker.Kafka.MaxMessageBytes)
+	case c.Broker.Kind == "rabbitmq" && c.Broker.RabbitMQ != nil:
+		return int64(c.Broker.RabbitMQ.MaxMessageBytes)
+	}
+	return EmbeddedMaxMessageBytes
 }
 
 // Backend returns the backend called name, or nil.

@@ -16,6 +16,26 @@ var (
 	methodName  = regexp.MustCompile(`^[A-Z]{1,16}$`)
 )
 
+// loopback reports whether host names only this machine.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// humanSize writes n bytes as "1 MiB", "512 KiB" or "100 B".
+func humanSize(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
 // notYet is the reason given for keys whose feature this release lacks.
 const notYet = "not supported yet in this release"
 
@@ -33,6 +53,15 @@ func (c *Config) Validate() error {
 	}
 	checkAddr("listen", c.Listen)
 	checkAddr("admin_listen", c.AdminListen)
+	if host, _, err := net.SplitHostPort(c.AdminListen); err == nil && c.AdminToken == "" && !loopback(host) {
+		bad("admin_listen", "%q is reachable from other hosts, and the admin API can replay, pause and retune every backend: set admin_token (or $SLUICE_ADMIN_TOKEN), or listen on 127.0.0.1", c.AdminListen)
+	}
+	if c.MaxConnections < 0 {
+		bad("max_connections", "must be >= 1")
+	}
+	if c.MaxLongPolls < 0 {
+		bad("max_long_polls", "must be >= 1")
+	}
 	if c.Ack != "durable" && c.Ack != "fast" {
 		bad("ack", "must be durable or fast, got %q", c.Ack)
 	}
@@ -74,14 +103,41 @@ func (c *Config) Validate() error {
 		if strings.ContainsAny(k.TopicPrefix, " /\\") {
 			bad("broker.kafka.topic_prefix", "must be a valid Kafka topic name prefix, got %q", k.TopicPrefix)
 		}
+		if k.MaxMessageBytes < 2*Overhead {
+			bad("broker.kafka.max_message_bytes", "must be at least %s", humanSize(2*Overhead))
+		}
+		if k.ReplicationFactor < 0 {
+			bad("broker.kafka.replication_factor", "must be >= 1 (0: min(3, brokers))")
+		}
+		if k.MinInsyncReplicas < 0 {
+			bad("broker.kafka.min_insync_replicas", "must be >= 1 (0: replication_factor-1)")
+		}
+		if k.ReplicationFactor > 0 && k.MinInsyncReplicas > k.ReplicationFactor {
+			bad("broker.kafka.min_insync_replicas", "must be <= replication_factor (%d): no write could be confirmed", k.ReplicationFactor)
+		}
+		if k.Retention < 0 {
+			bad("broker.kafka.retention", "must be > 0")
+		}
+		if k.DeadLetterRetention < 0 {
+			bad("broker.kafka.dead_letter_retention", "must be >= 0 (0: forever)")
+		}
 	}
 	if r := c.Broker.RabbitMQ; r != nil {
 		if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
 			bad("broker.rabbitmq.url", "must be an amqp:// or amqps:// url")
 		}
+		if r.MaxMessageBytes < 2*Overhead {
+			bad("broker.rabbitmq.max_message_bytes", "must be at least %s", humanSize(2*Overhead))
+		}
+		if r.DeliveryLimit < 0 {
+			bad("broker.rabbitmq.delivery_limit", "must be >= 1")
+		}
 	}
 	if c.Broker.Embedded.AckWait < 0 {
 		bad("broker.embedded.ack_wait", "must be > 0")
+	}
+	if e := c.Broker.Embedded; !e.SyncAlways() && e.SyncInterval() <= 0 {
+		bad("broker.embedded.sync", "must be \"always\" or a duration such as \"1s\", got %q", e.Sync)
 	}
 	switch c.Results.Store {
 	case "embedded", "redis":
@@ -92,6 +148,9 @@ func (c *Config) Validate() error {
 		checkAddr("results.redis.addr", r.Addr)
 		if r.DB < 0 {
 			bad("results.redis.db", "must be >= 0")
+		}
+		if r.MaxPending < 0 {
+			bad("results.redis.max_pending", "must be >= 1")
 		}
 	}
 	if c.Results.TTL < 0 {
@@ -197,8 +256,16 @@ func (c *Config) Validate() error {
 		case !backends[r.Backend]:
 			bad(key+".backend", "unknown backend %q", r.Backend)
 		}
-		if r.MaxBody < 0 {
+		brokerKey := map[string]string{"kafka": "broker.kafka.max_message_bytes", "rabbitmq": "broker.rabbitmq.max_message_bytes"}[c.Broker.Kind]
+		switch limit := c.MaxMessageBytes(); {
+		case r.MaxBody < 0:
 			bad(key+".max_body", "must be > 0")
+		case int64(r.MaxBody)+Overhead > limit && brokerKey != "":
+			bad(key+".max_body", "%s does not fit in a message of %s, the most %s lets the broker take with sluice's %s of headers; lower max_body or raise %s",
+				humanSize(int64(r.MaxBody)), humanSize(limit), brokerKey, humanSize(Overhead), brokerKey)
+		case int64(r.MaxBody)+Overhead > limit:
+			bad(key+".max_body", "%s does not fit in a message of the embedded broker, which carries at most %s with sluice's %s of headers",
+				humanSize(int64(r.MaxBody)), humanSize(limit), humanSize(Overhead))
 		}
 		if r.Schema != "" {
 			if _, err := schemas.Compile(c.Path(r.Schema)); err != nil {

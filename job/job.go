@@ -1,11 +1,14 @@
 package job
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -145,21 +148,92 @@ type Response struct {
 	Headers      map[string]string `json:"headers"`
 	Body         string            `json:"body"`
 	BodyEncoding string            `json:"body_encoding"`
+	// Truncated reports a body (or headers) cut to the stored size.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
+// Stored response sizes. A response is kept whole up to MaxStoredBody bytes
+// as received (SPEC §6); as stored, JSON-escaped or base64, its body takes
+// at most MaxEncodedBody and its headers MaxStoredHeaders, so a status event
+// always fits in a broker message (a body of control characters escapes to
+// six times its size).
+const (
+	MaxStoredBody    = 1 << 20
+	MaxEncodedBody   = 2 << 20
+	MaxStoredHeaders = 64 << 10
+)
+
+// staleWhenCut are the headers that describe the whole body: wrong for a
+// truncated one.
+var staleWhenCut = []string{"Content-Length", "Content-Md5", "Digest", "Content-Digest", "Repr-Digest", "Etag"}
+
 // NewResponse captures a backend answer: header values joined with ", ",
-// the body as UTF-8 text, or base64 when it is not valid UTF-8.
-func NewResponse(status int, header http.Header, body []byte) *Response {
-	r := &Response{Status: status, Headers: make(map[string]string, len(header))}
-	for k, v := range header {
-		r.Headers[k] = strings.Join(v, ", ")
+// the body as UTF-8 text, or base64 when it is not valid UTF-8. cut says
+// the body was already cut at MaxStoredBody by its reader. A body whose
+// stored form would exceed MaxEncodedBody is cut further.
+func NewResponse(status int, header http.Header, body []byte, cut bool) *Response {
+	r := &Response{Status: status, Headers: make(map[string]string, len(header)), Truncated: cut}
+	if len(body) > MaxStoredBody {
+		body, r.Truncated = body[:MaxStoredBody], true
+	}
+	if r.Truncated { // the cut may have split a character
+		for i := 0; i < utf8.UTFMax && len(body) > 0 && !utf8.Valid(body); i++ {
+			body = body[:len(body)-1]
+		}
 	}
 	if utf8.Valid(body) {
+		if n := fitEscaped(body, MaxEncodedBody); n < len(body) {
+			body, r.Truncated = body[:n], true
+		}
 		r.Body, r.BodyEncoding = string(body), "utf8"
 	} else {
 		r.Body, r.BodyEncoding = base64.StdEncoding.EncodeToString(body), "base64"
 	}
+	names := make([]string, 0, len(header))
+	for k := range header {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	size := 0
+	for _, k := range names {
+		if r.Truncated && slices.Contains(staleWhenCut, http.CanonicalHeaderKey(k)) {
+			continue
+		}
+		v := strings.Join(header[k], ", ")
+		if size += len(k) + len(v); size > MaxStoredHeaders {
+			r.Truncated = true
+			continue
+		}
+		r.Headers[k] = v
+	}
+	if r.Truncated {
+		for _, k := range staleWhenCut {
+			delete(r.Headers, k)
+		}
+	}
 	return r
+}
+
+// fitEscaped returns how many bytes of the UTF-8 text b fit in limit bytes
+// once JSON-escaped (as Marshal escapes), cut at a character boundary.
+func fitEscaped(b []byte, limit int) int {
+	n := 0
+	for i := 0; i < len(b); {
+		c, size := utf8.DecodeRune(b[i:])
+		w := size
+		switch {
+		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
+			w = 2
+		case c < 0x20 || c == '\u2028' || c == '\u2029':
+			w = 6
+		}
+		if n+w > limit {
+			return i
+		}
+		n += w
+		i += size
+	}
+	return len(b)
 }
 
 // BodyBytes returns the body as the backend sent it.
@@ -190,8 +264,21 @@ type Event struct {
 
 // Message encodes e for the result topic.
 func (e *Event) Message() broker.Message {
-	b, _ := json.Marshal(e) // plain struct always encodes
+	b, _ := Marshal(e) // plain struct always encodes
 	return broker.Message{Key: e.ID, Body: b}
+}
+
+// Marshal is json.Marshal without HTML escaping: a backend's "<" stays one
+// byte instead of the six of "\u003c", so stored and relayed bodies keep
+// their size.
+func Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // DecodeEvent reads an event from a result-topic message.

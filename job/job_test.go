@@ -32,11 +32,11 @@ func TestRequestRoundTrip(t *testing.T) {
 
 func TestNewResponse(t *testing.T) {
 	h := http.Header{"X-Multi": {"a", "b"}}
-	r := NewResponse(200, h, []byte("héllo"))
+	r := NewResponse(200, h, []byte("héllo"), false)
 	if r.Headers["X-Multi"] != "a, b" || r.BodyEncoding != "utf8" || r.Body != "héllo" {
 		t.Fatalf("utf8 response: %+v", r)
 	}
-	r = NewResponse(500, nil, []byte{0xff, 0xfe})
+	r = NewResponse(500, nil, []byte{0xff, 0xfe}, false)
 	if r.BodyEncoding != "base64" || string(r.BodyBytes()) != "\xff\xfe" {
 		t.Fatalf("binary response: %+v", r)
 	}

@@ -3,6 +3,7 @@ package results
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/sluice-gw/sluice/job"
 )
@@ -13,23 +14,57 @@ var ErrNotFound = job.ErrNotFound
 // ErrUnavailable reports a store that cannot answer right now.
 var ErrUnavailable = errors.New("result store unavailable")
 
-// Store holds records by id. All methods are safe for concurrent use.
+// ClaimState is where an idempotency key stands for the caller of Claim.
+type ClaimState int
+
+const (
+	// ClaimOwned: the caller holds the key until its lease runs out. It
+	// publishes Claim.ID (a fresh id, or an earlier request's id whose write
+	// failed or whose outcome is unknown) and then calls Release.
+	ClaimOwned ClaimState = iota + 1
+	// ClaimQueued: Claim.ID was queued; the caller answers with it.
+	ClaimQueued
+	// ClaimPending: another submit holds the key and is writing Claim.ID
+	// right now; the caller waits a little and claims again, or answers 409.
+	ClaimPending
+)
+
+// Claim is an idempotency key's binding.
+type Claim struct {
+	ID    string
+	State ClaimState
+}
+
+// Store holds records by id. All methods are safe for concurrent use, also
+// from several processes sharing one store.
 type Store interface {
-	// Accept records a request that was just queued. Get sees it at once.
+	// Admit reports whether Accept can take one more record now; it
+	// returns an error wrapping ErrUnavailable when too many accepted
+	// records wait to be written (the store is slow or away). Ingress asks
+	// before it publishes, so it never answers 503 for a request it queued.
+	Admit() error
+	// Accept records a request that was just queued. Get sees it at once;
+	// it never fails (records wait in memory until written).
 	Accept(ctx context.Context, rec *job.Record) error
 	// Get returns the record of id, or ErrNotFound.
 	Get(ctx context.Context, id string) (*job.Record, error)
-	// Apply merges events into their records (job.Record.Apply) and
+	// Apply merges events into their records (job.Record.Apply) atomically:
+	// concurrent Applies, from any number of processes, lose no update. It
 	// returns once the result is durable.
 	Apply(ctx context.Context, events []*job.Event) error
 	// Watch returns a channel closed at the next change of id's record, and
 	// a function to stop watching.
 	Watch(id string) (<-chan struct{}, func())
-	// Claim binds an idempotency key of a client to id unless it is bound
-	// already; it returns the id the key is bound to and whether it was new.
-	Claim(ctx context.Context, client, key, id string) (string, bool, error)
-	// Unclaim drops a binding made by Claim whose request was not accepted.
-	Unclaim(ctx context.Context, client, key string) error
+	// Claim binds an idempotency key of a client to id, unless the key is
+	// bound already, and tells the caller what to do (ClaimState). A claim
+	// the caller owns is held for lease; a holder that dies is replaced
+	// after that.
+	Claim(ctx context.Context, client, key, id string, lease time.Duration) (Claim, error)
+	// Release ends an owned claim of id. queued true binds the key to id for
+	// the store's ttl; false (the publish failed, or timed out and may have
+	// landed) hands the key with the same id to the next claimant, so a
+	// retry publishes that id again instead of a duplicate under a new id.
+	Release(ctx context.Context, client, key, id string, queued bool) error
 	// Ping reports whether the store is reachable.
 	Ping(ctx context.Context) error
 	Close() error

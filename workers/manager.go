@@ -69,21 +69,56 @@ type DeadLetter struct {
 	DeadLetteredAt time.Time `json:"dead_lettered_at"`
 }
 
-// DeadLetters lists up to limit dead letters of backend, oldest first.
-func (m *Manager) DeadLetters(ctx context.Context, backend string, limit int) ([]DeadLetter, error) {
+// deadByID reads every dead letter of backend and groups them by request
+// id, oldest id first. An id can sit there more than once: a replay that
+// failed again before its old copy was taken, or a crash between a dead
+// letter's write and the acknowledgement of the message it came from.
+type deadEntry struct {
+	req *job.Request // the copy of the highest generation
+	pos []string     // every copy's position
+}
+
+func (m *Manager) deadByID(ctx context.Context, backend string) ([]*deadEntry, error) {
 	if m.pools[backend] == nil {
 		return nil, ErrUnknownBackend
 	}
-	msgs, err := m.broker.ListDead(ctx, broker.DeadLetterTopic(backend), limit)
+	list, err := m.broker.ListDead(ctx, broker.DeadLetterTopic(backend), 0)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]DeadLetter, 0, len(msgs))
-	for _, msg := range msgs {
-		r, err := job.DecodeRequest(msg)
+	byID := map[string]*deadEntry{}
+	var out []*deadEntry
+	for _, d := range list {
+		r, err := job.DecodeRequest(d.Message)
 		if err != nil {
 			continue
 		}
+		e := byID[r.ID]
+		if e == nil {
+			e = &deadEntry{req: r}
+			byID[r.ID] = e
+			out = append(out, e)
+		} else if r.Gen > e.req.Gen {
+			e.req = r
+		}
+		e.pos = append(e.pos, d.Pos)
+	}
+	return out, nil
+}
+
+// DeadLetters lists up to limit dead letters of backend, oldest first, each
+// request id once.
+func (m *Manager) DeadLetters(ctx context.Context, backend string, limit int) ([]DeadLetter, error) {
+	entries, err := m.deadByID(ctx, backend)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DeadLetter, 0, min(len(entries), limit))
+	for _, e := range entries {
+		if limit > 0 && len(out) >= limit {
+			break
+		}
+		r := e.req
 		out = append(out, DeadLetter{ID: r.ID, Backend: backend, Route: r.Route, Attempts: r.Attempts,
 			LastError: r.LastError, DeadLetteredAt: r.DeadAt})
 	}
@@ -93,48 +128,43 @@ func (m *Manager) DeadLetters(ctx context.Context, backend string, limit int) ([
 // Replay moves dead letters of backend (those with ids, or all) back to its
 // request topic with fresh attempts and a new generation, so they keep their
 // id and pass the backend's limiter like any delivery. Each is republished
-// before it is taken out of the dead-letter topic: a crash in between
-// delivers it twice, never loses it.
+// before exactly the copies that were listed are taken out of the
+// dead-letter topic: a crash in between delivers it twice, never loses it,
+// and a replayed request that fails again before the take keeps its new
+// dead letter.
 //
 // It returns the queued events it published, which a caller with the result
 // store may apply at once so polls show the reset without waiting for the
 // collector.
 func (m *Manager) Replay(ctx context.Context, backend string, ids []string) ([]*job.Event, error) {
-	if m.pools[backend] == nil {
-		return nil, ErrUnknownBackend
-	}
-	topic := broker.DeadLetterTopic(backend)
-	msgs, err := m.broker.ListDead(ctx, topic, 0)
+	entries, err := m.deadByID(ctx, backend)
 	if err != nil {
 		return nil, err
 	}
-	var done []string
+	var taken []string
 	var events []*job.Event
-	for _, msg := range msgs {
-		if len(ids) > 0 && !slices.Contains(ids, msg.Key) {
+	var perr error
+	for _, e := range entries {
+		if len(ids) > 0 && !slices.Contains(ids, e.req.ID) {
 			continue
 		}
-		r, err := job.DecodeRequest(msg)
-		if err != nil {
-			continue
-		}
+		r := *e.req
 		r.Attempts, r.LastError, r.DeadAt = 0, "", time.Time{}
 		r.Gen++
-		ev := job.EventFor(r, job.Queued, 0)
-		if err := m.broker.Publish(ctx, broker.ResultTopic, ev.Message()); err != nil {
-			return events, err
+		ev := job.EventFor(&r, job.Queued, 0)
+		if perr = m.broker.Publish(ctx, broker.ResultTopic, ev.Message()); perr != nil {
+			break
 		}
-		if err := m.broker.Publish(ctx, broker.RequestTopic(backend), r.Message()); err != nil {
-			return events, err
+		if perr = m.broker.Publish(ctx, broker.RequestTopic(backend), r.Message()); perr != nil {
+			break
 		}
-		done = append(done, r.ID)
+		taken = append(taken, e.pos...)
 		events = append(events, ev)
 	}
-	if len(done) == 0 {
-		return nil, nil
+	if len(taken) > 0 {
+		if err := m.broker.TakeDead(ctx, broker.DeadLetterTopic(backend), taken); err != nil {
+			return events, err
+		}
 	}
-	if _, err := m.broker.TakeDead(ctx, topic, done); err != nil {
-		return events, err
-	}
-	return events, nil
+	return events, perr
 }

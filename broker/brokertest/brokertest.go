@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -26,6 +27,10 @@ func Run(t *testing.T, open Factory) {
 	t.Run("CloseWhileBusy", func(t *testing.T) { testCloseWhileBusy(t, open) })
 	t.Run("Stats", func(t *testing.T) { testStats(t, open) })
 	t.Run("DeadLetters", func(t *testing.T) { testDeadLetters(t, open) })
+	t.Run("DeadLetterAgainAfterListing", func(t *testing.T) { testDeadLetterAgain(t, open) })
+	t.Run("ListDeadKeepsMessages", func(t *testing.T) { testListDeadKeepsMessages(t, open) })
+	t.Run("TooLarge", func(t *testing.T) { testTooLarge(t, open) })
+	t.Run("SettleThenClose", func(t *testing.T) { testSettleThenClose(t, open) })
 	t.Run("TopicsAreSeparate", func(t *testing.T) { testSeparate(t, open) })
 }
 
@@ -292,6 +297,30 @@ func testStats(t *testing.T, open Factory) {
 	}
 }
 
+func positions(list []broker.DeadLetter, keys ...string) []string {
+	var pos []string
+	for _, d := range list {
+		if len(keys) == 0 || slices.Contains(keys, d.Key) {
+			pos = append(pos, d.Pos)
+		}
+	}
+	return pos
+}
+
+func deadKeys(t *testing.T, b broker.Broker, topic string) []string {
+	t.Helper()
+	list, err := b.ListDead(ctxT(t, 20*time.Second), topic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, d := range list {
+		keys = append(keys, d.Key)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 func testDeadLetters(t *testing.T, open Factory) {
 	b := open(t, []string{"a"}, false)
 	topic := broker.DeadLetterTopic("a")
@@ -304,32 +333,162 @@ func testDeadLetters(t *testing.T, open Factory) {
 	if len(list) != 3 {
 		t.Fatalf("listed %d, want 3", len(list))
 	}
-	taken, err := b.TakeDead(ctx, topic, []string{"k001", "k003"})
-	if err != nil {
+	for _, d := range list {
+		if d.Pos == "" || string(d.Body) == "" || d.Headers["sluice-n"] == "" {
+			t.Fatalf("listed dead letter without position, body or headers: %+v", d)
+		}
+	}
+	all, err := b.ListDead(ctx, topic, 0)
+	if err != nil || len(all) != 5 {
+		t.Fatalf("list all: %d, %v", len(all), err)
+	}
+	if err := b.TakeDead(ctx, topic, positions(all, "k001", "k003")); err != nil {
 		t.Fatal(err)
 	}
-	if len(taken) != 2 {
-		t.Fatalf("took %d, want 2", len(taken))
-	}
-	list, err = b.ListDead(ctx, topic, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	for _, m := range list {
-		keys = append(keys, m.Key)
-	}
-	sort.Strings(keys)
-	if fmt.Sprint(keys) != "[k000 k002 k004]" {
+	if keys := deadKeys(t, b, topic); fmt.Sprint(keys) != "[k000 k002 k004]" {
 		t.Fatalf("left %v, want [k000 k002 k004]", keys)
 	}
-	all, err := b.TakeDead(ctx, topic, nil)
-	if err != nil || len(all) != 3 {
-		t.Fatalf("take all: %d, %v", len(all), err)
+	// Taking a position twice is harmless.
+	if err := b.TakeDead(ctx, topic, positions(all, "k001")); err != nil {
+		t.Fatal(err)
 	}
-	if list, _ := b.ListDead(ctx, topic, 100); len(list) != 0 {
-		t.Fatalf("%d left after taking all", len(list))
+	if err := b.TakeDead(ctx, topic, positions(all)); err != nil {
+		t.Fatalf("take all: %v", err)
 	}
+	if keys := deadKeys(t, b, topic); len(keys) != 0 {
+		t.Fatalf("%v left after taking all", keys)
+	}
+}
+
+// testDeadLetterAgain is a replay whose request fails again before the
+// replay takes the old copy: the new copy has the same key and must stay.
+func testDeadLetterAgain(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.DeadLetterTopic("a")
+	publishN(t, b, topic, 3)
+	ctx := ctxT(t, 20*time.Second)
+	list, err := b.ListDead(ctx, topic, 0)
+	if err != nil || len(list) != 3 {
+		t.Fatalf("list: %d, %v", len(list), err)
+	}
+	again := msg(1)
+	again.Headers["sluice-n"] = "again"
+	if err := b.Publish(ctx, topic, again); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.TakeDead(ctx, topic, positions(list)); err != nil {
+		t.Fatal(err)
+	}
+	left, err := b.ListDead(ctx, topic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0].Key != "k001" || left[0].Headers["sluice-n"] != "again" {
+		t.Fatalf("after taking the listed three: %+v, want only the new k001", left)
+	}
+}
+
+// testListDeadKeepsMessages lists far more often than a quorum queue's
+// default delivery limit (20 on RabbitMQ 4.x): listing must not redeliver.
+func testListDeadKeepsMessages(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.DeadLetterTopic("a")
+	publishN(t, b, topic, 4)
+	ctx := ctxT(t, 60*time.Second)
+	for i := range 30 {
+		list, err := b.ListDead(ctx, topic, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != 4 {
+			t.Fatalf("listing %d found %d dead letters, want 4", i+1, len(list))
+		}
+	}
+}
+
+// testTooLarge publishes messages over the broker's size limit: each fails
+// with ErrTooLarge, and the broker keeps taking normal messages after.
+func testTooLarge(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	lim, ok := b.(interface{ MaxMessageBytes() int })
+	if !ok {
+		t.Fatalf("%T does not report MaxMessageBytes", b)
+	}
+	topic := broker.RequestTopic("a")
+	big := msg(0)
+	big.Body = make([]byte, lim.MaxMessageBytes()+1024)
+	ctx := ctxT(t, 60*time.Second)
+	for i := range 6 {
+		err := b.Publish(ctx, topic, big)
+		if !errors.Is(err, broker.ErrTooLarge) {
+			t.Fatalf("oversized publish %d: %v, want ErrTooLarge", i+1, err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := b.Publish(pctx, topic, msg(1))
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("publishing stopped working after oversized messages: %v", err)
+		}
+	}
+	sub, err := b.Subscribe(ctx, topic, broker.SubscribeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if k := fetchKeys(t, sub, 1, 10*time.Second, true); k[0] != "k001" {
+		t.Fatalf("got %q, want k001", k[0])
+	}
+}
+
+// testSettleThenClose is a graceful stop: fetching stops, the deliveries in
+// hand are settled, then the subscription closes. None of them comes again;
+// the ones never returned by Fetch do.
+func testSettleThenClose(t *testing.T, open Factory) {
+	b := open(t, []string{"a"}, false)
+	topic := broker.RequestTopic("a")
+	publishN(t, b, topic, 10)
+	sub, err := b.Subscribe(ctxT(t, 10*time.Second), topic, broker.SubscribeOptions{Prefetch: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, 20*time.Second)
+	var held []broker.Delivery
+	for len(held) < 4 {
+		ds, err := sub.Fetch(ctx, 4-len(held))
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, ds...)
+	}
+	time.Sleep(200 * time.Millisecond) // "in flight" while the rest sits in the prefetch buffer
+	var settled []string
+	for _, d := range held {
+		settled = append(settled, d.Message().Key)
+		if err := d.Ack(ctx); err != nil {
+			t.Fatalf("ack before close: %v", err)
+		}
+	}
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sub2, err := b.Subscribe(ctx, topic, broker.SubscribeOptions{Prefetch: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub2.Close()
+	rest := fetchKeys(t, sub2, 6, 30*time.Second, true)
+	for _, k := range rest {
+		if slices.Contains(settled, k) {
+			t.Fatalf("%s was acknowledged before Close and came again", k)
+		}
+	}
+	expectNothing(t, sub2, time.Second)
 }
 
 func testSeparate(t *testing.T, open Factory) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,7 +29,20 @@ type Options struct {
 	// Conns is how many in-process connections share the publishes, so the
 	// server parses them in parallel. Default 2.
 	Conns int
+	// MaxMessageBytes is the largest message (body and headers) the broker
+	// takes; larger ones fail with broker.ErrTooLarge. Default and most
+	// 64 MiB (NATS' limit).
+	MaxMessageBytes int
+	// SyncAlways makes JetStream fsync every write before it confirms it.
+	// Otherwise it fsyncs every SyncInterval (default 2m, JetStream's own
+	// default): a 202 then survives a crash of the process but not a power
+	// loss within the interval.
+	SyncAlways   bool
+	SyncInterval time.Duration
 }
+
+// MaxPayload is the largest message NATS can carry.
+const MaxPayload = 64 << 20
 
 const (
 	consumerName = "sluice"
@@ -61,6 +73,12 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 	if opts.PublishWindow <= 0 {
 		opts.PublishWindow = 4096
 	}
+	if opts.MaxMessageBytes <= 0 || opts.MaxMessageBytes > MaxPayload {
+		opts.MaxMessageBytes = MaxPayload
+	}
+	if opts.SyncInterval <= 0 {
+		opts.SyncInterval = 2 * time.Minute
+	}
 	ns, err := server.NewServer(&server.Options{
 		ServerName:         "sluice-embedded",
 		DontListen:         true,
@@ -69,7 +87,10 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 		JetStreamMaxMemory: 64 << 20,
 		NoSigs:             true,
 		NoLog:              true,
-		MaxPayload:         64 << 20,
+		MaxPayload:         int32(opts.MaxMessageBytes),
+		MaxPending:         2 * MaxPayload,
+		SyncAlways:         opts.SyncAlways,
+		SyncInterval:       opts.SyncInterval,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
@@ -203,17 +224,30 @@ func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) 
 	js := b.pubs[int(b.next.Add(1))%len(b.pubs)]
 	f, err := js.PublishMsgAsync(m)
 	if err != nil {
-		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, err)
+		return publishError(topic, err)
 	}
 	select {
 	case <-f.Ok():
 		return nil
 	case err := <-f.Err():
-		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, err)
+		return publishError(topic, err)
 	case <-ctx.Done():
 		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, ctx.Err())
 	}
 }
+
+// publishError classifies a failed publish: too large, or unavailable.
+func publishError(topic string, err error) error {
+	var apiErr *jetstream.APIError
+	if errors.Is(err, nats.ErrMaxPayload) ||
+		(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum) {
+		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrTooLarge, err)
+	}
+	return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, err)
+}
+
+// MaxMessageBytes is the largest message Publish takes.
+func (b *Broker) MaxMessageBytes() int { return b.opts.MaxMessageBytes }
 
 // Subscribe opens a pull subscription through the shared consumer. It
 // pulls only when Fetch asks, so nothing waits in a client-side buffer with
@@ -361,17 +395,14 @@ func (b *Broker) Stats(ctx context.Context, topic string) (broker.QueueStats, er
 	return broker.QueueStats{Depth: int64(st.Msgs), Consumed: int64(st.LastSeq) - int64(st.Msgs)}, nil
 }
 
-type deadMsg struct {
-	seq uint64
-	msg broker.Message
-}
-
-func (b *Broker) scanDead(ctx context.Context, topic string, limit int, keep func(broker.Message) bool) ([]deadMsg, error) {
+// ListDead returns the oldest limit dead letters of topic; a position is a
+// stream sequence number. Reading by sequence consumes nothing.
+func (b *Broker) ListDead(ctx context.Context, topic string, limit int) ([]broker.DeadLetter, error) {
 	s, err := b.stream(topic)
 	if err != nil {
 		return nil, err
 	}
-	var out []deadMsg
+	var out []broker.DeadLetter
 	seq := uint64(1)
 	for limit <= 0 || len(out) < limit {
 		raw, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject(topic)))
@@ -381,42 +412,36 @@ func (b *Broker) scanDead(ctx context.Context, topic string, limit int, keep fun
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
 		}
-		msg := toMessage(raw.Header, raw.Data)
-		if keep(msg) {
-			out = append(out, deadMsg{raw.Sequence, msg})
-		}
+		out = append(out, broker.DeadLetter{Message: toMessage(raw.Header, raw.Data),
+			Pos: strconv.FormatUint(raw.Sequence, 10)})
 		seq = raw.Sequence + 1
 	}
 	return out, nil
 }
 
-// ListDead returns the oldest limit dead letters of topic.
-func (b *Broker) ListDead(ctx context.Context, topic string, limit int) ([]broker.Message, error) {
-	dead, err := b.scanDead(ctx, topic, limit, func(broker.Message) bool { return true })
-	out := make([]broker.Message, len(dead))
-	for i, d := range dead {
-		out[i] = d.msg
-	}
-	return out, err
-}
-
-// TakeDead deletes the dead letters with the given keys (all when empty).
-func (b *Broker) TakeDead(ctx context.Context, topic string, keys []string) ([]broker.Message, error) {
-	dead, err := b.scanDead(ctx, topic, 0, func(m broker.Message) bool {
-		return len(keys) == 0 || slices.Contains(keys, m.Key)
-	})
+// TakeDead deletes the dead letters at the given sequence numbers.
+func (b *Broker) TakeDead(ctx context.Context, topic string, pos []string) error {
+	s, err := b.stream(topic)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	s, _ := b.stream(topic)
-	out := make([]broker.Message, 0, len(dead))
-	for _, d := range dead {
-		if err := s.DeleteMsg(ctx, d.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return out, fmt.Errorf("take %s: %w", topic, err)
+	for _, p := range pos {
+		seq, err := strconv.ParseUint(p, 10, 64)
+		if err != nil {
+			return fmt.Errorf("take %s: bad position %q", topic, p)
 		}
-		out = append(out, d.msg)
+		err = s.DeleteMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) {
+			// Taken already? JetStream's error text varies; ask.
+			if _, gerr := s.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+				continue
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("take %s: %w: %v", topic, broker.ErrUnavailable, err)
+		}
 	}
-	return out, nil
+	return nil
 }
 
 // Ping checks the connection and JetStream.

@@ -19,7 +19,7 @@ func TestConformance(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		b, err := Open(ctx, Options{Dir: dir, Backends: backends, AckWait: time.Minute})
+		b, err := Open(ctx, Options{Dir: dir, Backends: backends, AckWait: time.Minute, MaxMessageBytes: 1 << 20})
 		if err != nil {
 			t.Fatal(err)
 		}

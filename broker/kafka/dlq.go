@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -119,43 +118,36 @@ func (b *Broker) live(ctx context.Context, topic string) ([]record, error) {
 }
 
 // ListDead implements broker.DeadLetters.
-func (b *Broker) ListDead(ctx context.Context, topic string, limit int) ([]broker.Message, error) {
+func (b *Broker) ListDead(ctx context.Context, topic string, limit int) ([]broker.DeadLetter, error) {
 	recs, err := b.live(ctx, topic)
 	if err != nil {
 		return nil, err
 	}
-	var out []broker.Message
+	var out []broker.DeadLetter
 	for _, r := range recs {
 		if limit > 0 && len(out) >= limit {
 			break
 		}
-		out = append(out, r.msg)
+		out = append(out, broker.DeadLetter{Message: r.msg, Pos: r.pos(topic)})
 	}
 	return out, nil
 }
 
-// TakeDead implements broker.DeadLetters: it records the positions of the
-// taken messages, so they are not listed again.
-func (b *Broker) TakeDead(ctx context.Context, topic string, keys []string) ([]broker.Message, error) {
-	recs, err := b.live(ctx, topic)
-	if err != nil {
-		return nil, err
+// TakeDead implements broker.DeadLetters: it records the taken positions,
+// so they are not listed again.
+func (b *Broker) TakeDead(ctx context.Context, topic string, pos []string) error {
+	if !b.topics[topic] {
+		return fmt.Errorf("kafka: unknown topic %q", topic)
 	}
-	var out []broker.Message
 	var marks []kafkago.Message
-	for _, r := range recs {
-		if len(keys) > 0 && !slices.Contains(keys, r.msg.Key) {
-			continue
-		}
-		out = append(out, r.msg)
-		pos := r.pos(topic)
-		marks = append(marks, kafkago.Message{Topic: b.name(takenTopic), Key: []byte(pos),
-			Headers: []kafkago.Header{{Key: hdrKey, Value: []byte(pos)}}})
+	for _, p := range pos {
+		marks = append(marks, kafkago.Message{Topic: b.name(takenTopic), Key: []byte(p),
+			Headers: []kafkago.Header{{Key: hdrKey, Value: []byte(p)}}})
 	}
 	if len(marks) > 0 {
 		if err := b.w.WriteMessages(ctx, marks...); err != nil {
-			return nil, fmt.Errorf("take %s: %w: %v", topic, broker.ErrUnavailable, err)
+			return fmt.Errorf("take %s: %w: %v", topic, broker.ErrUnavailable, err)
 		}
 	}
-	return out, nil
+	return nil
 }

@@ -27,6 +27,22 @@ type Options struct {
 	NoForward bool
 	// BatchTimeout is how long the writer waits to fill a batch. Default 2ms.
 	BatchTimeout time.Duration
+	// MaxMessageBytes is the largest message Publish takes (larger:
+	// broker.ErrTooLarge), the writer's batch size and the topics'
+	// max.message.bytes. Default 4 MiB.
+	MaxMessageBytes int
+	// ReplicationFactor of the topics sluice creates. Default min(3,
+	// brokers in the cluster).
+	ReplicationFactor int
+	// MinInsyncReplicas is the topics' min.insync.replicas. Default
+	// max(1, ReplicationFactor-1).
+	MinInsyncReplicas int
+	// Retention is retention.ms of request, result and delay topics.
+	// Default 30 days.
+	Retention time.Duration
+	// DeadLetterRetention is retention.ms of dead-letter topics and the
+	// taken-positions topic; 0 keeps them forever.
+	DeadLetterRetention time.Duration
 }
 
 const (

@@ -23,6 +23,11 @@ type Options struct {
 	// PublishChannels is the size of the pool of confirm-mode channels.
 	// Default 4.
 	PublishChannels int
+	// MaxMessageBytes is the server's max_message_size: larger messages
+	// fail with broker.ErrTooLarge. Default 16 MiB (RabbitMQ 4.x's).
+	MaxMessageBytes int
+	// DeliveryLimit is x-delivery-limit of the quorum queues. Default 100.
+	DeliveryLimit int
 }
 
 const (
@@ -522,40 +527,24 @@ func (b *Broker) Stats(_ context.Context, topic string) (broker.QueueStats, erro
 }
 
 // ListDead reads up to limit dead letters and leaves them in the queue.
-func (b *Broker) ListDead(_ context.Context, topic string, limit int) ([]broker.Message, error) {
-	var out []broker.Message
+func (b *Broker) ListDead(_ context.Context, topic string, limit int) ([]broker.DeadLetter, error) {
+	var out []broker.DeadLetter
 	err := b.withChannel(func(ch *amqp.Channel) error {
 		for limit <= 0 || len(out) < limit {
 			m, ok, err := ch.Get(b.name(topic), false)
 			if err != nil || !ok {
 				return err
 			}
-			out = append(out, (&delivery{m: m}).Message())
+			out = append(out, broker.DeadLetter{Message: (&delivery{m: m}).Message()})
 		}
 		return nil
 	})
 	return out, err
 }
 
-// TakeDead removes the dead letters with the given keys (all when empty).
-func (b *Broker) TakeDead(_ context.Context, topic string, keys []string) ([]broker.Message, error) {
-	var out []broker.Message
-	err := b.withChannel(func(ch *amqp.Channel) error {
-		for {
-			m, ok, err := ch.Get(b.name(topic), false)
-			if err != nil || !ok {
-				return err
-			}
-			msg := (&delivery{m: m}).Message()
-			if len(keys) == 0 || slices.Contains(keys, msg.Key) {
-				if err := m.Ack(false); err != nil {
-					return err
-				}
-				out = append(out, msg)
-			}
-		}
-	})
-	return out, err
+// TakeDead is not there yet.
+func (b *Broker) TakeDead(_ context.Context, topic string, pos []string) error {
+	return fmt.Errorf("take %s: not implemented", topic)
 }
 
 // Ping reports whether a connection is up.
