@@ -19,7 +19,7 @@ lint: ## gofmt and go vet
 
 test: lint ## every test, integration tests included, with the race detector
 	scripts/services.sh
-	docker-compose config -q
+	SLUICE_ADMIN_TOKEN=validate docker-compose config -q
 	$(GO) test -race -count=1 -p 1 -timeout 13m ./...
 
 test-short: ## unit tests only

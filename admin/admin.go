@@ -44,8 +44,8 @@ type Handler struct {
 	mux     *http.ServeMux
 }
 
-// New builds the handler.
-func New(token string, w *workers.Manager, backlog Backlog, results Recorder, ready []Check) *Handler {
+// New builds the handler. pprof serves Go's profiles under /debug/pprof/.
+func New(token string, pprofOn bool, w *workers.Manager, backlog Backlog, results Recorder, ready []Check) *Handler {
 	h := &Handler{Token: token, Workers: w, Backlog: backlog, Results: results, Ready: ready, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
 		writeJSON(rw, 200, map[string]string{"status": "ok"})
@@ -56,9 +56,11 @@ func New(token string, w *workers.Manager, backlog Backlog, results Recorder, re
 	h.mux.HandleFunc("PATCH /admin/backends/{name}", h.patchBackend)
 	h.mux.HandleFunc("GET /admin/dead-letters", h.listDead)
 	h.mux.HandleFunc("POST /admin/dead-letters/replay", h.replay)
-	h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	h.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	if pprofOn {
+		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		h.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return h
 }
 

@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,5 +106,68 @@ func TestEmptyDocument(t *testing.T) {
 	_, err := Parse([]byte(""), t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "routes: at least one route is required") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestLimitsAndExposure: what check refuses for the failure paths of a 202:
+// a max_body the broker cannot carry, an admin API open to the network
+// without a token, a bad sync setting, Kafka topic settings that could
+// never confirm a write.
+func TestLimitsAndExposure(t *testing.T) {
+	t.Setenv("SLUICE_ADMIN_TOKEN", "")
+	base := "routes: [{name: r, path: /r, backend: b, max_body: %s}]\nbackends: [{name: b, urls: [\"http://127.0.0.1:1/\"]}]\n"
+	cases := []struct {
+		name, cfg, body, want string // want: "" = valid
+	}{
+		{"embedded default", "", "1MiB", ""},
+		{"embedded too large", "", "64MiB", "routes[0].max_body: 64 MiB does not fit"},
+		{"kafka derives its limit", "broker: {kind: kafka}\n", "10MiB", ""},
+		{"kafka explicit limit too small", "broker: {kind: kafka, kafka: {max_message_bytes: 1MiB}}\n", "1MiB",
+			"routes[0].max_body: 1 MiB does not fit in a message of 1 MiB, the most broker.kafka.max_message_bytes"},
+		{"rabbitmq 4.x default", "broker: {kind: rabbitmq}\n", "16MiB", "raise broker.rabbitmq.max_message_bytes"},
+		{"rabbitmq raised", "broker: {kind: rabbitmq, rabbitmq: {max_message_bytes: 32MiB}}\n", "16MiB", ""},
+		{"admin on every interface", "admin_listen: \":9090\"\n", "1MiB", "admin_listen: \":9090\" is reachable from other hosts"},
+		{"admin on a public address", "admin_listen: \"10.0.0.1:9090\"\n", "1MiB", "admin_listen:"},
+		{"admin on every interface with a token", "admin_listen: \":9090\"\nadmin_token: t\n", "1MiB", ""},
+		{"admin on localhost", "admin_listen: \"localhost:9090\"\n", "1MiB", ""},
+		{"admin on ::1", "admin_listen: \"[::1]:9090\"\n", "1MiB", ""},
+		{"sync interval", "broker: {embedded: {sync: 1s}}\n", "1MiB", ""},
+		{"sync nonsense", "broker: {embedded: {sync: sometimes}}\n", "1MiB", "broker.embedded.sync: must be \"always\" or a duration"},
+		{"min isr above rf", "broker: {kind: kafka, kafka: {replication_factor: 1, min_insync_replicas: 2}}\n", "1MiB",
+			"broker.kafka.min_insync_replicas: must be <= replication_factor"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte(c.cfg+fmt.Sprintf(base, c.body)), t.TempDir())
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("got %v, want %q", err, c.want)
+			}
+		})
+	}
+	t.Setenv("SLUICE_ADMIN_TOKEN", "from-env")
+	c, err := Parse([]byte("admin_listen: \":9090\"\n"+fmt.Sprintf(base, "1MiB")), t.TempDir())
+	if err != nil || c.AdminToken != "from-env" {
+		t.Fatalf("$SLUICE_ADMIN_TOKEN: %v %q", err, c.AdminToken)
+	}
+}
+
+func TestBrokerDefaults(t *testing.T) {
+	c, err := Parse([]byte(`
+broker: {kind: kafka}
+routes: [{name: r, path: /r, backend: b, max_body: 6MiB}]
+backends: [{name: b, urls: ["http://127.0.0.1:1/"]}]
+`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := c.Broker.Kafka
+	if int64(k.MaxMessageBytes) != 6<<20+Overhead || k.Retention.D() != 720*time.Hour || k.DeadLetterRetention != 0 {
+		t.Fatalf("kafka defaults: %+v", k)
+	}
+	if c.Broker.Embedded.Sync != "always" || c.MaxConnections != 10000 || c.MaxLongPolls != 4096 {
+		t.Fatalf("defaults: sync %q, max_connections %d, max_long_polls %d", c.Broker.Embedded.Sync, c.MaxConnections, c.MaxLongPolls)
 	}
 }

@@ -23,14 +23,21 @@ import (
 	"github.com/sluice-gw/sluice/schemas"
 )
 
-// Store is what ingress needs of the result store.
+// Store is what ingress needs of the result store (results.Store).
 type Store interface {
+	// Admit reports whether Accept can take a record now; an error means
+	// the store is too far behind, and the submit is refused before it is
+	// published.
+	Admit() error
 	Accept(ctx context.Context, rec *job.Record) error
 	// Get returns job.ErrNotFound for an unknown or expired id.
 	Get(ctx context.Context, id string) (*job.Record, error)
 	Watch(id string) (<-chan struct{}, func())
-	Claim(ctx context.Context, client, key, id string) (string, bool, error)
-	Unclaim(ctx context.Context, client, key string) error
+	// Apply stores events; ack: fast uses it to record a request its
+	// publisher could not write.
+	Apply(ctx context.Context, events []*job.Event) error
+	Claim(ctx context.Context, client, key, id string, lease time.Duration) (job.Claim, error)
+	Release(ctx context.Context, client, key, id string, queued bool) error
 }
 
 // Backlog tells how many messages wait on a topic and how fast it drains;
@@ -66,13 +73,16 @@ type Server struct {
 	prefixes []*route // longest first
 	srv      *fasthttp.Server
 	inflight atomic.Int64
+	polls    atomic.Int64 // long polls waiting now
 	closing  chan struct{}
 	closeMu  sync.Once
 
-	// ack: fast
-	fastQ  chan *job.Request
-	fastWG sync.WaitGroup
+	fast *fastPublisher // ack: fast; nil with ack: durable
 }
+
+// claimWait bounds how long a submit waits for another submit with the
+// same Idempotency-Key to finish its write before answering 409.
+const claimWait = time.Second
 
 // New compiles the routes of cfg.
 func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog, log zerolog.Logger) (*Server, error) {
@@ -114,11 +124,7 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 		Logger:                        fasthttpLogger{log},
 	}
 	if cfg.Ack == "fast" {
-		s.fastQ = make(chan *job.Request, cfg.MaxInflight)
-		for range 32 {
-			s.fastWG.Add(1)
-			go s.fastPublisher()
-		}
+		s.fast = newFastPublisher(pub, store, log, cfg.MaxInflight, cfg.PublishTimeout.D())
 	}
 	return s, nil
 }
@@ -127,23 +133,20 @@ type fasthttpLogger struct{ l zerolog.Logger }
 
 func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Debug().Msgf(format, args...) }
 
-// Serve answers on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// Serve answers on ln until Shutdown, with at most max_connections open
+// connections: one more gets 503 and is closed.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.srv.Serve(newLimitListener(ln, s.cfg.MaxConnections))
+}
 
 // Shutdown stops accepting, lets requests in progress finish (long polls
-// return at once), then publishes what ack: fast still buffers.
+// return at once), then publishes what ack: fast still buffers, until ctx
+// ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeMu.Do(func() { close(s.closing) })
 	err := s.srv.ShutdownWithContext(ctx)
-	if s.fastQ != nil {
-		close(s.fastQ)
-		done := make(chan struct{})
-		go func() { s.fastWG.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return errors.Join(err, errors.New("ack: fast buffer not flushed before the shutdown timeout"))
-		}
+	if s.fast != nil {
+		err = errors.Join(err, s.fast.close(ctx))
 	}
 	return err
 }
@@ -224,6 +227,20 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		problem(ctx, 413, "request body is larger than this route's max_body ("+strconv.FormatInt(int64(r.cfg.MaxBody), 10)+" bytes)", 0)
 		return
 	}
+	if r.prefix {
+		if why := badPath(rest, ctx.URI().PathOriginal()); why != "" {
+			problem(ctx, 400, "the path "+why, 0)
+			return
+		}
+	}
+	if why := badQuery(ctx.URI().QueryString()); why != "" {
+		problem(ctx, 400, "the query "+why, 0)
+		return
+	}
+	if why := badHeaders(&ctx.Request.Header); why != "" {
+		problem(ctx, 400, why, 0)
+		return
+	}
 	if r.schema != nil {
 		if err := r.schema.Validate(body); err != nil {
 			problem(ctx, 400, "body does not match the route's schema: "+err.Error(), 0)
@@ -242,6 +259,10 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		return
 	}
 	defer s.inflight.Add(-1)
+	if err := s.store.Admit(); err != nil {
+		problem(ctx, 503, "the result store is behind; try later", 2)
+		return
+	}
 
 	id := newID()
 	client := "" // set by authentication once it exists
@@ -249,14 +270,28 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 	reqCtx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout.D())
 	defer cancel()
 	if idemKey != "" {
-		bound, created, err := s.store.Claim(reqCtx, client, idemKey, id)
-		if err != nil {
+		claim, err := s.claim(client, idemKey, id)
+		switch {
+		case err != nil:
 			problem(ctx, 503, "the result store is unavailable; try later", 1)
 			return
-		}
-		if !created {
-			s.accepted(ctx, bound, s.retryAfter(r, depth, drain))
+		case claim.State == job.ClaimQueued:
+			s.accepted(ctx, claim.ID, s.retryAfter(r, depth, drain))
 			return
+		case claim.State == job.ClaimPending:
+			problem(ctx, 409, "a request with this Idempotency-Key is being queued right now; try again", 1)
+			return
+		}
+		// Owned: a fresh id, or an earlier request's id whose write failed
+		// or may have landed. If it landed and a worker got to it, it is
+		// queued already; else it is written again under the same id.
+		if claim.ID != id {
+			id = claim.ID
+			if rec, err := s.store.Get(reqCtx, id); err == nil && rec != nil {
+				s.release(client, idemKey, id, true)
+				s.accepted(ctx, id, s.retryAfter(r, depth, drain))
+				return
+			}
 		}
 	}
 
@@ -272,31 +307,62 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		}
 	}
 
-	if s.fastQ != nil {
-		select {
-		case s.fastQ <- req:
-		default:
-			s.unclaim(client, idemKey)
+	if s.fast != nil {
+		if err := s.fast.enqueue(req); err != nil {
+			s.release(client, idemKey, id, false)
 			problem(ctx, 503, "the in-memory buffer is full; try later", 1)
 			return
 		}
 	} else if err := s.pub.Publish(reqCtx, r.topic, req.Message()); err != nil {
+		// Failed or timed out, maybe landed: the key keeps this id, so a
+		// retry writes it again instead of making a second request.
+		s.release(client, idemKey, id, false)
+		if errors.Is(err, broker.ErrTooLarge) {
+			problem(ctx, 413, "the queue refuses a request this large", 0)
+			return
+		}
 		s.log.Warn().Err(err).Str("route", r.cfg.Name).Msg("publish refused; answering 503")
-		s.unclaim(client, idemKey)
 		problem(ctx, 503, "the queue cannot take the request right now; try later", 2)
 		return
 	}
 	s.backlog.Add(r.topic, 1)
 	_ = s.store.Accept(reqCtx, &job.Record{ID: id, Route: r.cfg.Name, Backend: r.backend.Name, Client: client,
 		Status: job.Queued, AcceptedAt: req.AcceptedAt, UpdatedAt: req.AcceptedAt})
+	s.release(client, idemKey, id, true)
 	s.accepted(ctx, id, s.retryAfter(r, depth+1, drain))
 }
 
-func (s *Server) unclaim(client, key string) {
-	if key != "" {
+// claim takes the idempotency key for id, waiting up to claimWait while
+// another submit holds it and is still writing.
+func (s *Server) claim(client, key, id string) (job.Claim, error) {
+	lease := s.cfg.PublishTimeout.D() + 5*time.Second
+	deadline := time.Now().Add(claimWait)
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = s.store.Unclaim(ctx, client, key)
+		c, err := s.store.Claim(ctx, client, key, id, lease)
+		cancel()
+		if err != nil || c.State != job.ClaimPending || time.Now().Add(wait).After(deadline) {
+			return c, err
+		}
+		select {
+		case <-time.After(wait):
+		case <-s.closing:
+			return c, nil
+		}
+	}
+}
+
+// release ends an owned idempotency claim, if there is one.
+func (s *Server) release(client, key, id string, queued bool) {
+	if key == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Release(ctx, client, key, id, queued); err != nil {
+		// The claim's lease runs out instead; the next claimant writes the
+		// same id again.
+		s.log.Warn().Err(err).Str("id", id).Msg("idempotency claim not released")
 	}
 }
 
@@ -315,23 +381,4 @@ func (s *Server) accepted(ctx *fasthttp.RequestCtx, id string, retryAfter int) {
 	b = append(b, loc...)
 	b = append(b, `"}`...)
 	ctx.SetBody(b)
-}
-
-// fastPublisher publishes what ack: fast accepted, retrying until it lands.
-func (s *Server) fastPublisher() {
-	defer s.fastWG.Done()
-	for req := range s.fastQ {
-		for try := 0; ; try++ {
-			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout.D())
-			err := s.pub.Publish(ctx, broker.RequestTopic(req.Backend), req.Message())
-			cancel()
-			if err == nil {
-				break
-			}
-			if try%20 == 0 {
-				s.log.Warn().Err(err).Str("id", req.ID).Msg("ack: fast publish failed; retrying")
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
 }

@@ -2,7 +2,7 @@ package ingress
 
 import (
 	"context"
-	"encoding/json"
+	"encoding/base64"
 	"errors"
 	"strconv"
 	"strings"
@@ -45,6 +45,14 @@ func (s *Server) poll(ctx *fasthttp.RequestCtx, rest string) {
 		problem(ctx, 400, `wait must be a duration such as "10s" (at most 30s)`, 0)
 		return
 	}
+	if wait > 0 {
+		if n := s.polls.Add(1); n > int64(s.cfg.MaxLongPolls) {
+			s.polls.Add(-1)
+			problem(ctx, 503, "too many polls are waiting right now; poll without wait, or try later", 1)
+			return
+		}
+		defer s.polls.Add(-1)
+	}
 	rec, err := s.lookup(id, wait)
 	switch {
 	case errors.Is(err, job.ErrNotFound):
@@ -58,7 +66,7 @@ func (s *Server) poll(ctx *fasthttp.RequestCtx, rest string) {
 		s.replay(ctx, rec)
 		return
 	}
-	body, _ := json.Marshal(rec)
+	body, _ := job.Marshal(rec)
 	ctx.SetStatusCode(200)
 	ctx.SetContentType("application/json")
 	if !rec.Status.Terminal() {
@@ -67,12 +75,58 @@ func (s *Server) poll(ctx *fasthttp.RequestCtx, rest string) {
 	ctx.SetBody(body)
 }
 
+// freshFor is how long after its 202 an id that is not found yet is read
+// again before the poll answers 404: behind a load balancer the poll may
+// reach another process before the accepting one wrote the record to the
+// shared store (it does so within milliseconds).
+const (
+	freshFor    = 5 * time.Second
+	freshRetry  = 10 * time.Millisecond
+	freshWithin = time.Second
+)
+
+// issuedAt reads the acceptance time an id made by newID starts with.
+func issuedAt(id string) (time.Time, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(id)
+	if err != nil || len(b) != 18 {
+		return time.Time{}, false
+	}
+	var ms int64
+	for _, c := range b[:6] {
+		ms = ms<<8 | int64(c)
+	}
+	return time.UnixMilli(ms), true
+}
+
+// get reads id's record; an id issued moments ago that is not there yet is
+// read again for up to freshWithin.
+func (s *Server) get(ctx context.Context, id string) (*job.Record, error) {
+	rec, err := s.store.Get(ctx, id)
+	if !errors.Is(err, job.ErrNotFound) {
+		return rec, err
+	}
+	at, ok := issuedAt(id)
+	if age := time.Since(at); !ok || age > freshFor || age < -freshFor {
+		return rec, err
+	}
+	deadline := time.Now().Add(freshWithin)
+	for errors.Is(err, job.ErrNotFound) && time.Now().Before(deadline) {
+		select {
+		case <-time.After(freshRetry):
+		case <-ctx.Done():
+			return rec, err
+		}
+		rec, err = s.store.Get(ctx, id)
+	}
+	return rec, err
+}
+
 // lookup gets id's record; with wait > 0 it holds until the record is
 // terminal, wait passes or the server shuts down, woken by the store.
 func (s *Server) lookup(id string, wait time.Duration) (*job.Record, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+wait)
 	defer cancel()
-	rec, err := s.store.Get(ctx, id)
+	rec, err := s.get(ctx, id)
 	if err != nil || wait <= 0 || rec.Status.Terminal() {
 		return rec, err
 	}
@@ -119,6 +173,11 @@ func (s *Server) replay(ctx *fasthttp.RequestCtx, rec *job.Record) {
 		ctx.Response.Header.Set(k, v)
 	}
 	ctx.Response.Header.Set("X-Request-Id", rec.ID)
+	if rec.Response.Truncated {
+		// The stored body is not the whole one: say so, and drop what
+		// describes the whole body (NewResponse kept none of it).
+		ctx.Response.Header.Set("X-Sluice-Truncated", "true")
+	}
 	ctx.SetStatusCode(rec.Response.Status)
 	ctx.SetBody(rec.Response.BodyBytes())
 }

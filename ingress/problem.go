@@ -1,10 +1,11 @@
 package ingress
 
 import (
-	"encoding/json"
 	"strconv"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-gw/sluice/job"
 )
 
 // Problem is an RFC 9457 problem detail.
@@ -35,7 +36,7 @@ func problem(ctx *fasthttp.RequestCtx, status int, detail string, retryAfter int
 	if slug == "" {
 		slug = "error"
 	}
-	body, _ := json.Marshal(Problem{
+	body, _ := job.Marshal(Problem{
 		Type: "/problems/" + slug, Title: fasthttp.StatusMessage(status), Status: status, Detail: detail,
 	})
 	ctx.Response.Reset()

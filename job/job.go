@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -62,6 +63,7 @@ const (
 	HAttempts     = "sluice-attempts"
 	HGen          = "sluice-generation"
 	HLastError    = "sluice-last-error"
+	HAvoidURL     = "sluice-avoid-url"
 	HDeadLettered = "sluice-dead-lettered-at"
 )
 
@@ -84,6 +86,9 @@ type Request struct {
 	Gen        int // replay generation: each replay starts a new one
 	LastError  string
 	DeadAt     time.Time // when it was dead-lettered
+	// AvoidURL is 1 + the index of the backend url the last attempt failed
+	// on, so a retry goes elsewhere; 0: none.
+	AvoidURL int
 }
 
 // Message encodes r for a topic.
@@ -108,6 +113,9 @@ func (r *Request) Message() broker.Message {
 	opt(HPath, r.Path)
 	opt(HQuery, r.Query)
 	opt(HLastError, r.LastError)
+	if r.AvoidURL > 0 {
+		h[HAvoidURL] = strconv.Itoa(r.AvoidURL)
+	}
 	if !r.DeadAt.IsZero() {
 		h[HDeadLettered] = r.DeadAt.UTC().Format(time.RFC3339Nano)
 	}
@@ -136,6 +144,7 @@ func DecodeRequest(m broker.Message) (*Request, error) {
 	}
 	r.Attempts, _ = strconv.Atoi(h[HAttempts])
 	r.Gen, _ = strconv.Atoi(h[HGen])
+	r.AvoidURL, _ = strconv.Atoi(h[HAvoidURL])
 	if s := h[HDeadLettered]; s != "" {
 		r.DeadAt, _ = time.Parse(time.RFC3339Nano, s)
 	}
@@ -207,11 +216,27 @@ func NewResponse(status int, header http.Header, body []byte, cut bool) *Respons
 		r.Headers[k] = v
 	}
 	if r.Truncated {
-		for _, k := range staleWhenCut {
+		r.dropStale()
+	}
+	return r
+}
+
+// WithoutBody returns a copy of r with its body dropped and marked
+// truncated: for an outcome the broker refuses as too large.
+func (r *Response) WithoutBody() *Response {
+	cp := *r
+	cp.Headers = maps.Clone(r.Headers)
+	cp.Body, cp.Truncated = "", true
+	cp.dropStale()
+	return &cp
+}
+
+func (r *Response) dropStale() {
+	for k := range r.Headers {
+		if slices.Contains(staleWhenCut, http.CanonicalHeaderKey(k)) {
 			delete(r.Headers, k)
 		}
 	}
-	return r
 }
 
 // fitEscaped returns how many bytes of the UTF-8 text b fit in limit bytes
@@ -343,6 +368,28 @@ func (r *Record) Apply(e *Event) bool {
 		r.CompletedAt = &at
 	}
 	return true
+}
+
+// ClaimState is where an idempotency key stands for a submit that claims
+// it (see results.Store.Claim).
+type ClaimState int
+
+const (
+	// ClaimOwned: the caller holds the key until its lease runs out. It
+	// publishes Claim.ID (a fresh id, or an earlier request's id whose write
+	// failed or whose outcome is unknown) and then releases the claim.
+	ClaimOwned ClaimState = iota + 1
+	// ClaimQueued: Claim.ID was queued; the caller answers with it.
+	ClaimQueued
+	// ClaimPending: another submit holds the key and is writing Claim.ID
+	// right now; the caller waits a little and claims again, or answers 409.
+	ClaimPending
+)
+
+// Claim is an idempotency key's binding.
+type Claim struct {
+	ID    string
+	State ClaimState
 }
 
 // hopByHop are the headers a proxy never forwards (RFC 9110 §7.6.1), plus

@@ -2,14 +2,16 @@ package workers
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -26,6 +28,8 @@ const (
 // Classify decides an attempt's verdict from its status (0 when err is set).
 func Classify(status int, err error, onStatus []int) Verdict {
 	switch {
+	case errors.Is(err, errBuild):
+		return Terminal
 	case err != nil:
 		return Retry
 	case status >= 200 && status < 300:
@@ -37,37 +41,84 @@ func Classify(status int, err error, onStatus []int) Verdict {
 	}
 }
 
-// describe turns a transport error into a short text for clients, without
-// the backend's address.
-func describe(err error, timeout time.Duration) string {
-	var op *net.OpError
+// errBuild marks a request sluice cannot send at all (ingress refuses what
+// would cause it; a message from an older version may still carry it). It
+// is terminal at once and says nothing about the backend's health.
+var errBuild = errors.New("invalid request")
+
+// The error categories clients see in last_error and attempt logs. They
+// never carry a backend's host, address or resolver (SPEC §6).
+const (
+	ErrTimeout   = "timeout"
+	ErrRefused   = "connection refused"
+	ErrDNS       = "dns"
+	ErrTLS       = "tls"
+	ErrReset     = "reset"
+	ErrClosed    = "connection closed"
+	ErrNetwork   = "network error"
+	ErrRequest   = "invalid request"
+	ErrUnreached = "unreachable"
+)
+
+// describe turns a transport error into its category.
+func describe(err error) string {
+	var dnsErr *net.DNSError
+	var tlsRec tls.RecordHeaderError
+	var certErr *tls.CertificateVerificationError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var netErr net.Error
 	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, http.ErrHandlerTimeout):
-		return fmt.Sprintf("timeout after %s", timeout)
-	case errors.As(err, &op) && op.Err != nil:
-		return "network error: " + op.Err.Error()
+	case errors.Is(err, errBuild):
+		return ErrRequest
+	case errors.As(err, &dnsErr):
+		return ErrDNS
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, http.ErrHandlerTimeout),
+		errors.As(err, &netErr) && netErr.Timeout():
+		return ErrTimeout
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return ErrRefused
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return ErrReset
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return ErrUnreached
+	case errors.As(err, &tlsRec), errors.As(err, &certErr), errors.As(err, &unknownAuth),
+		errors.As(err, &hostname), errors.As(err, &invalid), strings.Contains(err.Error(), "tls: "),
+		strings.Contains(err.Error(), "HTTP response to HTTPS client"):
+		return ErrTLS
 	case errors.Is(err, net.ErrClosed), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "network error: connection closed"
+		return ErrClosed
 	default:
-		s := err.Error()
-		if i := strings.LastIndex(s, ": "); i >= 0 {
-			s = s[i+2:]
-		}
-		return "network error: " + s
+		return ErrNetwork
 	}
 }
 
-// retryAfter reads a Retry-After header: seconds or an HTTP date.
-func retryAfter(h http.Header, now time.Time) time.Duration {
-	v := h.Get("Retry-After")
+// connFailure reports a category that says the url itself is not answering
+// (as opposed to an answer the backend chose).
+func connFailure(category string) bool {
+	switch category {
+	case ErrTimeout, ErrRefused, ErrDNS, ErrTLS, ErrReset, ErrClosed, ErrNetwork, ErrUnreached:
+		return true
+	}
+	return false
+}
+
+// retryAfter reads a Retry-After header, seconds or an HTTP date, capped at
+// limit: a backend cannot park a request for longer than max_backoff.
+func retryAfter(h http.Header, now time.Time, limit time.Duration) time.Duration {
+	v := strings.TrimSpace(h.Get("Retry-After"))
 	if v == "" {
 		return 0
 	}
-	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s > 0 {
-		return time.Duration(s) * time.Second
+	var d time.Duration
+	if s, err := strconv.ParseUint(v, 10, 64); err == nil {
+		if s > uint64(limit/time.Second)+1 {
+			return limit
+		}
+		d = time.Duration(s) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		d = t.Sub(now)
 	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
+	return min(d, limit)
 }

@@ -247,6 +247,15 @@ func (p *Permit) Done(healthy bool) {
 	l.signal()
 }
 
+// Release frees the permit's slot without a verdict on the backend: the
+// attempt never reached it (sluice could not build the request, or a
+// shutdown cut it short). The breaker neither opens nor closes for it.
+func (p *Permit) Release() {
+	l := p.release()
+	defer l.mu.Unlock()
+	l.signal()
+}
+
 // Backoff returns the wait before the attempt after attempt (1-based): a
 // random duration between initial and min(max, initial·2^(attempt-1)) —
 // exponential growth with full jitter above the floor.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
@@ -34,8 +35,12 @@ const inFlightAfter = 50 * time.Millisecond
 // maxFetch is the most messages one pull takes.
 const maxFetch = 64
 
-// MaxStoredBody is the most of a backend's response body kept for polling.
-const MaxStoredBody = 1 << 20
+// settleTimeout bounds how long one delivery's follow-up writes (retry or
+// dead-letter copy, status event, acknowledgement) may take.
+const settleTimeout = 30 * time.Second
+
+// eventTimeout bounds the publish of an in_flight status event.
+const eventTimeout = 5 * time.Second
 
 // Counters are a pool's running totals.
 type Counters struct {
@@ -52,15 +57,16 @@ type Counters struct {
 // the limiter allows is ever in flight, and a retry is republished with a
 // not-before time instead of waiting in a worker.
 type Pool struct {
-	cfg     config.Backend
-	broker  Broker
-	lim     *Limiter
-	client  *http.Client
-	urls    []*url.URL
-	next    atomic.Uint64
-	log     zerolog.Logger
-	drain   time.Duration
-	Counter Counters
+	cfg          config.Backend
+	broker       Broker
+	lim          *Limiter
+	client       *http.Client
+	urls         []*url.URL
+	bal          *balancer
+	log          zerolog.Logger
+	drain        time.Duration
+	settleWithin time.Duration // settleTimeout; shorter in tests
+	Counter      Counters
 }
 
 // Broker is what a pool needs of the broker.
@@ -72,13 +78,15 @@ type Broker interface {
 // NewPool builds the pool of backend b. drain bounds how long Run waits for
 // in-flight deliveries at shutdown before handing them back.
 func NewPool(b config.Backend, br Broker, log zerolog.Logger, drain time.Duration) *Pool {
-	p := &Pool{cfg: b, broker: br, log: log.With().Str("backend", b.Name).Logger(), drain: drain}
+	p := &Pool{cfg: b, broker: br, log: log.With().Str("backend", b.Name).Logger(), drain: drain,
+		settleWithin: settleTimeout}
 	p.lim = NewLimiter(Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency},
 		*b.Breaker.Failures, b.Breaker.Cooldown.D())
 	for _, raw := range b.URLs {
 		u, _ := url.Parse(raw) // validated by config
 		p.urls = append(p.urls, u)
 	}
+	p.bal = newBalancer(p.urls)
 	p.client = &http.Client{
 		Transport: &http.Transport{
 			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -86,6 +94,9 @@ func NewPool(b config.Backend, br Broker, log zerolog.Logger, drain time.Duratio
 			MaxIdleConnsPerHost: 2 * max(b.Concurrency, 16),
 			IdleConnTimeout:     90 * time.Second,
 			ForceAttemptHTTP2:   false,
+			// Headers are stored with the outcome (up to
+			// job.MaxStoredHeaders); a backend sending more is broken.
+			MaxResponseHeaderBytes: 256 << 10,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
@@ -98,16 +109,24 @@ func (p *Pool) Name() string { return p.cfg.Name }
 // Limiter is the pool's live-tunable gate.
 func (p *Pool) Limiter() *Limiter { return p.lim }
 
-// Run delivers until ctx ends, then stops fetching, waits up to the drain
-// time for deliveries in flight and hands back the rest.
+// Run delivers until ctx ends, then stops in order: fetching stops, the
+// deliveries in flight finish (up to the drain time; then they are cut
+// short and handed back), and only then the subscription closes, so every
+// delivery settles while its subscription can still acknowledge it.
 func (p *Pool) Run(ctx context.Context) error {
 	sub, err := p.broker.Subscribe(ctx, broker.RequestTopic(p.cfg.Name),
 		broker.SubscribeOptions{Prefetch: min(max(p.cfg.Concurrency, 8), 256)})
 	if err != nil {
 		return err
 	}
+	var follower sync.WaitGroup
+	defer follower.Wait()
 	if sh, ok := sub.(broker.Sharer); ok {
-		go p.followShare(ctx, sh)
+		follower.Add(1)
+		go func() {
+			defer follower.Done()
+			p.followShare(ctx, sh)
+		}()
 	}
 	// Deliveries outlive ctx by up to the drain time.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -148,7 +167,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		if p.lim.Settings().Paused { // paused while we waited: leave them queued
 			for i, d := range ds {
 				permits[i].Cancel()
-				_ = d.Nack(ctx, 0)
+				p.handBack(d)
 			}
 			continue
 		}
@@ -160,7 +179,6 @@ func (p *Pool) Run(ctx context.Context) error {
 			}()
 		}
 	}
-	_ = sub.Close()
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
@@ -170,7 +188,16 @@ func (p *Pool) Run(ctx context.Context) error {
 		cancelWork()
 		<-done
 	}
-	return nil
+	return sub.Close()
+}
+
+// handBack returns d to its topic untouched, to be delivered again.
+func (p *Pool) handBack(d broker.Delivery) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.settleWithin)
+	defer cancel()
+	if err := d.Nack(ctx, 0); err != nil {
+		p.log.Warn().Err(err).Msg("hand back; the broker redelivers it after its ack deadline")
+	}
 }
 
 // followShare keeps the limiter at this process's share of the backend's
@@ -196,9 +223,11 @@ func (p *Pool) followShare(ctx context.Context, sh broker.Sharer) {
 func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 	req, err := job.DecodeRequest(d.Message())
 	if err != nil {
-		permit.Done(true)
+		permit.Release()
 		p.log.Error().Err(err).Msg("dropping undecodable request message")
-		_ = d.Ack(ctx)
+		actx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		defer cancel()
+		_ = d.Ack(actx)
 		return
 	}
 	attempt := req.Attempts + 1
@@ -207,94 +236,182 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 	defer p.Counter.InFlight.Add(-1)
 	// in_flight is progress only, worth an event when a poller could see it:
 	// an attempt answered within inFlightAfter goes straight to its outcome.
+	// The timer's publish is waited for, so nothing is published about this
+	// delivery after it settled.
 	inflight := job.EventFor(req, job.InFlight, attempt)
 	inflight.LastError = req.LastError
+	published := make(chan struct{})
 	progress := time.AfterFunc(inFlightAfter, func() {
-		_ = p.broker.Publish(ctx, broker.ResultTopic, inflight.Message())
+		defer close(published)
+		ectx, cancel := context.WithTimeout(ctx, eventTimeout)
+		defer cancel()
+		_ = p.broker.Publish(ectx, broker.ResultTopic, inflight.Message())
 	})
 
-	status, header, body, err := p.attempt(ctx, req, attempt)
-	progress.Stop()
-	verdict := Classify(status, err, p.cfg.Retry.OnStatus)
-	permit.Done(verdict != Retry)
+	res := p.attempt(ctx, req, attempt)
+	if !progress.Stop() {
+		<-published
+	}
+	verdict := Classify(res.status, res.err, p.cfg.Retry.OnStatus)
+	var category string
+	if res.err != nil {
+		category = describe(res.err)
+	}
+	switch {
+	case errors.Is(res.err, errBuild):
+		// Sluice's fault, not the backend's: no breaker, no outlier.
+		permit.Release()
+		p.bal.report(res.url, res.probe, outcomeNeutral)
+	case ctx.Err() != nil:
+		permit.Release()
+		p.bal.report(res.url, res.probe, outcomeNeutral)
+	default:
+		permit.Done(verdict != Retry)
+		switch {
+		case res.err != nil:
+			p.bal.report(res.url, res.probe, outcomeConnFailure)
+		case verdict == Retry && res.status >= 500:
+			p.bal.report(res.url, res.probe, outcome5xx)
+		default:
+			p.bal.report(res.url, res.probe, outcomeOK)
+		}
+	}
 	if ctx.Err() != nil { // shutdown cut the attempt short: hand it back untouched
-		_ = d.Nack(context.WithoutCancel(ctx), 0)
+		p.handBack(d)
 		return
 	}
 
 	var lastErr string
-	if err != nil {
-		lastErr = describe(err, p.cfg.Timeout.D())
+	if res.err != nil {
+		lastErr = category
 	} else if verdict != Success {
-		lastErr = strconv.Itoa(status) + " " + http.StatusText(status)
+		lastErr = strconv.Itoa(res.status) + " " + http.StatusText(res.status)
 	}
 	now := time.Now()
+	maxWait := p.cfg.Retry.MaxBackoff.D()
 	switch {
 	case verdict == Retry && attempt < p.cfg.Retry.MaxAttempts:
-		wait := Backoff(attempt, p.cfg.Retry.InitialBackoff.D(), p.cfg.Retry.MaxBackoff.D(), rand.Int64N)
-		if ra := retryAfter(header, now); ra > wait {
+		wait := Backoff(attempt, p.cfg.Retry.InitialBackoff.D(), maxWait, rand.Int64N)
+		if ra := retryAfter(res.header, now, maxWait); ra > wait {
 			wait = ra
 		}
 		next := *req
-		next.Attempts, next.LastError = attempt, lastErr
+		next.Attempts, next.LastError, next.AvoidURL = attempt, lastErr, res.url+1
 		msg := next.Message()
 		msg.NotBefore = now.Add(wait)
 		ev := job.EventFor(req, job.Retrying, attempt)
 		ev.LastError = lastErr
-		p.settle(ctx, d, ev, broker.RequestTopic(p.cfg.Name), msg)
-		p.Counter.Retried.Add(1)
+		if p.settle(ctx, d, ev, broker.RequestTopic(p.cfg.Name), msg) {
+			p.Counter.Retried.Add(1)
+		}
 	case verdict == Retry: // out of attempts
 		dead := *req
-		dead.Attempts, dead.LastError, dead.DeadAt = attempt, lastErr, now
+		dead.Attempts, dead.LastError, dead.DeadAt, dead.AvoidURL = attempt, lastErr, now, 0
 		ev := job.EventFor(req, job.Failed, attempt)
 		ev.LastError, ev.DeadLettered = lastErr, true
-		if err == nil {
-			ev.Response = job.NewResponse(status, header, body)
+		if res.err == nil {
+			ev.Response = job.NewResponse(res.status, res.header, res.body, res.cut)
 		}
-		p.settle(ctx, d, ev, broker.DeadLetterTopic(p.cfg.Name), dead.Message())
-		p.Counter.DeadLettered.Add(1)
-		p.Counter.Failed.Add(1)
-	default:
-		st := job.Succeeded
-		if verdict == Terminal {
-			st = job.Failed
+		if p.settle(ctx, d, ev, broker.DeadLetterTopic(p.cfg.Name), dead.Message()) {
+			p.Counter.DeadLettered.Add(1)
 			p.Counter.Failed.Add(1)
-		} else {
-			p.Counter.Succeeded.Add(1)
 		}
-		ev := job.EventFor(req, st, attempt)
+	default:
+		ev := job.EventFor(req, job.Succeeded, attempt)
+		if verdict == Terminal {
+			ev.Status = job.Failed
+		}
 		ev.LastError = lastErr
-		ev.Response = job.NewResponse(status, header, body)
-		p.settle(ctx, d, ev, "", broker.Message{})
+		if res.err == nil {
+			ev.Response = job.NewResponse(res.status, res.header, res.body, res.cut)
+		}
+		if p.settle(ctx, d, ev, "", broker.Message{}) {
+			if verdict == Terminal {
+				p.Counter.Failed.Add(1)
+			} else {
+				p.Counter.Succeeded.Add(1)
+			}
+		}
 	}
 }
 
-// settle publishes the follow-up message (a retry or dead letter, when topic
-// is set) and the status event, then acknowledges d. If the broker cannot
-// take them, d goes back to the queue and the attempt will be made again.
-func (p *Pool) settle(ctx context.Context, d broker.Delivery, ev *job.Event, topic string, msg broker.Message) {
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+// settle writes what follows an attempt and acknowledges d; it reports
+// whether d was acknowledged. With a follow-up copy (a retry, or a dead
+// letter: topic set) the copy goes first; once it is durable the original
+// is done whatever happens next — handing it back too would fork the
+// request into two chains — so the status event is retried (and shrunk if
+// too large) and d acknowledged even if the event cannot be written.
+// Without a copy, an event the broker cannot take hands d back, and the
+// attempt is made again later.
+func (p *Pool) settle(ctx context.Context, d broker.Delivery, ev *job.Event, topic string, msg broker.Message) bool {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.settleWithin)
 	defer cancel()
-	var err error
+	copied := false
 	if topic != "" {
-		err = p.broker.Publish(pctx, topic, msg)
+		err := p.broker.Publish(pctx, topic, msg)
+		switch {
+		case err == nil:
+			copied = true
+		case errors.Is(err, broker.ErrTooLarge):
+			// It fit when it was accepted, but its copy does not (a topic
+			// with a smaller limit): it cannot go on, so it fails here.
+			p.log.Error().Err(err).Str("id", ev.ID).Str("topic", topic).Msg("copy refused as too large; the request fails")
+			ev.Status, ev.DeadLettered = job.Failed, false
+			ev.LastError = "too large to requeue"
+		default:
+			p.log.Warn().Err(err).Str("id", ev.ID).Msg("outcome not stored; request handed back")
+			_ = d.Nack(pctx, time.Second)
+			return false
+		}
 	}
-	if err == nil {
-		err = p.broker.Publish(pctx, broker.ResultTopic, ev.Message())
-	}
-	if err != nil {
-		p.log.Warn().Err(err).Str("id", ev.ID).Msg("outcome not stored; request handed back")
-		_ = d.Nack(pctx, time.Second)
-		return
+	if err := p.publishEvent(pctx, ev, copied); err != nil {
+		if !copied {
+			p.log.Warn().Err(err).Str("id", ev.ID).Msg("outcome not stored; request handed back")
+			_ = d.Nack(pctx, time.Second)
+			return false
+		}
+		p.log.Error().Err(err).Str("id", ev.ID).Str("status", string(ev.Status)).
+			Msg("status event lost; the request itself is safe in " + topic)
 	}
 	if err := d.Ack(pctx); err != nil {
 		p.log.Warn().Err(err).Str("id", ev.ID).Msg("ack")
 	}
+	return true
 }
 
-func (p *Pool) target(req *job.Request) string {
-	base := p.urls[int(p.next.Add(1)-1)%len(p.urls)]
-	u := *base
+// publishEvent writes ev to the result topic. A response too large for the
+// broker is stored truncated (body dropped, then the response), never
+// retried as if the broker were away. persist keeps retrying transient
+// failures until ctx ends; otherwise the first one is returned.
+func (p *Pool) publishEvent(ctx context.Context, ev *job.Event, persist bool) error {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		err := p.broker.Publish(ctx, broker.ResultTopic, ev.Message())
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, broker.ErrTooLarge) && ev.Response != nil && ev.Response.Body != "":
+			ev.Response = ev.Response.WithoutBody()
+			continue
+		case errors.Is(err, broker.ErrTooLarge) && ev.Response != nil:
+			ev.Response = nil
+			if ev.LastError == "" {
+				ev.LastError = "response too large to store"
+			}
+			continue
+		case errors.Is(err, broker.ErrTooLarge) || !persist:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
+}
+
+// target is the url of an attempt of req on the backend's url i.
+func (p *Pool) target(req *job.Request, i int) string {
+	u := *p.urls[i]
 	if req.Path != "" {
 		u.Path = strings.TrimSuffix(u.Path, "/") + "/" + strings.TrimPrefix(req.Path, "/")
 		u.RawPath = ""
@@ -309,13 +426,33 @@ func (p *Pool) target(req *job.Request) string {
 	return u.String()
 }
 
-// attempt makes one HTTP request; err is set for network errors and timeouts.
-func (p *Pool) attempt(ctx context.Context, req *job.Request, attempt int) (int, http.Header, []byte, error) {
+// result is one attempt's outcome.
+type result struct {
+	status int
+	header http.Header
+	body   []byte
+	cut    bool // body longer than job.MaxStoredBody, cut there
+	err    error
+	url    int  // the index of the url tried
+	probe  bool // a probe of an ejected url
+}
+
+// attempt makes one HTTP request; err is set for network errors, timeouts
+// and requests that cannot be built (errBuild).
+func (p *Pool) attempt(ctx context.Context, req *job.Request, attempt int) (res result) {
+	res.url, res.probe = p.bal.pick(req.AvoidURL - 1)
+	for _, kv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(kv[0]) || !httpguts.ValidHeaderFieldValue(kv[1]) {
+			res.err = fmt.Errorf("%w: header %q", errBuild, kv[0])
+			return res
+		}
+	}
 	actx, cancel := context.WithTimeout(ctx, p.cfg.Timeout.D())
 	defer cancel()
-	hr, err := http.NewRequestWithContext(actx, req.Method, p.target(req), bytes.NewReader(req.Body))
+	hr, err := http.NewRequestWithContext(actx, req.Method, p.target(req, res.url), bytes.NewReader(req.Body))
 	if err != nil {
-		return 0, nil, nil, fmt.Errorf("build request: %w", err)
+		res.err = fmt.Errorf("%w: %v", errBuild, err)
+		return res
 	}
 	for _, kv := range req.Header {
 		hr.Header.Add(kv[0], kv[1])
@@ -327,13 +464,19 @@ func (p *Pool) attempt(ctx context.Context, req *job.Request, attempt int) (int,
 	hr.Header.Set("X-Sluice-Attempt", strconv.Itoa(attempt))
 	resp, err := p.client.Do(hr)
 	if err != nil {
-		return 0, nil, nil, err
+		res.err = err
+		return res
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxStoredBody))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, job.MaxStoredBody+1))
 	if err != nil {
-		return 0, nil, nil, err
+		res.err = err
+		return res
+	}
+	if len(body) > job.MaxStoredBody {
+		body, res.cut = body[:job.MaxStoredBody], true
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<20)) // keep the connection reusable
-	return resp.StatusCode, resp.Header, body, nil
+	res.status, res.header, res.body = resp.StatusCode, resp.Header, body
+	return res
 }

@@ -3,6 +3,7 @@ package workers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"sync"
@@ -30,6 +31,7 @@ func TestClassify(t *testing.T) {
 		{"301 is terminal", 301, nil, Terminal},
 		{"network error", 0, errors.New("connection refused"), Retry},
 		{"timeout", 0, context.DeadlineExceeded, Retry},
+		{"request sluice cannot build", 0, fmt.Errorf("%w: header", errBuild), Terminal},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -63,18 +65,32 @@ func TestBackoffBounds(t *testing.T) {
 
 func TestRetryAfter(t *testing.T) {
 	now := time.Now()
-	h := http.Header{}
-	h.Set("Retry-After", "3")
-	if got := retryAfter(h, now); got != 3*time.Second {
-		t.Errorf("seconds: %v", got)
+	limit := 30 * time.Second
+	cases := []struct {
+		name, value string
+		want        time.Duration
+	}{
+		{"seconds", "3", 3 * time.Second},
+		{"padded", " 3 ", 3 * time.Second},
+		{"over max_backoff", "120", limit},
+		{"years", "999999999", limit},
+		{"overflows int64 nanoseconds", "99999999999999999", limit},
+		{"beyond uint64", "999999999999999999999999", 0},
+		{"date", now.Add(10 * time.Second).UTC().Format(http.TimeFormat), 10 * time.Second},
+		{"far date", now.Add(24 * time.Hour).UTC().Format(http.TimeFormat), limit},
+		{"past date", now.Add(-time.Hour).UTC().Format(http.TimeFormat), 0},
+		{"garbage", "soon", 0},
+		{"negative", "-5", 0},
 	}
-	h.Set("Retry-After", now.Add(10*time.Second).UTC().Format(http.TimeFormat))
-	if got := retryAfter(h, now); got < 8*time.Second || got > 11*time.Second {
-		t.Errorf("date: %v", got)
-	}
-	h.Set("Retry-After", "soon")
-	if got := retryAfter(h, now); got != 0 {
-		t.Errorf("garbage: %v", got)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := http.Header{}
+			h.Set("Retry-After", c.value)
+			got := retryAfter(h, now, limit)
+			if got < c.want-2*time.Second || got > c.want || (c.want == 0 && got != 0) {
+				t.Fatalf("Retry-After %q: %v, want %v", c.value, got, c.want)
+			}
+		})
 	}
 }
 
@@ -205,13 +221,13 @@ func TestTarget(t *testing.T) {
 	u2, _ := url.Parse("http://b/base/?k=v")
 	p := &Pool{urls: []*url.URL{u1, u2}}
 	r := &job.Request{Path: "x/y", Query: "q=1"}
-	if got := p.target(r); got != "http://a/ingest/x/y?q=1" {
+	if got := p.target(r, 0); got != "http://a/ingest/x/y?q=1" {
 		t.Errorf("first target %s", got)
 	}
-	if got := p.target(r); got != "http://b/base/x/y?k=v&q=1" {
+	if got := p.target(r, 1); got != "http://b/base/x/y?k=v&q=1" {
 		t.Errorf("second target %s", got)
 	}
-	if got := p.target(&job.Request{}); got != "http://a/ingest" {
+	if got := p.target(&job.Request{}, 0); got != "http://a/ingest" {
 		t.Errorf("exact route target %s", got)
 	}
 }

@@ -27,3 +27,25 @@ func TestConformance(t *testing.T) {
 		return b
 	})
 }
+
+// TestSync: the fsync policy reaches JetStream: always, or an interval.
+func TestSync(t *testing.T) {
+	for _, o := range []Options{{SyncAlways: true}, {SyncInterval: 3 * time.Second}, {}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		o.Dir, o.Backends = t.TempDir(), []string{"a"}
+		b, err := Open(ctx, o)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := b.ns.JetStreamConfig()
+		_ = b.Close()
+		want := o.SyncInterval
+		if want == 0 {
+			want = 2 * time.Minute
+		}
+		if cfg == nil || cfg.SyncAlways != o.SyncAlways || (!o.SyncAlways && cfg.SyncInterval != want) {
+			t.Fatalf("options %+v: JetStream runs with %+v", o, cfg)
+		}
+	}
+}

@@ -451,12 +451,24 @@ backends:
 	}
 }
 
-// TestShippedConfigsAreValid: the configs the repository ships pass check.
+// TestShippedConfigsAreValid: the configs the repository ships pass check;
+// the container config, whose admin API listens on every interface, only
+// with a token ($SLUICE_ADMIN_TOKEN, as docker-compose passes it).
 func TestShippedConfigsAreValid(t *testing.T) {
-	for _, p := range []string{"../../sluice.yaml", "../../deploy/sluice-kafka.yaml"} {
+	check := func(p string) (string, error) {
 		var out, errb strings.Builder
-		if err := run(t.Context(), []string{"check", "-config", p}, &out, &errb, nil); err != nil {
-			t.Errorf("%s: %v\n%s", p, err, errb.String())
-		}
+		err := run(t.Context(), []string{"check", "-config", p}, &out, &errb, nil)
+		return errb.String(), err
+	}
+	t.Setenv("SLUICE_ADMIN_TOKEN", "")
+	if _, err := check("../../sluice.yaml"); err != nil {
+		t.Errorf("sluice.yaml: %v", err)
+	}
+	if msg, err := check("../../deploy/sluice-kafka.yaml"); err == nil || !strings.Contains(msg, "admin_listen:") {
+		t.Errorf("deploy config without a token: %v %s, want admin_listen refused", err, msg)
+	}
+	t.Setenv("SLUICE_ADMIN_TOKEN", "s3cret")
+	if msg, err := check("../../deploy/sluice-kafka.yaml"); err != nil {
+		t.Errorf("deploy config with a token: %v\n%s", err, msg)
 	}
 }

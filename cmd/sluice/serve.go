@@ -153,12 +153,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	}
 
 	adm := &http.Server{
-		Handler: admin.New(cfg.AdminToken, manager, monitor, store, []admin.Check{
+		Handler: admin.New(cfg.AdminToken, cfg.AdminPprof, manager, monitor, store, []admin.Check{
 			{Name: "broker", Ping: br.Ping}, {Name: "results", Ping: store.Ping},
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	go func() { _ = adm.Serve(admLn) }()
+	admDone := make(chan struct{})
+	go func() { defer close(admDone); _ = adm.Serve(admLn) }()
 
 	var ing *ingress.Server
 	ingErr := make(chan error, 1)
@@ -177,10 +178,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	}
 
 	var runErr error
+	ingDone := ing == nil
 	select {
 	case <-ctx.Done():
 	case err := <-ingErr:
-		runErr = fmt.Errorf("ingress: %w", err)
+		runErr, ingDone = fmt.Errorf("ingress: %w", err), true
 	}
 
 	log.Info().Msg("shutting down")
@@ -190,6 +192,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	if ing != nil {
 		if err := ing.Shutdown(sctx); err != nil {
 			log.Error().Err(err).Msg("ingress shutdown")
+		}
+		if !ingDone {
+			<-ingErr // Serve has returned
 		}
 	}
 	stopWorkers() // pools stop fetching, finish or hand back in-flight work
@@ -207,6 +212,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	stopMonitor()
 	monWG.Wait()
 	_ = adm.Shutdown(sctx)
+	<-admDone
 	brokerClosed = true
 	if err := br.Close(); err != nil {
 		log.Error().Err(err).Msg("broker close")
@@ -223,17 +229,23 @@ func openBroker(ctx context.Context, cfg *config.Config, backends []string, work
 	switch cfg.Broker.Kind {
 	case "rabbitmq":
 		r := cfg.Broker.RabbitMQ
-		return rabbitmq.Open(openCtx, rabbitmq.Options{URL: r.URL, QueuePrefix: r.QueuePrefix, Backends: backends})
+		return rabbitmq.Open(openCtx, rabbitmq.Options{URL: r.URL, QueuePrefix: r.QueuePrefix, Backends: backends,
+			MaxMessageBytes: int(r.MaxMessageBytes), DeliveryLimit: r.DeliveryLimit})
 	case "kafka":
 		k := cfg.Broker.Kafka
 		return kafka.Open(openCtx, kafka.Options{
 			Brokers: k.Brokers, TopicPrefix: k.TopicPrefix, Partitions: k.Partitions,
 			Backends: backends, NoForward: !worker,
+			MaxMessageBytes: int(k.MaxMessageBytes), ReplicationFactor: k.ReplicationFactor,
+			MinInsyncReplicas: k.MinInsyncReplicas, Retention: k.Retention.D(),
+			DeadLetterRetention: k.DeadLetterRetention.D(),
 		})
 	default:
+		e := cfg.Broker.Embedded
 		return embedded.Open(openCtx, embedded.Options{
-			Dir: cfg.Path(cfg.Broker.Embedded.Dir), Backends: backends,
-			AckWait: cfg.Broker.Embedded.AckWait.D(), PublishWindow: cfg.MaxInflight,
+			Dir: cfg.Path(e.Dir), Backends: backends,
+			AckWait: e.AckWait.D(), PublishWindow: cfg.MaxInflight,
+			MaxMessageBytes: int(cfg.MaxMessageBytes()), SyncAlways: e.SyncAlways(), SyncInterval: e.SyncInterval(),
 		})
 	}
 }

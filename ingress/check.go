@@ -1,0 +1,67 @@
+package ingress
+
+import (
+	"bytes"
+	"strconv"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+	"golang.org/x/net/http/httpguts"
+)
+
+// badHeaders explains the first header a backend request could not carry:
+// a name that is not an RFC 9110 token, or a value with control
+// characters. Refusing it here keeps it from ever failing an attempt (and
+// counting against the backend's breaker). Empty: all good.
+func badHeaders(h *fasthttp.RequestHeader) string {
+	for k, v := range h.All() {
+		if !httpguts.ValidHeaderFieldName(string(k)) {
+			return "header name " + strconv.Quote(string(k)) + " is not a valid token (RFC 9110)"
+		}
+		if !httpguts.ValidHeaderFieldValue(string(v)) {
+			return "header " + strconv.Quote(string(k)) + " has a control character in its value"
+		}
+	}
+	return ""
+}
+
+// badPath explains why the rest of a prefix route's path must not reach the
+// backend: dot segments (also with ";" parameters, which some servers
+// strip: "..;"), backslashes, control characters, or an encoded slash or
+// backslash that would change the path's segments. rest is the decoded,
+// normalized path after the prefix; raw is the request's path as sent.
+// Empty: all good.
+func badPath(rest string, raw []byte) string {
+	for i := 0; i < len(rest); i++ {
+		switch c := rest[i]; {
+		case c < 0x20 || c == 0x7f:
+			return "has a control character"
+		case c == '\\':
+			return "has a backslash"
+		}
+	}
+	for _, seg := range strings.Split(rest, "/") {
+		name, _, _ := strings.Cut(seg, ";")
+		if name == "." || name == ".." {
+			return "has a dot segment (" + strconv.Quote(seg) + ")"
+		}
+	}
+	lower := bytes.ToLower(raw)
+	for _, enc := range []string{"%2f", "%5c", "%00"} {
+		if bytes.Contains(lower, []byte(enc)) {
+			return "has an encoded " + map[string]string{"%2f": "slash", "%5c": "backslash", "%00": "NUL"}[enc]
+		}
+	}
+	return ""
+}
+
+// badQuery explains why a raw query string cannot be forwarded (control
+// characters or spaces). Empty: all good.
+func badQuery(q []byte) string {
+	for _, c := range q {
+		if c <= 0x20 || c == 0x7f {
+			return "has a space or control character; percent-encode it"
+		}
+	}
+	return ""
+}

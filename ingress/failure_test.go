@@ -1,0 +1,394 @@
+package ingress
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/job"
+)
+
+func idOf(t *testing.T, body []byte) string {
+	t.Helper()
+	var a struct{ ID string }
+	if err := json.Unmarshal(body, &a); err != nil || a.ID == "" {
+		t.Fatalf("no id in %s", body)
+	}
+	return a.ID
+}
+
+// TestIdempotencyWaitsForTheFirst: a second submit with the same key while
+// the first is still publishing waits and gets the first id only once it
+// is queued — never an id that was not written yet.
+func TestIdempotencyWaitsForTheFirst(t *testing.T) {
+	var published atomic.Int64
+	release := make(chan struct{})
+	s, st := testServer(t, "durable", func(ctx context.Context, _ string, _ broker.Message) error {
+		<-release
+		published.Add(1)
+		return nil
+	})
+	hdr := map[string]string{"Idempotency-Key": "k"}
+	first := make(chan *responseOf, 1)
+	go func() { first <- respond(call(s, "POST", "/r", "a", hdr)) }()
+	for st.claimOf("k") == nil {
+		time.Sleep(time.Millisecond)
+	}
+	second := make(chan *responseOf, 1)
+	go func() { second <- respond(call(s, "POST", "/r", "a", hdr)) }()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case <-second:
+		t.Fatal("the second submit was answered before the first was queued")
+	default:
+	}
+	close(release)
+	a, b := <-first, <-second
+	if a.status != 202 || b.status != 202 || idOf(t, a.body) != idOf(t, b.body) {
+		t.Fatalf("first %d %s, second %d %s: want two 202s with one id", a.status, a.body, b.status, b.body)
+	}
+	if n := published.Load(); n != 1 {
+		t.Fatalf("%d publishes, want 1", n)
+	}
+}
+
+// TestIdempotencyConflictWhileWriting: a first write slower than the wait
+// bound gives the second submit 409 with Retry-After.
+func TestIdempotencyConflictWhileWriting(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	s, st := testServer(t, "durable", func(ctx context.Context, _ string, _ broker.Message) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return ctx.Err()
+	})
+	s.cfg.PublishTimeout = config.Duration(3 * time.Second)
+	hdr := map[string]string{"Idempotency-Key": "k"}
+	go call(s, "POST", "/r", "a", hdr)
+	for st.claimOf("k") == nil {
+		time.Sleep(time.Millisecond)
+	}
+	start := time.Now()
+	ctx := call(s, "POST", "/r", "a", hdr)
+	if ctx.Response.StatusCode() != 409 || len(ctx.Response.Header.Peek("Retry-After")) == 0 {
+		t.Fatalf("second submit: %d, Retry-After %q; want 409 with Retry-After", ctx.Response.StatusCode(), ctx.Response.Header.Peek("Retry-After"))
+	}
+	if el := time.Since(start); el < claimWait/2 || el > claimWait+time.Second {
+		t.Fatalf("answered after %v, want after about %v", el, claimWait)
+	}
+}
+
+// TestIdempotencyRetryKeepsTheID: a publish that fails (or times out and
+// may have landed) leaves the key bound to its id; the client's retry
+// writes that same id, so a write that did land is not duplicated under a
+// second id, and the id the retry gets is pollable at once.
+func TestIdempotencyRetryKeepsTheID(t *testing.T) {
+	var mu sync.Mutex
+	var ids []string
+	fail := true
+	s, _ := testServer(t, "durable", func(_ context.Context, _ string, m broker.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		ids = append(ids, m.Key)
+		if fail {
+			return fmt.Errorf("%w: timed out", broker.ErrUnavailable)
+		}
+		return nil
+	})
+	hdr := map[string]string{"Idempotency-Key": "k"}
+	if c := call(s, "POST", "/r", "a", hdr); c.Response.StatusCode() != 503 {
+		t.Fatalf("first: %d", c.Response.StatusCode())
+	}
+	mu.Lock()
+	fail = false
+	mu.Unlock()
+	c := call(s, "POST", "/r", "a", hdr)
+	if c.Response.StatusCode() != 202 {
+		t.Fatalf("retry: %d %s", c.Response.StatusCode(), c.Response.Body())
+	}
+	id := idOf(t, c.Response.Body())
+	if len(ids) != 2 || ids[0] != ids[1] || ids[1] != id {
+		t.Fatalf("published ids %v, answered %s: want the same id twice", ids, id)
+	}
+	if p := call(s, "GET", "/v1/requests/"+id, "", nil); p.Response.StatusCode() != 200 {
+		t.Fatalf("poll of the retried id: %d", p.Response.StatusCode())
+	}
+	// Once queued, the key answers that id without writing anything.
+	again := call(s, "POST", "/r", "a", hdr)
+	if again.Response.StatusCode() != 202 || idOf(t, again.Response.Body()) != id || len(ids) != 2 {
+		t.Fatalf("third submit: %d, %d publishes", again.Response.StatusCode(), len(ids))
+	}
+}
+
+// TestIdempotencyLandedWriteNotRepeated: when the earlier write of the id
+// did land (a worker already recorded it), a retry answers it unwritten.
+func TestIdempotencyLandedWriteNotRepeated(t *testing.T) {
+	var n atomic.Int64
+	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error {
+		if n.Add(1) == 1 {
+			return fmt.Errorf("%w: timed out", broker.ErrUnavailable)
+		}
+		return nil
+	})
+	hdr := map[string]string{"Idempotency-Key": "k"}
+	call(s, "POST", "/r", "a", hdr)
+	id := st.claimOf("k").id
+	_ = st.Apply(context.Background(), []*job.Event{{ID: id, Route: "r", Backend: "b", Status: job.InFlight, Attempts: 1}})
+	c := call(s, "POST", "/r", "a", hdr)
+	if c.Response.StatusCode() != 202 || idOf(t, c.Response.Body()) != id || n.Load() != 1 {
+		t.Fatalf("retry: %d, %d publishes; want 202 with %s and no second write", c.Response.StatusCode(), n.Load(), id)
+	}
+}
+
+func TestBadInputGets400(t *testing.T) {
+	var n atomic.Int64
+	s, _ := testServer(t, "durable", func(context.Context, string, broker.Message) error { n.Add(1); return nil })
+	cases := []struct {
+		name, uri string
+		hdr       map[string]string
+	}{
+		{"space in a header name", "/r", map[string]string{"Bad Name": "v"}},
+		{"colon in a header name", "/r", map[string]string{"X:Y": "v"}},
+		{"control character in a value", "/r", map[string]string{"X-A": "a\x01b"}},
+		{"dot-dot-semicolon segment", "/p/..;/admin", nil},
+		{"dot segment with parameters", "/p/a/.;x/b", nil},
+		{"backslash", "/p/a\\b", nil},
+		{"encoded backslash", "/p/a%5cb", nil},
+		{"encoded slash", "/p/a%2Fb", nil},
+		{"encoded NUL", "/p/a%00b", nil},
+		{"encoded CRLF", "/p/a%0d%0ab", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := call(s, "POST", c.uri, "x", c.hdr)
+			if ctx.Response.StatusCode() != 400 || string(ctx.Response.Header.ContentType()) != "application/problem+json" {
+				t.Fatalf("%d %s", ctx.Response.StatusCode(), ctx.Response.Body())
+			}
+		})
+	}
+	if n.Load() != 0 {
+		t.Fatalf("%d bad requests were queued", n.Load())
+	}
+	for _, ok := range []string{"/p/a/b.c/..d/x;y", "/p/", "/p/a%20b"} {
+		if ctx := call(s, "POST", ok, "x", map[string]string{"X-Ok": "t\tab"}); ctx.Response.StatusCode() != 202 {
+			t.Fatalf("%s: %d %s", ok, ctx.Response.StatusCode(), ctx.Response.Body())
+		}
+	}
+}
+
+func TestPublishTooLargeGets413(t *testing.T) {
+	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error {
+		return fmt.Errorf("%w: test", broker.ErrTooLarge)
+	})
+	ctx := call(s, "POST", "/r", "x", nil)
+	if ctx.Response.StatusCode() != 413 {
+		t.Fatalf("%d %s", ctx.Response.StatusCode(), ctx.Response.Body())
+	}
+	if len(st.recs) != 0 {
+		t.Fatal("a refused request left a record")
+	}
+}
+
+func TestStoreBehindGets503(t *testing.T) {
+	var n atomic.Int64
+	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error { n.Add(1); return nil })
+	st.admit = fmt.Errorf("too many unwritten")
+	if ctx := call(s, "POST", "/r", "x", nil); ctx.Response.StatusCode() != 503 || len(ctx.Response.Header.Peek("Retry-After")) == 0 {
+		t.Fatalf("%d", ctx.Response.StatusCode())
+	}
+	if n.Load() != 0 {
+		t.Fatal("published a request the store could not record")
+	}
+}
+
+// TestAckFastPermanentErrorRecorded: a request the broker refuses for good
+// is recorded as failed once, not retried forever.
+func TestAckFastPermanentErrorRecorded(t *testing.T) {
+	var n atomic.Int64
+	s, st := testServer(t, "fast", func(context.Context, string, broker.Message) error {
+		n.Add(1)
+		return fmt.Errorf("%w: test", broker.ErrTooLarge)
+	})
+	ctx := call(s, "POST", "/r", "x", nil)
+	if ctx.Response.StatusCode() != 202 {
+		t.Fatalf("%d", ctx.Response.StatusCode())
+	}
+	id := idOf(t, ctx.Response.Body())
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, _ := st.Get(context.Background(), id)
+		if r != nil && r.Status == job.Failed {
+			if r.LastError == "" {
+				t.Fatal("failed without a reason")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record %+v, want failed", r)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n.Load() != 1 {
+		t.Fatalf("%d publishes of a request refused for good", n.Load())
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAckFastShutdownDeadline: with the broker away, shutdown waits until
+// its deadline, then records what it could not write as failed (and says
+// so); a submit after the buffer closed gets 503, never a panic.
+func TestAckFastShutdownDeadline(t *testing.T) {
+	s, st := testServer(t, "fast", func(ctx context.Context, _ string, _ broker.Message) error {
+		return fmt.Errorf("%w: down", broker.ErrUnavailable)
+	})
+	var ids []string
+	for range 5 {
+		ids = append(ids, idOf(t, call(s, "POST", "/r", "x", nil).Response.Body()))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := s.Shutdown(ctx); err == nil {
+		t.Fatal("shutdown reported nothing lost")
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("shutdown took %v past its deadline", el)
+	}
+	for _, id := range ids {
+		if r, _ := st.Get(context.Background(), id); r == nil || r.Status != job.Failed {
+			t.Fatalf("%s: %+v, want failed", id, r)
+		}
+	}
+	if c := call(s, "POST", "/r", "x", nil); c.Response.StatusCode() != 503 {
+		t.Fatalf("submit after shutdown: %d", c.Response.StatusCode())
+	}
+}
+
+func TestLongPollLimit(t *testing.T) {
+	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
+	s.cfg.MaxLongPolls = 1
+	id := idOf(t, call(s, "POST", "/r", "x", nil).Response.Body())
+	_ = st
+	go call(s, "GET", "/v1/requests/"+id+"?wait=2s", "", nil)
+	for s.polls.Load() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	c := call(s, "GET", "/v1/requests/"+id+"?wait=2s", "", nil)
+	if c.Response.StatusCode() != 503 || len(c.Response.Header.Peek("Retry-After")) == 0 {
+		t.Fatalf("second long poll: %d", c.Response.StatusCode())
+	}
+	if c := call(s, "GET", "/v1/requests/"+id, "", nil); c.Response.StatusCode() != 200 {
+		t.Fatalf("a poll without wait: %d", c.Response.StatusCode())
+	}
+}
+
+// TestFreshIDReadAgain: a poll that reaches the store before the accepted
+// record (another process's write behind) does not answer 404.
+func TestFreshIDReadAgain(t *testing.T) {
+	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
+	id := idOf(t, call(s, "POST", "/r", "x", nil).Response.Body())
+	st.mu.Lock()
+	st.getMiss = 5
+	st.mu.Unlock()
+	if c := call(s, "GET", "/v1/requests/"+id, "", nil); c.Response.StatusCode() != 200 {
+		t.Fatalf("fresh id: %d", c.Response.StatusCode())
+	}
+	start := time.Now()
+	if c := call(s, "GET", "/v1/requests/"+newID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 2*time.Second {
+		t.Fatalf("unknown id: %d after %v", c.Response.StatusCode(), time.Since(start))
+	}
+	old := "AAAAAAAAAAAAAAAAAAAAAAAA" // issued in 1970: 404 at once
+	start = time.Now()
+	if c := call(s, "GET", "/v1/requests/"+old, "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("old unknown id: %d after %v", c.Response.StatusCode(), time.Since(start))
+	}
+}
+
+func TestConnectionLimit(t *testing.T) {
+	s, _ := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
+	s.cfg.MaxConnections = 2
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	defer s.Shutdown(context.Background())
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /v1/requests/x HTTP/1.1\r\nHost: x\r\n\r\n")
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if !strings.Contains(line, "404") {
+			t.Fatalf("connection within the limit: %q", line)
+		}
+		held = append(held, c)
+	}
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	line, _ := r.ReadString('\n')
+	var rest strings.Builder
+	for {
+		l, err := r.ReadString('\n')
+		rest.WriteString(l)
+		if err != nil {
+			break
+		}
+	}
+	if !strings.Contains(line, "503") || !strings.Contains(rest.String(), "Retry-After: 1") ||
+		!strings.Contains(rest.String(), `"status":503`) {
+		t.Fatalf("third connection: %q %q", line, rest.String())
+	}
+	held[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /v1/requests/x HTTP/1.1\r\nHost: x\r\n\r\n")
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if strings.Contains(line, "404") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a freed slot was not reused: %q", line)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	held[1].Close()
+}
+
+type responseOf struct {
+	status int
+	body   []byte
+}
+
+func respond(c *fasthttp.RequestCtx) *responseOf {
+	return &responseOf{c.Response.StatusCode(), append([]byte(nil), c.Response.Body()...)}
+}

@@ -1,0 +1,176 @@
+package ingress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/job"
+)
+
+// fastWorkers is how many publishes ack: fast keeps under way at once: the
+// broker clients pipeline concurrent publishes, so many small writers keep
+// its batches full.
+const fastWorkers = 256
+
+var (
+	errBufferFull = errors.New("ack: fast buffer full")
+	errClosing    = errors.New("ack: fast buffer closed")
+)
+
+// fastPublisher writes what ack: fast answered 202 for. It retries while
+// the broker is away; a request the broker refuses for good (too large) is
+// recorded as failed, never dropped silently; at shutdown it writes what it
+// buffers until the deadline, then records what is left as lost.
+type fastPublisher struct {
+	pub     broker.Publisher
+	store   Store
+	log     zerolog.Logger
+	timeout time.Duration
+
+	mu     sync.RWMutex // guards closed against sends on a closed q
+	closed bool
+	q      chan *job.Request
+	wg     sync.WaitGroup
+
+	abort      context.Context // canceled when the shutdown deadline passed
+	abortCause context.CancelFunc
+
+	lostMu sync.Mutex
+	lost   []*job.Request // never written
+	unsure []string       // ids whose last write was cut short: may have landed
+}
+
+func newFastPublisher(pub broker.Publisher, store Store, log zerolog.Logger, capacity int, timeout time.Duration) *fastPublisher {
+	f := &fastPublisher{pub: pub, store: store, log: log, timeout: timeout, q: make(chan *job.Request, capacity)}
+	f.abort, f.abortCause = context.WithCancel(context.Background())
+	for range fastWorkers {
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			for req := range f.q {
+				f.publish(req)
+			}
+		}()
+	}
+	return f
+}
+
+// enqueue buffers req; it fails when the buffer is full or closing.
+func (f *fastPublisher) enqueue(req *job.Request) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		return errClosing
+	}
+	select {
+	case f.q <- req:
+		return nil
+	default:
+		return errBufferFull
+	}
+}
+
+func (f *fastPublisher) publish(req *job.Request) {
+	if f.abort.Err() != nil {
+		f.addLost(req, false)
+		return
+	}
+	topic := broker.RequestTopic(req.Backend)
+	for try, wait := 1, 100*time.Millisecond; ; try, wait = try+1, min(2*wait, 2*time.Second) {
+		ctx, cancel := context.WithTimeout(f.abort, f.timeout)
+		err := f.pub.Publish(ctx, topic, req.Message())
+		cancel()
+		switch {
+		case err == nil:
+			return
+		case f.abort.Err() != nil:
+			f.addLost(req, true)
+			return
+		case errors.Is(err, broker.ErrTooLarge):
+			f.fail([]*job.Request{req}, "the queue refused it: too large")
+			f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
+			return
+		case !errors.Is(err, broker.ErrUnavailable):
+			f.fail([]*job.Request{req}, "the queue refused it")
+			f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
+			return
+		}
+		if try%10 == 1 {
+			f.log.Warn().Err(err).Str("id", req.ID).Int("try", try).Msg("ack: fast publish failed; retrying")
+		}
+		select {
+		case <-f.abort.Done():
+			f.addLost(req, false)
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (f *fastPublisher) addLost(req *job.Request, unsure bool) {
+	f.lostMu.Lock()
+	defer f.lostMu.Unlock()
+	if unsure {
+		f.unsure = append(f.unsure, req.ID)
+	} else {
+		f.lost = append(f.lost, req)
+	}
+}
+
+// fail records reqs as failed, so polls tell the truth.
+func (f *fastPublisher) fail(reqs []*job.Request, why string) {
+	events := make([]*job.Event, 0, len(reqs))
+	for _, r := range reqs {
+		ev := job.EventFor(r, job.Failed, 0)
+		ev.LastError = why
+		events = append(events, ev)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.store.Apply(ctx, events); err != nil {
+		f.log.Error().Err(err).Int("requests", len(reqs)).Msg("ack: fast: could not record failed requests")
+	}
+}
+
+// close stops taking requests and writes what is buffered until ctx ends;
+// then what is left is recorded as failed (never written) or logged (cut
+// short, may have landed), and close reports how many.
+func (f *fastPublisher) close(ctx context.Context) error {
+	f.mu.Lock()
+	if !f.closed {
+		f.closed = true
+		close(f.q)
+	}
+	f.mu.Unlock()
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		f.abortCause()
+		<-done // publishes under way end at once; the rest is drained unwritten
+	}
+	f.abortCause()
+	f.lostMu.Lock()
+	lost, unsure := f.lost, f.unsure
+	f.lostMu.Unlock()
+	if len(lost) == 0 && len(unsure) == 0 {
+		return nil
+	}
+	if len(lost) > 0 {
+		f.fail(lost, "lost at shutdown: the queue did not take it in time")
+		for _, r := range lost {
+			f.log.Error().Str("id", r.ID).Msg("ack: fast request lost at shutdown")
+		}
+	}
+	for _, id := range unsure {
+		f.log.Error().Str("id", id).Msg("ack: fast request may be lost: its write was cut short at shutdown")
+	}
+	return fmt.Errorf("ack: fast: %d buffered requests not written before the shutdown timeout, %d cut short", len(lost), len(unsure))
+}
