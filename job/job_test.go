@@ -3,8 +3,8 @@ package job
 import (
 	"fmt"
 	"net/http"
-	"strings"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -69,7 +69,7 @@ func TestForwardable(t *testing.T) {
 
 func TestNewResponseTruncated(t *testing.T) {
 	h := http.Header{"Content-Length": {"2000000"}, "Etag": {`"x"`}, "Content-Type": {"text/plain"}}
-	body := []byte(strings.Repeat("é", MaxStoredBody/2)) // exactly MaxStoredBody bytes
+	body := []byte(strings.Repeat("é", MaxStoredBody/2))   // exactly MaxStoredBody bytes
 	r := NewResponse(200, h, body[:MaxStoredBody-1], true) // cut mid-character
 	if !r.Truncated || r.BodyEncoding != "utf8" || len(r.Body) != MaxStoredBody-2 {
 		t.Fatalf("cut body: truncated %v encoding %s len %d", r.Truncated, r.BodyEncoding, len(r.Body))
