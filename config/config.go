@@ -68,7 +68,8 @@ type Embedded struct {
 	// Sync is how often the queue's files are fsync'ed: "always" (before
 	// every confirm, so a 202 survives a power loss) or a duration (a 202
 	// survives a crash of sluice, but a power loss can take what was
-	// accepted within the last interval). Default "always".
+	// accepted within the last interval). Default "1s": always cost 3-6x
+	// the throughput in make bench, while 100ms, 1s and 2m measured alike.
 	Sync string `yaml:"sync"`
 }
 
@@ -321,7 +322,7 @@ func (c *Config) ApplyDefaults() {
 	if c.MaxLongPolls == 0 {
 		c.MaxLongPolls = 4096
 	}
-	def(&c.Broker.Embedded.Sync, "always")
+	def(&c.Broker.Embedded.Sync, "1s")
 	if c.Broker.Kind == "kafka" && c.Broker.Kafka == nil {
 		c.Broker.Kafka = &Kafka{}
 	}

@@ -167,7 +167,7 @@ backends: [{name: b, urls: ["http://127.0.0.1:1/"]}]
 	if int64(k.MaxMessageBytes) != 6<<20+Overhead || k.Retention.D() != 720*time.Hour || k.DeadLetterRetention != 0 {
 		t.Fatalf("kafka defaults: %+v", k)
 	}
-	if c.Broker.Embedded.Sync != "always" || c.MaxConnections != 10000 || c.MaxLongPolls != 4096 {
+	if c.Broker.Embedded.Sync != "1s" || c.MaxConnections != 10000 || c.MaxLongPolls != 4096 {
 		t.Fatalf("defaults: sync %q, max_connections %d, max_long_polls %d", c.Broker.Embedded.Sync, c.MaxConnections, c.MaxLongPolls)
 	}
 }

@@ -1,9 +1,11 @@
 package results
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,33 +22,53 @@ var (
 	bucketIdem    = []byte("idempotency")
 )
 
-// Embedded is a Store in a bbolt file on local disk. Records expire ttl after
-// their last update. New requests (Accept) are kept in memory and written in
-// batches every few milliseconds; events (Apply) are committed before Apply
-// returns.
+// sweepChunk is the most keys one sweep transaction looks at: the sweep
+// holds bbolt's single write lock only that long, so submits (Accept's
+// flush, Claim) and collectors (Apply) wait at most one chunk behind it.
+const sweepChunk = 1000
+
+// Embedded is a Store in a bbolt file on local disk, for one process.
+// Records expire ttl after their last update. New requests (Accept) are
+// kept in memory and written in batches every few milliseconds; events
+// (Apply) are committed before Apply returns. OpenEmbedded starts a flush
+// loop and an hourly-ish sweeper; Close stops both, waits for them and
+// writes what is still queued.
 type Embedded struct {
-	db   *bolt.DB
-	ttl  time.Duration
-	hub  hub
-	now  func() time.Time
-	stop chan struct{}
-	done sync.WaitGroup
+	db        *bolt.DB
+	ttl       time.Duration
+	hub       hub
+	now       func() time.Time
+	stop      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	done      sync.WaitGroup
 
 	queue acceptQueue // accepted, not yet on disk
+
+	// Test hooks, nil outside tests.
+	afterMiss    func()                   // Get: after the first miss on disk
+	afterSweepTx func(examined, gone int) // Sweep: after each committed chunk
 }
 
 var _ Store = (*Embedded)(nil)
 
-type storedRecord struct {
-	*job.Record
-	Client string `json:"client,omitempty"`
-	Gen    int    `json:"gen,omitempty"`
-}
-
+// storedClaim is an idempotency key's binding on disk. State is "owned"
+// (Lease says until when), "released" (the owner's publish failed or its
+// outcome is unknown: the next claimant owns ID) or "queued"; an empty
+// State is a binding written before claims had states, which only ever
+// bound queued requests.
 type storedClaim struct {
 	ID     string    `json:"id"`
+	State  string    `json:"state,omitempty"`
+	Lease  time.Time `json:"lease,omitzero"`
 	Expiry time.Time `json:"expiry"`
 }
+
+const (
+	claimOwned    = "owned"
+	claimReleased = "released"
+	claimQueued   = "queued"
+)
 
 // OpenEmbedded opens (or creates) the store in dir.
 func OpenEmbedded(dir string, ttl time.Duration) (*Embedded, error) {
@@ -71,13 +93,21 @@ func OpenEmbedded(dir string, ttl time.Duration) (*Embedded, error) {
 		db.Close()
 		return nil, fmt.Errorf("result store: %w", err)
 	}
+	// Claims and releases go through db.Batch, which commits concurrent
+	// ones together; bbolt's default wait of 10ms for company would add
+	// that much to every submit with an Idempotency-Key.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	s := &Embedded{db: db, ttl: ttl, now: time.Now, stop: make(chan struct{}),
-		queue: newAcceptQueue(), hub: hub{w: map[string][]chan struct{}{}}}
+		queue: newAcceptQueue(DefaultMaxPending), hub: hub{w: map[string][]chan struct{}{}}}
 	s.done.Add(2)
-	go func() { defer s.done.Done(); every(50*time.Millisecond, s.stop, s.flush) }()
-	go s.sweepLoop()
+	go func() { defer s.done.Done(); every(50*time.Millisecond, s.stop, func() { _ = s.flush() }) }()
+	go func() { defer s.done.Done(); every(time.Minute, s.stop, s.Sweep) }()
 	return s, nil
 }
+
+// Admit implements Store: it refuses once DefaultMaxPending accepted
+// records wait for the disk.
+func (s *Embedded) Admit() error { return s.queue.admit() }
 
 // Accept keeps rec in memory until the next flush.
 func (s *Embedded) Accept(_ context.Context, rec *job.Record) error {
@@ -85,27 +115,34 @@ func (s *Embedded) Accept(_ context.Context, rec *job.Record) error {
 	return nil
 }
 
-// flush writes queued accepted records that have no record on disk yet.
-func (s *Embedded) flush() {
-	batch := s.queue.batch()
-	if len(batch) == 0 {
-		return
-	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		recs := tx.Bucket(bucketRecords)
-		for _, r := range batch {
-			if recs.Get(recordKey(r.ID)) != nil {
-				continue // an event got there first; it is newer
-			}
-			if err := s.put(tx, r); err != nil {
-				return err
-			}
+// flush writes the queued accepted records that have no record on disk
+// yet, flushChunk per transaction. It writes at most what was queued when
+// it began, so a steady stream of submits cannot keep it from returning.
+// Records whose write failed stay queued for the next flush.
+func (s *Embedded) flush() error {
+	for left := s.queue.len(); left > 0; left -= flushChunk {
+		batch := s.queue.batch(flushChunk)
+		if len(batch) == 0 {
+			return nil
 		}
-		return nil
-	})
-	if err == nil { // else kept queued; tried again next tick
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			recs := tx.Bucket(bucketRecords)
+			for _, r := range batch {
+				if recs.Get(recordKey(r.ID)) != nil {
+					continue // an event got there first; it is newer
+				}
+				if err := s.put(tx, r); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 		s.queue.written(batch)
 	}
+	return nil
 }
 
 // recordKey is the bucket key of id: its decoded bytes, which start with
@@ -132,7 +169,7 @@ func acceptedMillis(key []byte) (int64, bool) {
 
 // put writes r.
 func (s *Embedded) put(tx *bolt.Tx, r *job.Record) error {
-	v, err := json.Marshal(storedRecord{Record: r, Client: r.Client, Gen: r.Gen})
+	v, err := encodeRecord(r)
 	if err != nil {
 		return err
 	}
@@ -141,17 +178,8 @@ func (s *Embedded) put(tx *bolt.Tx, r *job.Record) error {
 	return recs.Put(recordKey(r.ID), v)
 }
 
-func decodeRecord(v []byte) (*job.Record, error) {
-	var sr storedRecord
-	if err := json.Unmarshal(v, &sr); err != nil || sr.Record == nil {
-		return nil, fmt.Errorf("result store: corrupt record: %v", err)
-	}
-	sr.Record.Client, sr.Record.Gen = sr.Client, sr.Gen
-	return sr.Record, nil
-}
-
-// Get reads id's record from disk, or from the accepted records in memory.
-func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
+// read returns id's record on disk, or nil.
+func (s *Embedded) read(id string) (*job.Record, error) {
 	var rec *job.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketRecords).Get(recordKey(id))
@@ -162,11 +190,25 @@ func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
 		rec = r
 		return err
 	})
+	return rec, err
+}
+
+// Get reads id's record from disk, or from the accepted records in memory.
+// A record leaves memory only after it is on disk, but it may do so
+// between the two looks: so a miss in memory is followed by a second look
+// on disk, else a poll right after the 202 could answer 404.
+func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
+	rec, err := s.read(id)
+	if err == nil && rec == nil {
+		if s.afterMiss != nil {
+			s.afterMiss()
+		}
+		if rec = s.queue.get(id); rec == nil {
+			rec, err = s.read(id)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	if rec == nil {
-		rec = s.queue.get(id)
 	}
 	if rec == nil || s.now().After(rec.UpdatedAt.Add(s.ttl)) {
 		return nil, ErrNotFound
@@ -175,24 +217,17 @@ func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
 }
 
 // Apply merges events in one transaction, then wakes the watchers of every
-// record that changed.
+// record that changed. bbolt has one writer at a time, so the read, merge
+// and write of a record cannot interleave with another Apply.
 func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
-	// Group by id, so a record with several events in the batch (in_flight
+	// Grouped by id, so a record with several events in the batch (in_flight
 	// then succeeded, typically) is read and written once.
-	byID := make(map[string][]*job.Event, len(events))
-	order := make([]string, 0, len(events))
-	for _, e := range events {
-		if _, ok := byID[e.ID]; !ok {
-			order = append(order, e.ID)
-		}
-		byID[e.ID] = append(byID[e.ID], e)
-	}
+	order, byID := groupByID(events)
 	changed := make([]string, 0, len(order))
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		changed = changed[:0]
 		recs := tx.Bucket(bucketRecords)
 		for _, id := range order {
-			evs := byID[id]
 			var old *job.Record
 			onDisk := false
 			if v := recs.Get(recordKey(id)); v != nil {
@@ -209,7 +244,7 @@ func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
 				cur = *old
 			}
 			applied := false
-			for _, e := range evs {
+			for _, e := range byID[id] {
 				applied = cur.Apply(e) || applied
 			}
 			if !applied {
@@ -240,97 +275,166 @@ func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
 // Watch implements Store.
 func (s *Embedded) Watch(id string) (<-chan struct{}, func()) { return s.hub.watch(id) }
 
-// Claim implements Store.
-func (s *Embedded) Claim(_ context.Context, client, key, id string) (string, bool, error) {
-	k := []byte(client + "\x00" + key)
-	bound, created := id, false
+func claimKey(client, key string) []byte { return []byte(client + "\x00" + key) }
+
+// Claim implements Store in one write transaction: bbolt's single writer
+// makes the read and the binding one step.
+func (s *Embedded) Claim(_ context.Context, client, key, id string, lease time.Duration) (Claim, error) {
+	k := claimKey(client, key)
+	var out Claim
+	// Batch may run the function again on its own after a failed batch, so
+	// it sets out from scratch each time.
 	err := s.db.Batch(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketIdem)
-		if v := b.Get(k); v != nil {
-			var c storedClaim
-			if json.Unmarshal(v, &c) == nil && s.now().Before(c.Expiry) {
-				bound, created = c.ID, false
-				return nil
-			}
+		now := s.now()
+		own := func(boundID string) error {
+			out = Claim{ID: boundID, State: ClaimOwned}
+			v, _ := json.Marshal(storedClaim{ID: boundID, State: claimOwned,
+				Lease: now.Add(lease), Expiry: now.Add(s.ttl)})
+			return b.Put(k, v)
 		}
-		v, _ := json.Marshal(storedClaim{ID: id, Expiry: s.now().Add(s.ttl)})
-		bound, created = id, true
+		var c storedClaim
+		if v := b.Get(k); v == nil || json.Unmarshal(v, &c) != nil || !now.Before(c.Expiry) {
+			return own(id) // free, unreadable, or past the ttl
+		}
+		switch {
+		case c.State == claimQueued || c.State == "":
+			out = Claim{ID: c.ID, State: ClaimQueued}
+			return nil
+		case c.State == claimOwned && now.Before(c.Lease):
+			out = Claim{ID: c.ID, State: ClaimPending}
+			return nil
+		}
+		// Released, or its owner's lease ran out: that id may have been
+		// written; the caller publishes the same one again.
+		return own(c.ID)
+	})
+	if err != nil {
+		return Claim{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return out, nil
+}
+
+// Release implements Store. It changes nothing unless id owns the key.
+func (s *Embedded) Release(_ context.Context, client, key, id string, queued bool) error {
+	k := claimKey(client, key)
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIdem)
+		now := s.now()
+		var c storedClaim
+		v := b.Get(k)
+		if v == nil || json.Unmarshal(v, &c) != nil || !now.Before(c.Expiry) ||
+			c.State != claimOwned || c.ID != id {
+			return nil
+		}
+		if queued {
+			c = storedClaim{ID: id, State: claimQueued, Expiry: now.Add(s.ttl)}
+		} else {
+			c = storedClaim{ID: id, State: claimReleased, Expiry: c.Expiry}
+		}
+		v, _ = json.Marshal(c)
 		return b.Put(k, v)
 	})
 	if err != nil {
-		return "", false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	return bound, created, nil
+	return nil
 }
 
-// Unclaim implements Store.
-func (s *Embedded) Unclaim(_ context.Context, client, key string) error {
-	return s.db.Batch(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketIdem).Delete([]byte(client + "\x00" + key))
+// Sweep deletes expired records and idempotency keys, sweepChunk keys per
+// write transaction, so nothing waits long behind it. Record keys start
+// with the acceptance time and a record expires ttl after its last update,
+// never sooner than ttl after acceptance; so only keys accepted before
+// now-ttl need a look, oldest first. Close interrupts it between chunks.
+func (s *Embedded) Sweep() {
+	now := s.now()
+	cutoff := now.Add(-s.ttl).UnixMilli()
+	s.sweepBucket(bucketRecords, func(k, v []byte) (dead, stop bool) {
+		if ms, ok := acceptedMillis(k); ok && ms > cutoff {
+			return false, true
+		}
+		r, err := decodeRecord(v)
+		return err != nil || now.After(r.UpdatedAt.Add(s.ttl)), false
+	})
+	s.sweepBucket(bucketIdem, func(_, v []byte) (dead, stop bool) {
+		var c storedClaim
+		return json.Unmarshal(v, &c) != nil || !now.Before(c.Expiry), false
 	})
 }
 
-func (s *Embedded) sweepLoop() {
-	defer s.done.Done()
-	t := time.NewTicker(time.Minute)
-	defer t.Stop()
+// sweepBucket walks bucket in key order, one short transaction per
+// sweepChunk keys, deleting those judge calls dead, until judge says stop.
+func (s *Embedded) sweepBucket(bucket []byte, judge func(k, v []byte) (dead, stop bool)) {
+	var from []byte // where the next chunk starts; nil: the first key
 	for {
 		select {
 		case <-s.stop:
 			return
-		case <-t.C:
-			s.Sweep()
+		default:
 		}
-	}
-}
-
-// Sweep deletes expired records and idempotency keys. Record keys start
-// with the acceptance time and a record expires ttl after its last update,
-// never sooner than ttl after acceptance; so only keys accepted before
-// now-ttl need a look, oldest first.
-func (s *Embedded) Sweep() {
-	now := s.now()
-	cutoff := now.Add(-s.ttl).UnixMilli()
-	_ = s.db.Update(func(tx *bolt.Tx) error {
-		recs := tx.Bucket(bucketRecords)
-		var dead [][]byte
-		c := recs.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if ms, ok := acceptedMillis(k); ok && ms > cutoff {
-				break
+		examined, gone, finished := 0, 0, false
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			examined, gone, finished = 0, 0, false
+			b := tx.Bucket(bucket)
+			c := b.Cursor()
+			k, v := c.First()
+			if from != nil {
+				k, v = c.Seek(from)
 			}
-			r, err := decodeRecord(v)
-			if err != nil || now.After(r.UpdatedAt.Add(s.ttl)) {
-				dead = append(dead, append([]byte(nil), k...))
+			var dead [][]byte
+			for ; ; k, v = c.Next() {
+				if k == nil {
+					finished = true
+					break
+				}
+				if examined == sweepChunk {
+					from = bytes.Clone(k)
+					break
+				}
+				examined++
+				isDead, stop := judge(k, v)
+				if stop {
+					finished = true
+					break
+				}
+				if isDead {
+					dead = append(dead, bytes.Clone(k))
+				}
 			}
-		}
-		for _, k := range dead {
-			_ = recs.Delete(k)
-		}
-		idem := tx.Bucket(bucketIdem)
-		var stale [][]byte
-		_ = idem.ForEach(func(k, v []byte) error {
-			var c storedClaim
-			if json.Unmarshal(v, &c) != nil || now.After(c.Expiry) {
-				stale = append(stale, append([]byte(nil), k...))
+			for _, k := range dead {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
 			}
+			gone = len(dead)
 			return nil
 		})
-		for _, k := range stale {
-			_ = idem.Delete(k)
+		if s.afterSweepTx != nil {
+			s.afterSweepTx(examined, gone)
 		}
-		return nil
-	})
+		if err != nil || finished {
+			return // a failed chunk is swept again next time
+		}
+	}
 }
 
 // Ping implements Store.
 func (s *Embedded) Ping(context.Context) error { return nil }
 
-// Close flushes accepted records and closes the file.
+// Close stops the flush loop and the sweeper, waits for them, writes the
+// accepted records still in memory and closes the file. Later calls
+// return the first call's result.
 func (s *Embedded) Close() error {
-	close(s.stop)
-	s.done.Wait()
-	return s.db.Close()
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.done.Wait()
+		err := s.flush()
+		if err != nil {
+			err = fmt.Errorf("result store: writing %d accepted records: %w", s.queue.len(), err)
+		}
+		s.closeErr = errors.Join(err, s.db.Close())
+	})
+	return s.closeErr
 }
 
 // hub wakes pollers waiting on an id.
@@ -369,5 +473,19 @@ func (h *hub) notify(id string) {
 	h.mu.Unlock()
 	for _, c := range list {
 		close(c)
+	}
+}
+
+// notifyAll wakes every watcher: after announcements may have been missed
+// (a lost subscription), each poller reads its record again.
+func (h *hub) notifyAll() {
+	h.mu.Lock()
+	w := h.w
+	h.w = map[string][]chan struct{}{}
+	h.mu.Unlock()
+	for _, list := range w {
+		for _, c := range list {
+			close(c)
+		}
 	}
 }

@@ -1,8 +1,14 @@
 package results
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,23 +152,188 @@ func TestExpiry(t *testing.T) {
 	}
 }
 
-func TestClaim(t *testing.T) {
+// TestLegacyClaim reads a binding written before claims had states: it
+// bound a queued request.
+func TestLegacyClaim(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, t.TempDir(), time.Hour)
 	defer s.Close()
-	id, created, err := s.Claim(ctx, "c", "k", "id1")
-	if err != nil || !created || id != "id1" {
-		t.Fatalf("first claim: %s %v %v", id, created, err)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		v, _ := json.Marshal(map[string]any{"id": "old", "expiry": time.Now().Add(time.Hour)})
+		return tx.Bucket(bucketIdem).Put(claimKey("c", "k"), v)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	id, created, _ = s.Claim(ctx, "c", "k", "id2")
-	if created || id != "id1" {
-		t.Fatalf("second claim: %s %v, want id1 false", id, created)
+	if c, err := s.Claim(ctx, "c", "k", "new", time.Minute); err != nil || c != (Claim{ID: "old", State: ClaimQueued}) {
+		t.Fatalf("legacy binding: %+v %v", c, err)
 	}
-	if id, created, _ = s.Claim(ctx, "other", "k", "id3"); !created || id != "id3" {
-		t.Fatalf("keys are per client: %s %v", id, created)
+}
+
+// TestEmbeddedGetWhileFlushing writes the accepted record and drops it
+// from memory between Get's look on disk and its look in memory — the
+// window that made an immediate poll 404 now and then.
+func TestEmbeddedGetWhileFlushing(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), time.Hour)
+	defer s.Close()
+	var once sync.Once
+	s.afterMiss = func() {
+		once.Do(func() {
+			if err := s.flush(); err != nil {
+				t.Error(err)
+			}
+		})
 	}
-	_ = s.Unclaim(ctx, "c", "k")
-	if id, created, _ = s.Claim(ctx, "c", "k", "id4"); !created || id != "id4" {
-		t.Fatalf("after unclaim: %s %v", id, created)
+	_ = s.Accept(ctx, accepted("x", time.Now()))
+	if r, err := s.Get(ctx, "x"); err != nil || r.Status != job.Queued {
+		t.Fatalf("poll while its record is being written: %v %v", r, err)
+	}
+}
+
+// TestEmbeddedStoresUnescaped: a body full of "<" is stored one byte per "<".
+func TestEmbeddedStoresUnescaped(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), time.Hour)
+	defer s.Close()
+	body := strings.Repeat("<>&", 10000)
+	e := ev("x", job.Succeeded, 1, 0)
+	e.Response = &job.Response{Status: 200, Headers: map[string]string{}, Body: body, BodyEncoding: "utf8"}
+	if err := s.Apply(ctx, []*job.Event{e}); err != nil {
+		t.Fatal(err)
+	}
+	var raw []byte
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		raw = bytes.Clone(tx.Bucket(bucketRecords).Get(recordKey("x")))
+		return nil
+	})
+	if len(raw) > len(body)+1000 || bytes.Contains(raw, []byte(`\u003c`)) {
+		t.Fatalf("record stored in %d bytes for a %d-byte body (HTML-escaped)", len(raw), len(body))
+	}
+}
+
+// TestEmbeddedAdmit: past the bound of waiting accepted records Admit
+// refuses, and Accept still takes what was admitted.
+func TestEmbeddedAdmit(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), time.Hour)
+	defer s.Close()
+	s.queue.mu.Lock()
+	s.queue.max = 3
+	s.queue.mu.Unlock()
+	s.queue.put(accepted("a", time.Now()))
+	s.queue.put(accepted("b", time.Now()))
+	s.queue.put(accepted("c", time.Now()))
+	if err := s.Admit(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("admit with 3 of 3 waiting: %v", err)
+	}
+	if err := s.Accept(ctx, accepted("d", time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Admit(); err != nil {
+		t.Fatalf("admit after the flush: %v", err)
+	}
+}
+
+// TestSweepInChunks: a sweep of many expired records holds the write lock
+// one chunk at a time, so an Apply (and a flush of accepted records) gets
+// through in the middle of it instead of after it.
+func TestSweepInChunks(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), time.Minute)
+	defer s.Close()
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	const expired = 2*sweepChunk + 500
+	old := now.Add(-3 * time.Minute)
+	for i := range expired { // distinct acceptance millis make distinct ids
+		at := old.Add(time.Duration(i) * time.Millisecond)
+		s.queue.put(accepted(ingressID(at, 0), at))
+	}
+	if err := s.flush(); err != nil {
+		t.Fatal(err)
+	}
+	live := ingressID(now, 1)
+	_ = s.Accept(ctx, accepted(live, now))
+
+	var chunks []int
+	deleted := 0
+	applied := make(chan error, 1)
+	s.afterSweepTx = func(examined, gone int) {
+		chunks = append(chunks, examined)
+		deleted += gone
+		if len(chunks) != 1 {
+			return
+		}
+		// Mid-sweep: an Apply and a flush must not wait for the rest of it.
+		go func() {
+			if err := s.flush(); err != nil {
+				applied <- err
+				return
+			}
+			applied <- s.Apply(ctx, []*job.Event{{ID: live, Route: "r", Backend: "b",
+				Status: job.InFlight, Attempts: 1, At: now}})
+		}()
+		select {
+		case err := <-applied:
+			if err != nil {
+				t.Errorf("apply during the sweep: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("apply waited for the sweep")
+		}
+	}
+	s.Sweep()
+	if len(chunks) < 3 {
+		t.Fatalf("sweep of %d records in %d transactions", expired, len(chunks))
+	}
+	for _, n := range chunks {
+		if n > sweepChunk {
+			t.Fatalf("a sweep transaction looked at %d keys, more than %d", n, sweepChunk)
+		}
+	}
+	if deleted != expired {
+		t.Fatalf("swept %d records, want %d", deleted, expired)
+	}
+	if r, err := s.Get(ctx, live); err != nil || r.Status != job.InFlight {
+		t.Fatalf("live record after the sweep: %+v %v", r, err)
+	}
+}
+
+// TestSweepClaims: expired idempotency keys go, in chunks too; live ones
+// stay.
+func TestSweepClaims(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), time.Minute)
+	defer s.Close()
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	const n = sweepChunk + 10
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for i := range n {
+			v, _ := json.Marshal(storedClaim{ID: fmt.Sprint(i), State: claimQueued, Expiry: now.Add(s.ttl)})
+			if err := tx.Bucket(bucketIdem).Put(claimKey("c", fmt.Sprint(i)), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(2 * time.Minute)
+	if _, err := s.Claim(ctx, "c", "live", "live", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	txs := 0
+	s.afterSweepTx = func(int, int) { txs++ }
+	s.Sweep()
+	var keys int
+	_ = s.db.View(func(tx *bolt.Tx) error { keys = tx.Bucket(bucketIdem).Stats().KeyN; return nil })
+	if keys != 1 || txs < 3 { // records: one; claims: two chunks
+		t.Fatalf("%d claims left after %d sweep transactions, want 1 after at least 3", keys, txs)
 	}
 }

@@ -1,21 +1,53 @@
 package results
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/sluice-gw/sluice/job"
 )
 
+// DefaultMaxPending is how many accepted records may wait in memory to be
+// written before Admit refuses more.
+const DefaultMaxPending = 100000
+
+// flushChunk is the most accepted records written in one transaction or
+// pipeline: a backlog built up while the store was away goes out in
+// pieces that each fit their timeout, and each piece leaves the queue as
+// soon as it is written.
+const flushChunk = 1000
+
 // acceptQueue holds records of just-accepted requests in memory until the
 // store has written them in a batch. A queued record stays readable until
-// its write is done, so an accepted id never reads as unknown.
+// its write is done, so an accepted id never reads as unknown — provided
+// readers look at the store again after missing in the queue (see
+// Embedded.Get).
 type acceptQueue struct {
-	mu sync.Mutex
-	m  map[string]*job.Record
+	mu  sync.Mutex
+	m   map[string]*job.Record
+	max int
 }
 
-func newAcceptQueue() acceptQueue { return acceptQueue{m: map[string]*job.Record{}} }
+func newAcceptQueue(max int) acceptQueue {
+	if max <= 0 {
+		max = DefaultMaxPending
+	}
+	return acceptQueue{m: map[string]*job.Record{}, max: max}
+}
+
+// admit reports ErrUnavailable once max records wait. Accept itself never
+// refuses: the request behind it is queued already, its record must be
+// kept. So the bound holds up to the submits admitted at the same moment.
+func (q *acceptQueue) admit() error {
+	q.mu.Lock()
+	n := len(q.m)
+	q.mu.Unlock()
+	if n >= q.max {
+		return fmt.Errorf("%w: %d accepted records wait to be written", ErrUnavailable, n)
+	}
+	return nil
+}
 
 func (q *acceptQueue) put(r *job.Record) {
 	q.mu.Lock()
@@ -34,12 +66,21 @@ func (q *acceptQueue) get(id string) *job.Record {
 	return nil
 }
 
-// batch returns what is queued now, still queued.
-func (q *acceptQueue) batch() []*job.Record {
+func (q *acceptQueue) len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	out := make([]*job.Record, 0, len(q.m))
+	return len(q.m)
+}
+
+// batch returns up to n queued records, still queued.
+func (q *acceptQueue) batch(n int) []*job.Record {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make([]*job.Record, 0, min(n, len(q.m)))
 	for _, r := range q.m {
+		if len(out) == n {
+			break
+		}
 		out = append(out, r)
 	}
 	return out
@@ -66,14 +107,13 @@ func (q *acceptQueue) forget(ids []string) {
 	q.mu.Unlock()
 }
 
-// every calls f each interval until stop closes, and once more then.
+// every calls f each interval until stop closes.
 func every(interval time.Duration, stop <-chan struct{}, f func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
-			f()
 			return
 		case <-t.C:
 			f()

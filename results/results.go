@@ -14,26 +14,19 @@ var ErrNotFound = job.ErrNotFound
 // ErrUnavailable reports a store that cannot answer right now.
 var ErrUnavailable = errors.New("result store unavailable")
 
-// ClaimState is where an idempotency key stands for the caller of Claim.
-type ClaimState int
-
-const (
-	// ClaimOwned: the caller holds the key until its lease runs out. It
-	// publishes Claim.ID (a fresh id, or an earlier request's id whose write
-	// failed or whose outcome is unknown) and then calls Release.
-	ClaimOwned ClaimState = iota + 1
-	// ClaimQueued: Claim.ID was queued; the caller answers with it.
-	ClaimQueued
-	// ClaimPending: another submit holds the key and is writing Claim.ID
-	// right now; the caller waits a little and claims again, or answers 409.
-	ClaimPending
+// Claim and its states are job's (ingress reads them without importing
+// results).
+type (
+	Claim      = job.Claim
+	ClaimState = job.ClaimState
 )
 
-// Claim is an idempotency key's binding.
-type Claim struct {
-	ID    string
-	State ClaimState
-}
+// The claim states of job.
+const (
+	ClaimOwned   = job.ClaimOwned
+	ClaimQueued  = job.ClaimQueued
+	ClaimPending = job.ClaimPending
+)
 
 // Store holds records by id. All methods are safe for concurrent use, also
 // from several processes sharing one store.

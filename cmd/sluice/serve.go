@@ -253,7 +253,7 @@ func openBroker(ctx context.Context, cfg *config.Config, backends []string, work
 func openStore(cfg *config.Config) (results.Store, error) {
 	if cfg.Results.Store == "redis" {
 		r := cfg.Results.Redis
-		return results.OpenRedis(results.RedisOptions{Addr: r.Addr, Password: r.Password, DB: r.DB,
+		return results.OpenRedis(results.RedisOptions{Addr: r.Addr, Password: r.Password, DB: r.DB, MaxPending: r.MaxPending,
 			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()}), nil
 	}
 	return results.OpenEmbedded(cfg.Path(cfg.Results.Embedded.Dir), cfg.Results.TTL.D())

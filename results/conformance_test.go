@@ -1,0 +1,81 @@
+package results_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/results/storetest"
+)
+
+func TestEmbeddedConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, ttl time.Duration) (a, b results.Store) {
+		s, err := results.OpenEmbedded(t.TempDir(), ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := s.Close(); err != nil {
+				t.Errorf("close: %v", err)
+			}
+		})
+		return s, s // one bbolt file has one opener
+	})
+}
+
+var prefixes atomic.Int64
+
+func TestRedisConformance(t *testing.T) {
+	addr := os.Getenv("REDIS_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:6379"
+	}
+	storetest.Run(t, func(t *testing.T, ttl time.Duration) (a, b results.Store) {
+		prefix := fmt.Sprintf("sluice-test-%d-%d:", time.Now().UnixNano(), prefixes.Add(1))
+		t.Cleanup(func() { deleteKeys(t, addr, prefix) }) // after both handles closed
+		open := func() results.Store {
+			s := results.OpenRedis(results.RedisOptions{Addr: addr, KeyPrefix: prefix, TTL: ttl})
+			t.Cleanup(func() {
+				if err := s.Close(); err != nil {
+					t.Errorf("close: %v", err)
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			if err := s.Ping(ctx); err != nil {
+				t.Fatalf("no Redis at %s (make test starts one): %v", addr, err)
+			}
+			return s
+		}
+		return open(), open() // two processes sharing one Redis
+	})
+}
+
+// deleteKeys removes every key a test wrote under prefix.
+func deleteKeys(t *testing.T, addr, prefix string) {
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+		if len(keys) == 1000 {
+			rdb.Del(ctx, keys...)
+			keys = keys[:0]
+		}
+	}
+	if len(keys) > 0 {
+		rdb.Del(ctx, keys...)
+	}
+	if err := iter.Err(); err != nil {
+		t.Errorf("cleaning up %s*: %v", prefix, err)
+	}
+}

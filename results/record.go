@@ -1,0 +1,78 @@
+package results
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/sluice-gw/sluice/job"
+)
+
+// storedRecord is a record as both stores keep it: JSON, led by its merge
+// key, so the Redis merge script compares an event with the stored record
+// by reading the value's first bytes instead of decoding a body of up to
+// 2 MiB. Records written before the merge key existed lack it; both stores
+// still read them.
+type storedRecord struct {
+	// Merge is [generation, attempts, status rank]: what job.Record.Apply
+	// compares. It must stay the first field (redisApply reads it by position).
+	Merge *[3]int `json:"merge,omitempty"`
+	*job.Record
+	Client string `json:"client,omitempty"`
+	Gen    int    `json:"gen,omitempty"`
+}
+
+// encodeRecord encodes r with job.Marshal: a backend's "<" stays one byte
+// instead of the six of "\u003c", so stored bodies keep their size.
+func encodeRecord(r *job.Record) ([]byte, error) {
+	return job.Marshal(storedRecord{
+		Merge:  &[3]int{r.Gen, r.Attempts, rank(r.Status)},
+		Record: r, Client: r.Client, Gen: r.Gen,
+	})
+}
+
+func decodeRecord(v []byte) (*job.Record, error) {
+	var sr storedRecord
+	if err := json.Unmarshal(v, &sr); err != nil || sr.Record == nil {
+		return nil, fmt.Errorf("result store: corrupt record: %v", err)
+	}
+	sr.Record.Client, sr.Record.Gen = sr.Client, sr.Gen
+	return sr.Record, nil
+}
+
+// rank orders the statuses of one attempt the way job.Record.Apply does
+// (job keeps its own unexported); TestRankMatchesApply holds the two
+// together. The Redis merge script and stored merge keys use it.
+func rank(s job.Status) int {
+	switch s {
+	case job.InFlight:
+		return 1
+	case job.Retrying:
+		return 2
+	case job.Succeeded, job.Failed:
+		return 3
+	}
+	return 0
+}
+
+// project is the record an event makes on its own: what a record becomes
+// whenever Apply takes the event.
+func project(e *job.Event) *job.Record {
+	var r job.Record
+	r.Apply(e)
+	return &r
+}
+
+// groupByID splits events by record, keeping each record's events in
+// their batch order (Apply's outcome depends on it) and the records in
+// order of first appearance.
+func groupByID(events []*job.Event) (order []string, byID map[string][]*job.Event) {
+	byID = make(map[string][]*job.Event, len(events))
+	order = make([]string, 0, len(events))
+	for _, e := range events {
+		if _, ok := byID[e.ID]; !ok {
+			order = append(order, e.ID)
+		}
+		byID[e.ID] = append(byID[e.ID], e)
+	}
+	return order, byID
+}
