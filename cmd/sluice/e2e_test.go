@@ -226,24 +226,38 @@ backends:
 	}
 }
 
+// Test429RetryAfterSpacing: a backend's Retry-After is honoured up to
+// max_backoff, and no further: 999999999 seconds would park a request for
+// decades (and overflowed the wait).
 func Test429RetryAfterSpacing(t *testing.T) {
-	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
-		if n == 1 {
-			return 429, map[string]string{"Retry-After": "2"}, "slow down"
-		}
-		return 200, nil, "ok"
-	})
-	g := startGateway(t, `
+	for _, c := range []struct {
+		retryAfter, maxBackoff string
+		min, max              time.Duration
+	}{
+		{"2", "5s", 1900 * time.Millisecond, 4 * time.Second},
+		{"999999999", "300ms", 0, 2 * time.Second},
+	} {
+		t.Run("Retry-After "+c.retryAfter, func(t *testing.T) {
+			be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
+				if n == 1 {
+					return 429, map[string]string{"Retry-After": c.retryAfter}, "slow down"
+				}
+				return 200, nil, "ok"
+			})
+			g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
 backends:
-`+backendCfg("b", be.URL, "    retry: { initial_backoff: 10ms, max_backoff: 20ms }\n"))
-	a := g.submit("/r", "x", nil)
-	if r := g.await(a.ID, 20*time.Second); r.Status != "succeeded" || r.Attempts != 2 {
-		t.Fatalf("record: %+v", r)
-	}
-	hits := be.hitsFor(a.ID)
-	if gap := hits[1].At.Sub(hits[0].At); gap < 1900*time.Millisecond {
-		t.Fatalf("retry came %v after a 429 with Retry-After: 2", gap)
+`+backendCfg("b", be.URL, "    retry: { initial_backoff: 10ms, max_backoff: "+c.maxBackoff+" }\n"))
+			a := g.submit("/r", "x", nil)
+			if r := g.await(a.ID, 20*time.Second); r.Status != "succeeded" || r.Attempts != 2 {
+				t.Fatalf("record: %+v", r)
+			}
+			hits := be.hitsFor(a.ID)
+			if gap := hits[1].At.Sub(hits[0].At); gap < c.min || gap > c.max {
+				t.Fatalf("retry came %v after a 429 with Retry-After: %s (max_backoff %s), want %v..%v",
+					gap, c.retryAfter, c.maxBackoff, c.min, c.max)
+			}
+		})
 	}
 }
 
