@@ -49,7 +49,7 @@ func (b *Broker) readAll(ctx context.Context, topic string) ([]record, error) {
 	for _, p := range lo.Topics[name] {
 		for off := p.FirstOffset; off < p.LastOffset; {
 			resp, err := b.client.Fetch(ctx, &kafkago.FetchRequest{Topic: name, Partition: p.Partition,
-				Offset: off, MinBytes: 1, MaxBytes: 8 << 20, MaxWait: 100 * time.Millisecond})
+				Offset: off, MinBytes: 1, MaxBytes: int64(max(8<<20, b.fetchBytes())), MaxWait: 100 * time.Millisecond})
 			if err != nil {
 				return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
 			}

@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	kafkago "github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -42,11 +45,171 @@ func TestConformance(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		b, err := Open(ctx, Options{Brokers: addrs, TopicPrefix: prefixes[t], Partitions: 3, Backends: backends})
+		// A small limit keeps TooLarge's oversized messages cheap.
+		b, err := Open(ctx, Options{Brokers: addrs, TopicPrefix: prefixes[t], Partitions: 3, Backends: backends,
+			MaxMessageBytes: 1 << 20})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = b.Close() })
 		return b
 	})
+}
+
+// fakeCluster starts an in-process kfake cluster of n brokers, for tests
+// that need what only kfake offers (faults, a cluster started late, a
+// known number of brokers); they are skipped against KAFKA_BROKERS.
+func fakeCluster(t *testing.T, n int) (*kfake.Cluster, []string) {
+	t.Helper()
+	needKfake(t)
+	c, err := kfake.NewCluster(kfake.NumBrokers(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, c.ListenAddrs()
+}
+
+func needKfake(t *testing.T) {
+	t.Helper()
+	if os.Getenv("KAFKA_BROKERS") != "" {
+		t.Skip("needs an in-process kfake cluster")
+	}
+}
+
+var prefixSeq atomic.Int64
+
+// uniquePrefix isolates a test's topics on a shared cluster.
+func uniquePrefix() string {
+	return fmt.Sprintf("u%d-%d.", time.Now().UnixNano(), prefixSeq.Add(1))
+}
+
+// openT opens a broker for the length of t.
+func openT(t *testing.T, opts Options) *Broker {
+	t.Helper()
+	if opts.TopicPrefix == "" {
+		opts.TopicPrefix = uniquePrefix()
+	}
+	if opts.Partitions == 0 {
+		opts.Partitions = 3
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func client(addrs []string) *kafkago.Client {
+	return &kafkago.Client{Addr: kafkago.TCP(addrs...), Timeout: 10 * time.Second}
+}
+
+// topicConfigs reads the settings sluice keeps on Kafka topic name.
+func topicConfigs(t *testing.T, addrs []string, name string) map[string]string {
+	t.Helper()
+	resp, err := client(addrs).DescribeConfigs(ctxT(t, 10*time.Second), &kafkago.DescribeConfigsRequest{
+		Resources: []kafkago.DescribeConfigRequestResource{{
+			ResourceType: kafkago.ResourceTypeTopic, ResourceName: name, ConfigNames: settingNames}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, r := range resp.Resources {
+		if r.Error != nil {
+			t.Fatalf("describe %s: %v", name, r.Error)
+		}
+		for _, e := range r.ConfigEntries {
+			got[e.ConfigName] = e.ConfigValue
+		}
+	}
+	return got
+}
+
+// setTopicConfig changes one setting of Kafka topic name, as an operator
+// would behind sluice's back.
+func setTopicConfig(t *testing.T, addrs []string, name, key, value string) {
+	t.Helper()
+	resp, err := client(addrs).IncrementalAlterConfigs(ctxT(t, 10*time.Second), &kafkago.IncrementalAlterConfigsRequest{
+		Resources: []kafkago.IncrementalAlterConfigsRequestResource{{
+			ResourceType: kafkago.ResourceTypeTopic, ResourceName: name,
+			Configs: []kafkago.IncrementalAlterConfigsRequestConfig{{
+				Name: key, Value: value, ConfigOperation: kafkago.ConfigOperationSet}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range resp.Resources {
+		if r.Error != nil {
+			t.Fatalf("set %s of %s: %v", key, name, r.Error)
+		}
+	}
+}
+
+// fetchOne fetches one message within d.
+func fetchOne(t *testing.T, sub broker.Subscription, d time.Duration) broker.Delivery {
+	t.Helper()
+	ds, err := sub.Fetch(ctxT(t, d), 1)
+	if err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	return ds[0]
+}
+
+func expectNothing(t *testing.T, sub broker.Subscription, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if ds, err := sub.Fetch(ctx, 10); err == nil {
+		t.Fatalf("expected no message, got %d (first %q)", len(ds), ds[0].Message().Key)
+	}
+}
+
+func subscribe(t *testing.T, b *Broker, topic string) broker.Subscription {
+	t.Helper()
+	sub, err := b.Subscribe(ctxT(t, 10*time.Second), topic, broker.SubscribeOptions{Prefetch: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Close() })
+	return sub
+}
+
+// ours lists the goroutines running this package's code (its tests
+// aside): after Close, none of them may be left.
+func ours() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "sluice/broker/kafka.") && !strings.Contains(g, "sluice/broker/kafka.Test") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// noneOf fails t if a goroutine running code whose name contains fn is
+// left.
+func noneOf(t *testing.T, fn string) {
+	t.Helper()
+	for _, g := range ours() {
+		if strings.Contains(g, fn) {
+			t.Fatalf("goroutine left running:\n%s", g)
+		}
+	}
 }
