@@ -2,10 +2,11 @@ package rabbitmq
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,34 +25,142 @@ type Options struct {
 	// Default 4.
 	PublishChannels int
 	// MaxMessageBytes is the server's max_message_size: larger messages
-	// fail with broker.ErrTooLarge. Default 16 MiB (RabbitMQ 4.x's).
+	// (body and headers) fail with broker.ErrTooLarge before they are sent.
+	// Default 16 MiB (RabbitMQ 4.x's).
 	MaxMessageBytes int
-	// DeliveryLimit is x-delivery-limit of the quorum queues. Default 100.
+	// DeliveryLimit is x-delivery-limit of the quorum queues: a message
+	// handed back this many times without being settled is dead-lettered
+	// (requests) or dropped (status events). Default 100.
 	DeliveryLimit int
+	// Logf receives what the broker cannot return to a caller: a failed
+	// connection attempt, a queue an earlier version declared without
+	// today's arguments, a migration left for the next connection. Nil logs
+	// with the standard log package.
+	Logf func(format string, args ...any)
 }
 
 const (
 	hdrKey       = "sluice-key"
 	hdrNotBefore = "sluice-not-before"
+	// hdrSeq numbers a publish on its channel, so that a basic.return (which
+	// carries the message, not its delivery tag) finds the publish it
+	// belongs to; the message key is not unique per publish.
+	hdrSeq = "sluice-publish-seq"
 )
+
+// settleTimeout bounds the publishes the broker makes on a consumer's
+// behalf (the copy a Nack with a delay writes, a message moving on to a
+// smaller delay tier) and the dead-letter fences and marks, whatever
+// context the caller passed.
+const settleTimeout = 10 * time.Second
+
+// link is one pair of connections and what lives on them. Publishers and
+// consumers have a connection each, as RabbitMQ advises: when a resource
+// alarm blocks publishing connections, acknowledgements, channel closes and
+// listings still go through.
+type link struct {
+	pub, sub *amqp.Connection
+	pool     chan *pubChan // confirm-mode channels of pub
+	lost     chan struct{} // closed once the link is gone
+	// maxBody is the server's max_message_size once a refusal told it; 0
+	// until then. Messages over it are refused before they are sent, so one
+	// oversized message does not close a channel per attempt.
+	maxBody atomic.Int64
+
+	// inflight counts publishes about to be written or written and not
+	// answered yet; while resume is set, no new one starts (see quiet).
+	inflight atomic.Int64
+	pmu      sync.Mutex
+	resume   chan struct{}
+}
+
+// enter counts a publish in, waiting while the link is quiet.
+func (l *link) enter(ctx context.Context) error {
+	for {
+		l.inflight.Add(1)
+		l.pmu.Lock()
+		r := l.resume
+		l.pmu.Unlock()
+		if r == nil {
+			return nil
+		}
+		l.inflight.Add(-1)
+		select {
+		case <-r:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-l.lost:
+			return errors.New("connection lost")
+		}
+	}
+}
+
+// quiet runs f while no publish of this process is on its way: RabbitMQ
+// confirms a message routed to a quorum queue that is being created (its
+// record is routable before its replicas run) without storing it, so the
+// topology is declared again only once every publish sent before was
+// answered, and new ones wait until it is done (at most maxWait for the
+// answers). Other processes' publishes can still meet the new queue
+// half-made; only a queue someone deleted is ever created while sluice
+// runs.
+func (l *link) quiet(stop <-chan struct{}, maxWait time.Duration, f func()) {
+	resume := make(chan struct{})
+	l.pmu.Lock()
+	l.resume = resume
+	l.pmu.Unlock()
+	defer func() {
+		l.pmu.Lock()
+		l.resume = nil
+		l.pmu.Unlock()
+		close(resume)
+	}()
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.Now().Add(maxWait)
+	for l.inflight.Load() > 0 && time.Now().Before(deadline) {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
+	f()
+}
+
+func (l *link) close() {
+	_ = l.pub.CloseDeadline(time.Now().Add(5 * time.Second))
+	_ = l.sub.CloseDeadline(time.Now().Add(5 * time.Second))
+}
 
 // Broker is the RabbitMQ broker. It is safe for concurrent use; no AMQP
 // channel is ever used by two goroutines at once.
+//
+// Every goroutine it starts is owned by it and counted in wg: the manager,
+// one confirm reader per publish channel, channel refills, and the run loop
+// of each subscription. Close stops them and waits for them.
 type Broker struct {
 	opts    Options
-	targets []string        // queues that take delayed messages
-	queues  map[string]bool // logical topics
+	queues  map[string]string // logical topic -> queue or stream
+	dead    map[string]string // dead-letter topic -> backend
+	targets []string          // topics with delay queues
+	timeout time.Duration     // settleTimeout; tests shorten it
 
-	mu    sync.Mutex
-	conn  *amqp.Connection
-	up    chan struct{} // closed while connected; replaced on loss
-	pool  chan *amqp.Channel
-	gen   atomic.Int64 // connection generation
-	stop  chan struct{}
-	shut  sync.Once
-	wg    sync.WaitGroup
-	inUse sync.Map // topic -> *atomic.Int64: deliveries held by this process
-	acked sync.Map // topic -> *atomic.Int64: acknowledgements by this process
+	mu          sync.Mutex
+	cur         *link           // nil while disconnected
+	up          chan struct{}   // closed while connected; replaced on loss
+	closing     bool            // no new goroutines once set
+	legacyDelay map[string]bool // old delay queues still draining
+	warned      map[string]bool
+
+	redeclare chan struct{} // asks the manager to declare the topology again
+	stop      chan struct{}
+	shut      sync.Once
+	wg        sync.WaitGroup
+	inUse     sync.Map // topic -> *atomic.Int64: deliveries held by this process
+	acked     sync.Map // topic -> *atomic.Int64: acknowledgements by this process
+	// movesFailed counts moves to a smaller delay tier that failed and
+	// will be tried again.
+	movesFailed atomic.Int64
 }
 
 var _ broker.Broker = (*Broker)(nil)
@@ -61,8 +170,7 @@ var _ broker.Broker = (*Broker)(nil)
 // It waits up to ctx for a first connection.
 func Open(ctx context.Context, opts Options) (*Broker, error) {
 	b := newBroker(opts)
-	b.wg.Add(1)
-	go b.manage()
+	b.spawn(b.manage)
 	select {
 	case <-b.connected():
 	case <-ctx.Done():
@@ -78,34 +186,63 @@ func newBroker(opts Options) *Broker {
 	if opts.PublishChannels <= 0 {
 		opts.PublishChannels = 4
 	}
-	b := &Broker{opts: opts, queues: map[string]bool{broker.ResultTopic: true},
-		targets: []string{broker.ResultTopic}, up: make(chan struct{}), stop: make(chan struct{})}
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = 16 << 20
+	}
+	if opts.DeliveryLimit <= 0 {
+		opts.DeliveryLimit = 100
+	}
+	b := &Broker{opts: opts, queues: map[string]string{}, dead: map[string]string{},
+		targets: []string{broker.ResultTopic}, timeout: settleTimeout,
+		up: make(chan struct{}), redeclare: make(chan struct{}, 1), stop: make(chan struct{}),
+		warned: map[string]bool{}}
+	b.queues[broker.ResultTopic] = b.name(broker.ResultTopic)
 	for _, be := range opts.Backends {
-		b.queues[broker.RequestTopic(be)] = true
-		b.queues[broker.DeadLetterTopic(be)] = true
+		b.queues[broker.RequestTopic(be)] = b.name(broker.RequestTopic(be))
+		b.queues[broker.DeadLetterTopic(be)] = b.deadStream(be)
+		b.dead[broker.DeadLetterTopic(be)] = be
 		b.targets = append(b.targets, broker.RequestTopic(be))
 	}
 	return b
 }
 
-// queueNames lists every queue of the topology: topics, then delay queues.
-func (b *Broker) queueNames() []string {
-	var out []string
-	for topic := range b.queues {
-		out = append(out, b.name(topic))
+// MaxMessageBytes is the largest message (body and headers) Publish sends.
+func (b *Broker) MaxMessageBytes() int { return b.opts.MaxMessageBytes }
+
+func (b *Broker) logf(format string, args ...any) {
+	if b.opts.Logf != nil {
+		b.opts.Logf(format, args...)
+		return
 	}
-	for _, t := range b.targets {
-		for _, d := range broker.DelayTiers {
-			out = append(out, b.delayQueue(d, t))
-		}
-	}
-	return out
+	log.Printf(format, args...)
 }
 
-func (b *Broker) name(topic string) string { return b.opts.QueuePrefix + topic }
+// warnOnce logs a warning about key once per broker, not on every
+// reconnection.
+func (b *Broker) warnOnce(key, format string, args ...any) {
+	b.mu.Lock()
+	seen := b.warned[key]
+	b.warned[key] = true
+	b.mu.Unlock()
+	if !seen {
+		b.logf(format, args...)
+	}
+}
 
-func (b *Broker) delayQueue(tier time.Duration, topic string) string {
-	return b.opts.QueuePrefix + "delay." + tier.String() + "." + topic
+// spawn runs f in a goroutine the broker owns; it reports false, running
+// nothing, once Close has begun.
+func (b *Broker) spawn(f func()) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return false
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		f()
+	}()
+	return true
 }
 
 func (b *Broker) connected() chan struct{} {
@@ -114,133 +251,134 @@ func (b *Broker) connected() chan struct{} {
 	return b.up
 }
 
-// manage keeps one connection up: dial with backoff and jitter, declare the
-// topology, fill the channel pool, wait for the connection to close, repeat.
+// current is the live link, nil while disconnected.
+func (b *Broker) current() *link {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cur
+}
+
+// askRedeclare has the manager declare the topology again: a publish came
+// back unroutable or a consumer found its queue gone (someone deleted it).
+func (b *Broker) askRedeclare() {
+	select {
+	case b.redeclare <- struct{}{}:
+	default:
+	}
+}
+
+// manage keeps one link up: dial with backoff and jitter, declare the
+// topology, fill the channel pool, serve until a connection closes, repeat.
 func (b *Broker) manage() {
-	defer b.wg.Done()
 	wait := 100 * time.Millisecond
+	var lastErr string
 	for {
 		select {
 		case <-b.stop:
 			return
 		default:
 		}
-		conn, err := amqp.DialConfig(b.opts.URL, amqp.Config{Heartbeat: 5 * time.Second, Locale: "en_US",
-			Properties: amqp.Table{"connection_name": "sluice"}})
-		if err == nil {
-			err = b.setup(conn)
-			if err != nil {
-				_ = conn.Close()
-			}
-		}
+		l, err := b.connect()
 		if err != nil {
+			if err.Error() != lastErr { // once per kind of failure, not per attempt
+				b.logf("rabbitmq: %v (retrying)", err)
+				lastErr = err.Error()
+			}
 			jitter := time.Duration(rand.Int64N(int64(wait)))
+			t := time.NewTimer(wait/2 + jitter)
 			select {
 			case <-b.stop:
+				t.Stop()
 				return
-			case <-time.After(wait/2 + jitter):
+			case <-t.C:
 			}
 			wait = min(2*wait, 5*time.Second)
 			continue
 		}
-		wait = 100 * time.Millisecond
-		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+		wait, lastErr = 100*time.Millisecond, ""
+		b.mu.Lock()
+		b.cur = l
+		close(b.up)
+		b.mu.Unlock()
+		b.serve(l)
+		b.mu.Lock()
+		b.cur, b.up = nil, make(chan struct{})
+		b.mu.Unlock()
+		close(l.lost)
+		l.close()
+	}
+}
+
+func dial(url, name string) (*amqp.Connection, error) {
+	return amqp.DialConfig(url, amqp.Config{Heartbeat: 5 * time.Second, Locale: "en_US",
+		Properties: amqp.Table{"connection_name": name}})
+}
+
+// connect opens a link and sets it up.
+func (b *Broker) connect() (*link, error) {
+	pub, err := dial(b.opts.URL, "sluice-publish")
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	sub, err := dial(b.opts.URL, "sluice-consume")
+	if err != nil {
+		_ = pub.Close()
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	l := &link{pub: pub, sub: sub, pool: make(chan *pubChan, b.opts.PublishChannels), lost: make(chan struct{})}
+	// Declared on the consuming connection, which never publishes, so a
+	// resource alarm cannot block it.
+	if err := b.declare(sub); err != nil {
+		l.close()
+		return nil, err
+	}
+	b.retireLegacy()
+	for range b.opts.PublishChannels {
+		pc, err := b.openPubChan(l)
+		if err != nil {
+			l.close()
+			return nil, fmt.Errorf("open publish channel: %w", err)
+		}
+		l.pool <- pc
+	}
+	return l, nil
+}
+
+// serve waits until l breaks or the broker stops, declaring the topology
+// again when asked.
+func (b *Broker) serve(l *link) {
+	pubClosed := l.pub.NotifyClose(make(chan *amqp.Error, 1))
+	subClosed := l.sub.NotifyClose(make(chan *amqp.Error, 1))
+	for {
 		select {
 		case <-b.stop:
-			_ = conn.Close()
 			return
-		case <-closed:
+		case <-pubClosed:
+			return
+		case <-subClosed:
+			return
+		case <-b.redeclare:
+			l.quiet(b.stop, 2*time.Second, func() {
+				if err := b.declare(l.sub); err != nil {
+					b.logf("rabbitmq: declaring the topology again: %v", err)
+				}
+			})
 		}
-		b.mu.Lock()
-		b.conn, b.up = nil, make(chan struct{})
-		b.mu.Unlock()
 	}
 }
 
-func (b *Broker) setup(conn *amqp.Connection) error {
-	ch, err := conn.Channel()
+// withChannel runs f on a fresh channel of the consuming connection.
+func (b *Broker) withChannel(f func(*amqp.Channel) error) error {
+	l := b.current()
+	if l == nil {
+		return fmt.Errorf("%w: not connected", broker.ErrUnavailable)
+	}
+	ch, err := l.sub.Channel()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
-	defer ch.Close()
-	for topic := range b.queues {
-		if _, err := ch.QueueDeclare(b.name(topic), true, false, false, false,
-			amqp.Table{"x-queue-type": "quorum"}); err != nil {
-			return fmt.Errorf("declare %s: %w", topic, err)
-		}
-	}
-	for _, t := range b.targets {
-		for _, d := range broker.DelayTiers {
-			if _, err := ch.QueueDeclare(b.delayQueue(d, t), true, false, false, false, amqp.Table{
-				"x-message-ttl":             d.Milliseconds(),
-				"x-dead-letter-exchange":    "",
-				"x-dead-letter-routing-key": b.name(t),
-			}); err != nil {
-				return fmt.Errorf("declare delay queue: %w", err)
-			}
-		}
-	}
-	pool := make(chan *amqp.Channel, b.opts.PublishChannels)
-	for range b.opts.PublishChannels {
-		pc, err := conn.Channel()
-		if err != nil {
-			return err
-		}
-		if err := pc.Confirm(false); err != nil {
-			return err
-		}
-		pool <- pc
-	}
-	b.mu.Lock()
-	b.conn, b.pool = conn, pool
-	b.gen.Add(1)
-	close(b.up)
-	b.mu.Unlock()
-	return nil
-}
-
-// Publish sends msg as a persistent message and waits for the broker's
-// confirm; confirms of concurrent publishes are pipelined on each channel.
-func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) error {
-	if !b.queues[topic] {
-		return fmt.Errorf("rabbitmq: unknown topic %q", topic)
-	}
-	b.mu.Lock()
-	pool := b.pool
-	conn := b.conn
-	b.mu.Unlock()
-	if conn == nil || pool == nil {
-		return fmt.Errorf("publish %s: %w: not connected", topic, broker.ErrUnavailable)
-	}
-	queue := b.name(topic)
-	hdr := amqp.Table{hdrKey: msg.Key}
-	for k, v := range msg.Headers {
-		hdr[k] = v
-	}
-	if tier, ok := broker.DelayTier(time.Until(msg.NotBefore)); !msg.NotBefore.IsZero() && ok {
-		queue = b.delayQueue(tier, topic)
-		hdr[hdrNotBefore] = strconv.FormatInt(msg.NotBefore.UnixNano(), 10)
-	}
-	var ch *amqp.Channel
-	select {
-	case ch = <-pool:
-	case <-ctx.Done():
-		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, ctx.Err())
-	}
-	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, amqp.Publishing{
-		Headers: hdr, Body: msg.Body, DeliveryMode: amqp.Persistent, MessageId: msg.Key,
-	})
-	if !ch.IsClosed() { // a broken one is dropped: the next connection refills the pool
-		pool <- ch
-	}
-	if err != nil {
-		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, err)
-	}
-	ok, err := dc.WaitContext(ctx)
-	if err != nil || !ok {
-		return fmt.Errorf("publish %s: %w: not confirmed (%v)", topic, broker.ErrUnavailable, err)
-	}
-	return nil
+	defer func() { _ = ch.Close() }()
+	return f(ch)
 }
 
 func (b *Broker) held(topic string) *atomic.Int64 {
@@ -253,262 +391,39 @@ func (b *Broker) ackCount(topic string) *atomic.Int64 {
 	return v.(*atomic.Int64)
 }
 
-// Subscribe consumes topic's queue, again after every reconnect.
-func (b *Broker) Subscribe(_ context.Context, topic string, opts broker.SubscribeOptions) (broker.Subscription, error) {
-	if !b.queues[topic] {
-		return nil, fmt.Errorf("rabbitmq: unknown topic %q", topic)
-	}
-	prefetch := opts.Prefetch
-	if prefetch <= 0 {
-		prefetch = 16
-	}
-	s := &subscription{b: b, topic: topic, prefetch: prefetch, ch: make(chan *delivery, prefetch),
-		closed: make(chan struct{}), done: make(chan struct{})}
-	go s.run()
-	return s, nil
-}
-
-type subscription struct {
-	b        *Broker
-	topic    string
-	prefetch int
-	ch       chan *delivery
-	closed   chan struct{}
-	done     chan struct{}
-	once     sync.Once
-}
-
-// run (re)opens the consumer channel on every connection.
-func (s *subscription) run() {
-	defer close(s.done)
-	for {
-		select {
-		case <-s.closed:
-			return
-		case <-s.b.connected():
-		}
-		s.b.mu.Lock()
-		conn := s.b.conn
-		s.b.mu.Unlock()
-		if conn == nil {
-			continue
-		}
-		s.consume(conn)
-		select {
-		case <-s.closed:
-			return
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-func (s *subscription) consume(conn *amqp.Connection) {
-	ach, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	defer ach.Close()
-	if err := ach.Qos(s.prefetch, 0, false); err != nil {
-		return
-	}
-	msgs, err := ach.Consume(s.b.name(s.topic), "", false, false, false, false, nil)
-	if err != nil {
-		return
-	}
-	var mu sync.Mutex // acks of this channel, one at a time
-	held := s.b.held(s.topic)
-	for {
-		select {
-		case <-s.closed:
-			return
-		case m, ok := <-msgs:
-			if !ok {
-				return // channel or connection closed: unacked ones come again
-			}
-			d := &delivery{s: s, m: m, mu: &mu}
-			held.Add(1)
-			var rest time.Duration
-			if nb, _ := m.Headers[hdrNotBefore].(string); nb != "" {
-				if ns, err := strconv.ParseInt(nb, 10, 64); err == nil {
-					rest = time.Until(time.Unix(0, ns))
-				}
-			}
-			switch {
-			case rest >= broker.DelayTiers[0]: // back early from a tier: on to a smaller one
-				_ = d.Nack(context.Background(), rest)
-			case rest > time.Millisecond: // less than any tier: hold it here
-				go func() {
-					select {
-					case <-time.After(rest):
-						s.hand(d)
-					case <-s.closed:
-						_ = d.Nack(context.Background(), 0)
-					}
-				}()
-			default:
-				if !s.hand(d) {
-					return
-				}
-			}
-		}
-	}
-}
-
-// hand passes d to Fetch; it reports false (and requeues d) when the
-// subscription closed meanwhile.
-func (s *subscription) hand(d *delivery) bool {
-	select {
-	case s.ch <- d:
-		return true
-	case <-s.closed:
-		_ = d.Nack(context.Background(), 0)
-		return false
-	}
-}
-
-func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
-	var out []broker.Delivery
-	select {
-	case d := <-s.ch:
-		out = append(out, d)
-	case <-s.closed:
-		return nil, broker.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	for len(out) < max {
-		select {
-		case d := <-s.ch:
-			out = append(out, d)
-		default:
-			return out, nil
-		}
-	}
-	return out, nil
-}
-
-func (s *subscription) Close() error {
-	s.once.Do(func() {
-		close(s.closed)
-		<-s.done // the consumer channel is closed: unacked buffered ones come again
-		for {
-			select {
-			case <-s.ch:
-				s.b.held(s.topic).Add(-1)
-			default:
-				return
-			}
-		}
-	})
-	return nil
-}
-
-var _ broker.Sharer = (*subscription)(nil)
-
-// Share is 1/n for the n consumers of the queue (one per process): the
-// competing consumers split the backend's limits evenly.
-func (s *subscription) Share(context.Context) (float64, error) {
-	var n int
-	err := s.b.withChannel(func(ch *amqp.Channel) error {
-		q, err := ch.QueueDeclarePassive(s.b.name(s.topic), true, false, false, false, nil)
-		n = q.Consumers
-		return err
-	})
-	if err != nil {
-		return 0, err
-	}
-	if n < 1 {
-		return 0, fmt.Errorf("no consumers on %s yet", s.topic)
-	}
-	return 1 / float64(n), nil
-}
-
-type delivery struct {
-	s       *subscription
-	m       amqp.Delivery
-	mu      *sync.Mutex
-	settled atomic.Bool
-}
-
-func (d *delivery) Message() broker.Message {
-	msg := broker.Message{Body: d.m.Body, Headers: make(map[string]string, len(d.m.Headers))}
-	for k, v := range d.m.Headers {
-		s, _ := v.(string)
-		switch k {
-		case hdrKey:
-			msg.Key = s
-		case hdrNotBefore:
-		default:
-			msg.Headers[k] = s
-		}
-	}
-	return msg
-}
-
-func (d *delivery) settle() {
-	if d.settled.CompareAndSwap(false, true) {
-		d.s.b.held(d.s.topic).Add(-1)
-	}
-}
-
-func (d *delivery) Ack(context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.settle()
-	if err := d.m.Ack(false); err != nil {
-		return err
-	}
-	d.s.b.ackCount(d.s.topic).Add(1)
-	return nil
-}
-
-// Nack requeues at once, or after delay through a delay queue.
-func (d *delivery) Nack(ctx context.Context, delay time.Duration) error {
-	if delay <= 0 {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		d.settle()
-		return d.m.Nack(false, true)
-	}
-	msg := d.Message()
-	msg.NotBefore = time.Now().Add(delay)
-	if err := d.s.b.Publish(ctx, d.s.topic, msg); err != nil {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		d.settle()
-		return d.m.Nack(false, true)
-	}
-	return d.Ack(ctx)
-}
-
-// withChannel runs f on a fresh channel of the current connection.
-func (b *Broker) withChannel(f func(*amqp.Channel) error) error {
-	b.mu.Lock()
-	conn := b.conn
-	b.mu.Unlock()
-	if conn == nil {
-		return broker.ErrUnavailable
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		return fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
-	}
-	defer ch.Close() // unacked gets are requeued
-	return f(ch)
-}
-
-// Stats counts the queue's ready messages (and its delayed ones) plus the
-// deliveries this process holds. AMQP does not tell how many a queue has
-// delivered in all, so Consumed counts this process's acknowledgements.
-func (b *Broker) Stats(_ context.Context, topic string) (broker.QueueStats, error) {
+// Stats counts the queue's ready messages (and its delayed ones, in old
+// delay queues too while they drain) plus the deliveries this process
+// holds. AMQP does not tell how many a queue has delivered in all, so
+// Consumed counts this process's acknowledgements. A dead-letter topic is a
+// stream, which has no message count: its Depth is what ListDead would
+// return, which costs a read of the stream.
+func (b *Broker) Stats(ctx context.Context, topic string) (broker.QueueStats, error) {
 	var st broker.QueueStats
-	err := b.withChannel(func(ch *amqp.Channel) error {
-		names := []string{b.name(topic)}
-		if slices.Contains(b.targets, topic) {
-			for _, d := range broker.DelayTiers {
-				names = append(names, b.delayQueue(d, topic))
+	queue, ok := b.queues[topic]
+	if !ok {
+		return st, fmt.Errorf("rabbitmq: unknown topic %q", topic)
+	}
+	if be, ok := b.dead[topic]; ok {
+		live, err := b.readDead(ctx, be)
+		if err != nil {
+			return st, fmt.Errorf("stats %s: %w", topic, err)
+		}
+		st.Depth = int64(len(live))
+		return st, nil
+	}
+	names := []string{queue}
+	var legacy []string
+	if slices.Contains(b.targets, topic) {
+		b.mu.Lock()
+		for _, d := range broker.DelayTiers {
+			names = append(names, b.delayQueue(d, topic))
+			if q := b.legacyDelayQueue(d, topic); b.legacyDelay[q] {
+				legacy = append(legacy, q)
 			}
 		}
+		b.mu.Unlock()
+	}
+	err := b.withChannel(func(ch *amqp.Channel) error {
 		for _, n := range names {
 			q, err := ch.QueueDeclarePassive(n, true, false, false, false, nil)
 			if err != nil {
@@ -521,67 +436,69 @@ func (b *Broker) Stats(_ context.Context, topic string) (broker.QueueStats, erro
 	if err != nil {
 		return st, fmt.Errorf("stats %s: %w", topic, err)
 	}
+	for _, q := range legacy {
+		// A passive declare of a queue that is gone closes its channel,
+		// hence one channel each (only while an upgrade drains them).
+		err := b.withChannel(func(ch *amqp.Channel) error {
+			q, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
+			st.Depth += int64(q.Messages)
+			return err
+		})
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+			b.mu.Lock()
+			delete(b.legacyDelay, q)
+			b.mu.Unlock()
+		}
+	}
 	st.Depth += b.held(topic).Load()
 	st.Consumed = b.ackCount(topic).Load()
 	return st, nil
 }
 
-// ListDead reads up to limit dead letters and leaves them in the queue.
-func (b *Broker) ListDead(_ context.Context, topic string, limit int) ([]broker.DeadLetter, error) {
-	var out []broker.DeadLetter
-	err := b.withChannel(func(ch *amqp.Channel) error {
-		for limit <= 0 || len(out) < limit {
-			m, ok, err := ch.Get(b.name(topic), false)
-			if err != nil || !ok {
-				return err
-			}
-			out = append(out, broker.DeadLetter{Message: (&delivery{m: m}).Message()})
-		}
-		return nil
-	})
-	return out, err
-}
-
-// TakeDead is not there yet.
-func (b *Broker) TakeDead(_ context.Context, topic string, pos []string) error {
-	return fmt.Errorf("take %s: not implemented", topic)
-}
-
-// Ping reports whether a connection is up.
+// Ping reports whether both connections are up.
 func (b *Broker) Ping(context.Context) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.conn == nil || b.conn.IsClosed() {
+	l := b.current()
+	if l == nil || l.pub.IsClosed() || l.sub.IsClosed() {
 		return broker.ErrUnavailable
 	}
 	return nil
 }
 
-// Close stops reconnecting and closes the connection.
+// Close stops reconnecting, closes the connections and waits for every
+// goroutine of the broker, subscriptions' included. Every Publish returns
+// by then: confirmed, or failed with broker.ErrUnavailable when the
+// connection closed before its confirm.
 func (b *Broker) Close() error {
-	b.shut.Do(func() { close(b.stop) })
+	b.shut.Do(func() {
+		b.mu.Lock()
+		b.closing = true
+		b.mu.Unlock()
+		close(b.stop)
+	})
 	b.wg.Wait()
 	return nil
 }
 
 // DeleteQueues removes every queue a broker with opts declares: request,
-// result, dead-letter and delay queues. For tearing a deployment down (and
-// for tests); it deletes queued messages with them.
+// result and delay queues, dead-letter streams, and what earlier versions
+// declared under other names. For tearing a deployment down (and for
+// tests); it deletes queued messages with them.
 func DeleteQueues(opts Options) error {
 	b := newBroker(opts)
 	conn, err := amqp.Dial(b.opts.URL)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	ch, err := conn.Channel()
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
+	defer func() { _ = ch.Close() }()
 	for _, q := range b.queueNames() {
 		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-			return err
+			return fmt.Errorf("delete %s: %w", q, err)
 		}
 	}
 	return nil

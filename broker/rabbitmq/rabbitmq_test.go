@@ -2,13 +2,19 @@ package rabbitmq
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/brokertest"
+	"github.com/sluice-gw/sluice/broker/rabbitmq/rabbitctl"
 )
 
 // amqpURL is the RabbitMQ the tests use: RABBITMQ_URL, else the local one
@@ -45,4 +51,131 @@ func TestConformance(t *testing.T) {
 		})
 		return b
 	})
+}
+
+// testPrefix is a queue prefix no other test (here or in another package
+// on the same server) uses.
+func testPrefix(kind string) string {
+	return fmt.Sprintf("sluice-%s-%d.", kind, time.Now().UnixNano())
+}
+
+// openTest opens a broker (on a fresh prefix unless opts names one, for
+// backend "a" unless opts names others), and closes it and deletes its
+// queues when the test ends.
+func openTest(t *testing.T, opts Options) *Broker {
+	t.Helper()
+	if opts.URL == "" {
+		opts.URL = amqpURL()
+	}
+	if opts.QueuePrefix == "" {
+		opts.QueuePrefix = testPrefix("unit")
+	}
+	if opts.Backends == nil {
+		opts.Backends = []string{"a"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = b.Close()
+		if err := DeleteQueues(b.opts); err != nil {
+			t.Errorf("delete queues: %v", err)
+		}
+	})
+	if err := b.Ping(ctx); err != nil {
+		t.Fatalf("no RabbitMQ at %s (make test starts one): %v", amqpURL(), err)
+	}
+	return b
+}
+
+// needCtl is for tests that tune or inspect the server with rabbitmqctl,
+// which works on the local one only.
+func needCtl(t *testing.T) {
+	t.Helper()
+	if os.Getenv("RABBITMQ_URL") != "" {
+		t.Skip("needs rabbitmqctl on the RabbitMQ under test")
+	}
+	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
+		t.Fatal("rabbitmqctl not found (make test installs RabbitMQ)")
+	}
+}
+
+func ctlOutput(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := rabbitctl.Output(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// rawChannel is a channel on a connection of its own, for setting the
+// scene the way another program (or an earlier sluice) would.
+func rawChannel(t *testing.T) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(amqpURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
+}
+
+type queueInfo struct {
+	Name      string
+	Type      string
+	Messages  int
+	Arguments map[string]any // numbers as float64
+}
+
+// queuesWith lists the server's queues whose names start with prefix.
+func queuesWith(t *testing.T, prefix string) map[string]queueInfo {
+	t.Helper()
+	var all []struct {
+		Name      string  `json:"name"`
+		Type      string  `json:"type"`
+		Messages  int     `json:"messages"`
+		Arguments [][]any `json:"arguments"` // [name, type, value]
+	}
+	out := ctlOutput(t, "list_queues", "name", "type", "messages", "arguments", "--formatter", "json", "--quiet")
+	if err := json.Unmarshal([]byte(out), &all); err != nil {
+		t.Fatalf("list_queues: %v\n%s", err, out)
+	}
+	got := map[string]queueInfo{}
+	for _, q := range all {
+		if !strings.HasPrefix(q.Name, prefix) {
+			continue
+		}
+		info := queueInfo{Name: q.Name, Type: q.Type, Messages: q.Messages, Arguments: map[string]any{}}
+		for _, a := range q.Arguments {
+			if len(a) == 3 {
+				if k, ok := a[0].(string); ok {
+					info.Arguments[k] = a[2]
+				}
+			}
+		}
+		got[q.Name] = info
+	}
+	return got
+}
+
+// eventually polls cond until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

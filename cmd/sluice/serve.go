@@ -110,7 +110,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	for i, b := range cfg.Backends {
 		backends[i], topics[i] = b.Name, broker.RequestTopic(b.Name)
 	}
-	br, err := openBroker(ctx, cfg, backends, has("worker"))
+	br, err := openBroker(ctx, cfg, backends, has("worker"), log)
 	if err != nil {
 		return err
 	}
@@ -223,14 +223,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 
 // openBroker opens the configured broker. Kafka that is not reachable yet
 // does not stop the start: submits answer 503 until it is.
-func openBroker(ctx context.Context, cfg *config.Config, backends []string, worker bool) (broker.Broker, error) {
+func openBroker(ctx context.Context, cfg *config.Config, backends []string, worker bool, log zerolog.Logger) (broker.Broker, error) {
 	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	switch cfg.Broker.Kind {
 	case "rabbitmq":
 		r := cfg.Broker.RabbitMQ
 		return rabbitmq.Open(openCtx, rabbitmq.Options{URL: r.URL, QueuePrefix: r.QueuePrefix, Backends: backends,
-			MaxMessageBytes: int(r.MaxMessageBytes), DeliveryLimit: r.DeliveryLimit})
+			MaxMessageBytes: int(r.MaxMessageBytes), DeliveryLimit: r.DeliveryLimit,
+			Logf: func(f string, a ...any) { log.Warn().Str("broker", "rabbitmq").Msgf(f, a...) }})
 	case "kafka":
 		k := cfg.Broker.Kafka
 		return kafka.Open(openCtx, kafka.Options{

@@ -1,6 +1,7 @@
 // Package rabbitctl stops, kills and restarts the local RabbitMQ server
 // (rabbitmqctl, rabbitmq-server), for fault tests that need the real broker
-// to go away and come back in the middle of a stream.
+// to go away and come back in the middle of a stream, and runs the
+// rabbitmqctl commands tests inspect or tune the server with.
 package rabbitctl
 
 import (
@@ -16,6 +17,15 @@ func Ctl(ctx context.Context, args ...string) error {
 		return fmt.Errorf("rabbitmqctl %v: %v\n%s", args, err, out)
 	}
 	return nil
+}
+
+// Output runs rabbitmqctl with args and returns what it printed.
+func Output(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).Output()
+	if err != nil {
+		return "", fmt.Errorf("rabbitmqctl %v: %w", args, err)
+	}
+	return string(out), nil
 }
 
 // Kill sends SIGKILL to the broker's Erlang VM.
