@@ -106,8 +106,15 @@ func (m *Manager) deadByID(ctx context.Context, backend string) ([]*deadEntry, e
 	return out, nil
 }
 
+// ErrDeliveryLimit is the last error of a request the broker moved to the
+// dead-letter queue by itself: it was handed back more often than the
+// queue's delivery limit (RabbitMQ's x-delivery-limit), say by a crash loop.
+const ErrDeliveryLimit = "delivery limit reached"
+
 // DeadLetters lists up to limit dead letters of backend, oldest first, each
-// request id once.
+// request id once. A request the broker dead-lettered by itself (it carries
+// no dead-letter time) is recorded as failed on the way, so its poll stops
+// saying it is pending.
 func (m *Manager) DeadLetters(ctx context.Context, backend string, limit int) ([]DeadLetter, error) {
 	entries, err := m.deadByID(ctx, backend)
 	if err != nil {
@@ -119,6 +126,12 @@ func (m *Manager) DeadLetters(ctx context.Context, backend string, limit int) ([
 			break
 		}
 		r := e.req
+		if r.DeadAt.IsZero() {
+			ev := job.EventFor(r, job.Failed, r.Attempts+1) // the attempt it died in
+			ev.LastError, ev.DeadLettered = ErrDeliveryLimit, true
+			_ = m.broker.Publish(ctx, broker.ResultTopic, ev.Message()) // idempotent; next listing tries again
+			r.LastError = ErrDeliveryLimit
+		}
 		out = append(out, DeadLetter{ID: r.ID, Backend: backend, Route: r.Route, Attempts: r.Attempts,
 			LastError: r.LastError, DeadLetteredAt: r.DeadAt})
 	}

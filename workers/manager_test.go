@@ -1,0 +1,115 @@
+package workers
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/job"
+)
+
+// fakeDLQ is a broker with a dead-letter topic a test fills.
+type fakeDLQ struct {
+	fakeBroker
+	dead  []broker.DeadLetter
+	taken []string
+}
+
+var _ broker.Broker = (*fakeDLQ)(nil)
+
+func (f *fakeDLQ) ListDead(context.Context, string, int) ([]broker.DeadLetter, error) {
+	return f.dead, nil
+}
+func (f *fakeDLQ) TakeDead(_ context.Context, _ string, pos []string) error {
+	f.taken = append(f.taken, pos...)
+	return nil
+}
+func (f *fakeDLQ) Stats(context.Context, string) (broker.QueueStats, error) {
+	return broker.QueueStats{}, nil
+}
+func (f *fakeDLQ) Ping(context.Context) error { return nil }
+func (f *fakeDLQ) Close() error               { return nil }
+
+func (f *fakeDLQ) add(r *job.Request) {
+	f.dead = append(f.dead, broker.DeadLetter{Message: r.Message(), Pos: strconv.Itoa(len(f.dead))})
+}
+
+func testManager(t *testing.T, br broker.Broker) *Manager {
+	cfg, err := config.Parse([]byte(`
+routes: [{name: r, path: /r, backend: b}]
+backends: [{name: b, urls: ["http://127.0.0.1:1/"]}]
+`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewManager(cfg, br, zerolog.Nop())
+}
+
+// TestDeadLettersOncePerID: copies of one request (a replay that failed
+// again before its old copy was taken, a crash between a dead letter's
+// write and its ack) list once, at their newest generation; a replay
+// writes it once and takes every copy it listed.
+func TestDeadLettersOncePerID(t *testing.T) {
+	br := &fakeDLQ{}
+	now := time.Now().UTC()
+	a0, a1, b0 := request("a"), request("a"), request("b")
+	a0.DeadAt, b0.DeadAt = now, now
+	a1.Gen, a1.DeadAt, a1.LastError = 1, now, "503 Service Unavailable"
+	br.add(a0)
+	br.add(b0)
+	br.add(a1)
+	br.add(a1)
+	m := testManager(t, br)
+	list, err := m.DeadLetters(context.Background(), "b", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || list[0].ID != "a" || list[0].LastError != a1.LastError || list[1].ID != "b" {
+		t.Fatalf("listed %+v", list)
+	}
+	events, err := m.Replay(context.Background(), "b", []string{"a"})
+	if err != nil || len(events) != 1 || events[0].Gen != 2 {
+		t.Fatalf("replay: %v %+v", err, events)
+	}
+	if len(br.taken) != 3 {
+		t.Fatalf("took %v, want the three copies of a", br.taken)
+	}
+	var requests int
+	for _, p := range br.sent() {
+		if p.topic == broker.RequestTopic("b") {
+			requests++
+		}
+	}
+	if requests != 1 {
+		t.Fatalf("%d requests written for one replay", requests)
+	}
+}
+
+// TestDeadLetteredByTheBroker: a request the broker dead-lettered by itself
+// (RabbitMQ's delivery limit, a crash loop) lists with a reason and is
+// recorded as failed, so its poll does not stay pending.
+func TestDeadLetteredByTheBroker(t *testing.T) {
+	br := &fakeDLQ{}
+	r := request("poison")
+	r.Attempts = 2
+	br.add(r)
+	m := testManager(t, br)
+	list, err := m.DeadLetters(context.Background(), "b", 10)
+	if err != nil || len(list) != 1 || list[0].LastError != ErrDeliveryLimit {
+		t.Fatalf("listed %+v, %v", list, err)
+	}
+	evs := br.events(t)
+	if len(evs) != 1 || evs[0].Status != job.Failed || !evs[0].DeadLettered || evs[0].Attempts != 3 {
+		t.Fatalf("events %+v", evs)
+	}
+	var rec job.Record
+	rec.Apply(job.EventFor(r, job.InFlight, 3))
+	if !rec.Apply(evs[0]) || rec.Status != job.Failed {
+		t.Fatalf("the event does not end a record left in flight: %+v", rec)
+	}
+}
