@@ -392,3 +392,39 @@ type responseOf struct {
 func respond(c *fasthttp.RequestCtx) *responseOf {
 	return &responseOf{c.Response.StatusCode(), append([]byte(nil), c.Response.Body()...)}
 }
+
+// TestShutdownClosesSilentConnections: a connection that never sent a
+// request (an HTTP client's spare keep-alive connection) does not hold up
+// shutdown until its deadline.
+func TestShutdownClosesSilentConnections(t *testing.T) {
+	s, _ := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	silent, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	used, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer used.Close()
+	fmt.Fprintf(used, "POST /r HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+	if line, _ := bufio.NewReader(used).ReadString('\n'); !strings.Contains(line, "202") {
+		t.Fatalf("submit: %q", line)
+	}
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v after %v", err, time.Since(start))
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("shutdown took %v", el)
+	}
+}

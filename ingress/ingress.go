@@ -78,6 +78,9 @@ type Server struct {
 	closeMu  sync.Once
 
 	fast *fastPublisher // ack: fast; nil with ack: durable
+
+	lnMu sync.Mutex
+	lns  []*limitListener
 }
 
 // claimWait bounds how long a submit waits for another submit with the
@@ -136,7 +139,22 @@ func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Debug().Msgf(fo
 // Serve answers on ln until Shutdown, with at most max_connections open
 // connections: one more gets 503 and is closed.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.srv.Serve(newLimitListener(ln, s.cfg.MaxConnections))
+	l := newLimitListener(ln, s.cfg.MaxConnections)
+	s.lnMu.Lock()
+	s.lns = append(s.lns, l)
+	s.lnMu.Unlock()
+	return s.srv.Serve(l)
+}
+
+// closeSilent closes the connections that never sent a byte: fasthttp's
+// shutdown closes idle keep-alive connections but waits for these, and an
+// HTTP client's spare connection may never send anything.
+func (s *Server) closeSilent() {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	for _, l := range s.lns {
+		l.closeSilent()
+	}
 }
 
 // Shutdown stops accepting, lets requests in progress finish (long polls
@@ -144,7 +162,20 @@ func (s *Server) Serve(ln net.Listener) error {
 // ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeMu.Do(func() { close(s.closing) })
-	err := s.srv.ShutdownWithContext(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.srv.ShutdownWithContext(ctx) }()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+wait:
+	for {
+		s.closeSilent()
+		select {
+		case err = <-done:
+			break wait
+		case <-tick.C:
+		}
+	}
 	if s.fast != nil {
 		err = errors.Join(err, s.fast.close(ctx))
 	}

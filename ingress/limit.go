@@ -15,10 +15,28 @@ type limitListener struct {
 	net.Listener
 	max  int64
 	open atomic.Int64
+
+	mu    sync.Mutex
+	conns map[*limitConn]struct{}
 }
 
-func newLimitListener(ln net.Listener, max int) net.Listener {
-	return &limitListener{Listener: ln, max: int64(max)}
+func newLimitListener(ln net.Listener, max int) *limitListener {
+	return &limitListener{Listener: ln, max: int64(max), conns: map[*limitConn]struct{}{}}
+}
+
+// closeSilent closes the open connections that never sent a byte.
+func (l *limitListener) closeSilent() {
+	l.mu.Lock()
+	var silent []*limitConn
+	for c := range l.conns {
+		if !c.heard.Load() {
+			silent = append(silent, c)
+		}
+	}
+	l.mu.Unlock()
+	for _, c := range silent {
+		_ = c.Close()
+	}
 }
 
 // overLimit is the whole answer to a connection past the limit.
@@ -44,17 +62,35 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			}()
 			continue
 		}
-		return &limitConn{Conn: c, l: l}, nil
+		lc := &limitConn{Conn: c, l: l}
+		l.mu.Lock()
+		l.conns[lc] = struct{}{}
+		l.mu.Unlock()
+		return lc, nil
 	}
 }
 
 type limitConn struct {
 	net.Conn
-	l    *limitListener
-	once sync.Once
+	l     *limitListener
+	once  sync.Once
+	heard atomic.Bool // a byte was read
+}
+
+func (c *limitConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && !c.heard.Load() {
+		c.heard.Store(true)
+	}
+	return n, err
 }
 
 func (c *limitConn) Close() error {
-	c.once.Do(func() { c.l.open.Add(-1) })
+	c.once.Do(func() {
+		c.l.open.Add(-1)
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+	})
 	return c.Conn.Close()
 }
