@@ -232,7 +232,7 @@ backends:
 func Test429RetryAfterSpacing(t *testing.T) {
 	for _, c := range []struct {
 		retryAfter, maxBackoff string
-		min, max              time.Duration
+		min, max               time.Duration
 	}{
 		{"2", "5s", 1900 * time.Millisecond, 4 * time.Second},
 		{"999999999", "300ms", 0, 2 * time.Second},
