@@ -2,37 +2,26 @@ package results
 
 import (
 	"context"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sluice-gw/sluice/internal/stacks"
 	"github.com/sluice-gw/sluice/job"
 )
 
 // storeGoroutines returns the stacks of goroutines a store (or its Redis
 // client) runs.
 func storeGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var out []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
+	return stacks.Matching(func(g string) bool {
 		for _, mark := range []string{"results.(*Redis)", "results.(*Embedded)", "results.every",
 			"results.OpenRedis", "results.OpenEmbedded", "go-redis"} {
 			if strings.Contains(g, mark) {
-				out = append(out, g)
-				break
+				return true
 			}
 		}
-	}
-	return out
+		return false
+	})
 }
 
 // TestGoroutinesEndAtClose: every goroutine a store starts — flush loops,

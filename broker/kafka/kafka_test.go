@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/brokertest"
+	"github.com/sluice-gw/sluice/internal/stacks"
 )
 
 // brokers returns KAFKA_BROKERS, or the address of a fresh in-process kfake
@@ -184,24 +184,7 @@ func subscribe(t *testing.T, b *Broker, topic string) broker.Subscription {
 
 // ours lists the goroutines running this package's code (its tests
 // aside): after Close, none of them may be left.
-func ours() []string {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var out []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "sluice/broker/kafka.") && !strings.Contains(g, "sluice/broker/kafka.Test") {
-			out = append(out, g)
-		}
-	}
-	return out
-}
+func ours() []string { return stacks.Running("sluice/broker/kafka") }
 
 // noneOf fails t if a goroutine running code whose name contains fn is
 // left.

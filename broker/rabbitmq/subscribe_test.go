@@ -2,7 +2,6 @@ package rabbitmq
 
 import (
 	"context"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/internal/stacks"
 )
 
 // blockPublishing takes every channel out of b's publish pool, as a
@@ -163,17 +163,7 @@ func TestMoveRetriedNotRequeued(t *testing.T) {
 
 // ownGoroutines lists the goroutines running code of this package, but
 // for the test's own.
-func ownGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	var out []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "sluice/broker/rabbitmq.") && !strings.Contains(g, "_test.go") {
-			out = append(out, g)
-		}
-	}
-	return out
-}
+func ownGoroutines() []string { return stacks.Running("sluice/broker/rabbitmq") }
 
 // TestCloseStopsEveryGoroutine closes the broker under a subscription that
 // was never closed and holds messages back for a few milliseconds: Close

@@ -5,23 +5,13 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/sluice-gw/sluice/broker/rabbitmq"
 )
 
 // TestBrokerPath runs the full path through each external broker:
 // deliveries with retries, a dead letter, and its replay.
 func TestBrokerPath(t *testing.T) {
-	t.Run("kafka", func(t *testing.T) {
-		addrs, prefix := kafkaBrokers(t)
-		brokerPath(t, kafkaCfg(addrs, prefix), false)
-	})
-	t.Run("rabbitmq", func(t *testing.T) {
-		prefix := fmt.Sprintf("sluice-e2e-%d.", time.Now().UnixNano())
-		t.Cleanup(func() {
-			_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"flaky", "dead"}})
-		})
-		brokerPath(t, rabbitCfg(prefix), true)
+	eachBroker(t, []string{"kafka", "rabbitmq"}, []string{"flaky", "dead"}, func(t *testing.T, kind, brokerCfg, _ string) {
+		brokerPath(t, brokerCfg, kind == "rabbitmq")
 	})
 }
 

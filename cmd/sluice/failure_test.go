@@ -10,8 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/sluice-gw/sluice/broker/rabbitmq"
 )
 
 // TestLargeBodiesOnKafka: a 1 MiB request (the default max_body) is
@@ -85,17 +83,8 @@ backends:
 // fails puts every one of them back in the list, once each; none is lost
 // by the take that follows the replay.
 func TestReplayThatFailsAgain(t *testing.T) {
-	t.Run("embedded", func(t *testing.T) { replayFailsAgain(t, "") })
-	t.Run("kafka", func(t *testing.T) {
-		addrs, prefix := kafkaBrokers(t)
-		replayFailsAgain(t, kafkaCfg(addrs, prefix))
-	})
-	t.Run("rabbitmq", func(t *testing.T) {
-		prefix := fmt.Sprintf("sluice-replay-%d.", time.Now().UnixNano())
-		t.Cleanup(func() {
-			_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"b"}})
-		})
-		replayFailsAgain(t, rabbitCfg(prefix))
+	eachBroker(t, allBrokers, []string{"b"}, func(t *testing.T, _, brokerCfg, _ string) {
+		replayFailsAgain(t, brokerCfg)
 	})
 }
 

@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/sluice-gw/sluice/broker/rabbitmq"
 )
 
 var (
@@ -188,13 +186,8 @@ backends:
 // TestKill9LosesNothing: SIGKILL mid-stream, restart on the same data: every
 // id that got a 202 is delivered and succeeds.
 func TestKill9LosesNothing(t *testing.T) {
-	t.Run("embedded", func(t *testing.T) { kill9(t, "") })
-	t.Run("rabbitmq", func(t *testing.T) {
-		prefix := fmt.Sprintf("sluice-kill-%d.", time.Now().UnixNano())
-		t.Cleanup(func() {
-			_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"b"}})
-		})
-		kill9(t, rabbitCfg(prefix))
+	eachBroker(t, []string{"embedded", "rabbitmq"}, []string{"b"}, func(t *testing.T, _, brokerCfg, _ string) {
+		kill9(t, brokerCfg)
 	})
 }
 
@@ -246,17 +239,8 @@ backends:
 // RabbitMQ hand every in-flight request out again, and Kafka stop
 // committing).
 func TestSIGTERMDrains(t *testing.T) {
-	t.Run("embedded", func(t *testing.T) { sigtermDrains(t, "") })
-	t.Run("kafka", func(t *testing.T) {
-		addrs, prefix := kafkaBrokers(t)
-		sigtermDrains(t, kafkaCfg(addrs, prefix))
-	})
-	t.Run("rabbitmq", func(t *testing.T) {
-		prefix := fmt.Sprintf("sluice-term-%d.", time.Now().UnixNano())
-		t.Cleanup(func() {
-			_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"b"}})
-		})
-		sigtermDrains(t, rabbitCfg(prefix))
+	eachBroker(t, allBrokers, []string{"b"}, func(t *testing.T, _, brokerCfg, _ string) {
+		sigtermDrains(t, brokerCfg)
 	})
 }
 

@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"testing"
 	"time"
 
-	"github.com/sluice-gw/sluice/broker/rabbitmq"
 	"github.com/sluice-gw/sluice/broker/rabbitmq/rabbitctl"
 )
 
@@ -20,10 +18,7 @@ func TestRabbitMQRestartsMidStream(t *testing.T) {
 		t.Skip("restarts the local RabbitMQ")
 	}
 	t.Cleanup(func() { rabbitRunning(t) })
-	prefix := fmt.Sprintf("sluice-rfault-%d.", time.Now().UnixNano())
-	t.Cleanup(func() {
-		_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"b"}})
-	})
+	prefix := rabbitPrefix(t, "b")
 	be := newBackend(t, nil)
 	cfg := writeConfig(t, t.TempDir(), rabbitCfg(prefix)+`
 log: { level: info }

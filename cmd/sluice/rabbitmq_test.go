@@ -3,6 +3,11 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-gw/sluice/broker/rabbitmq"
 )
 
 func rabbitURL() string {
@@ -15,3 +20,35 @@ func rabbitURL() string {
 func rabbitCfg(prefix string) string {
 	return fmt.Sprintf("broker:\n  kind: rabbitmq\n  rabbitmq: { url: %q, queue_prefix: %q }\n", rabbitURL(), prefix)
 }
+
+// rabbitPrefix is a queue prefix of t's own; the queues of backends under it
+// are deleted when t ends.
+func rabbitPrefix(t *testing.T, backends ...string) string {
+	prefix := fmt.Sprintf("sluice-%s-%d.", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), time.Now().UnixNano())
+	t.Cleanup(func() {
+		_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: backends})
+	})
+	return prefix
+}
+
+// eachBroker runs f as a subtest per broker kind in kinds ("embedded",
+// "kafka", "rabbitmq"), with the config lines that select it (declaring
+// backends) and a prefix of the subtest's own for topics, queues and keys.
+func eachBroker(t *testing.T, kinds []string, backends []string, f func(t *testing.T, kind, brokerCfg, prefix string)) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			switch kind {
+			case "kafka":
+				addrs, prefix := kafkaBrokers(t)
+				f(t, kind, kafkaCfg(addrs, prefix), prefix)
+			case "rabbitmq":
+				prefix := rabbitPrefix(t, backends...)
+				f(t, kind, rabbitCfg(prefix), prefix)
+			default:
+				f(t, kind, "", fmt.Sprintf("emb%d.", time.Now().UnixNano()))
+			}
+		})
+	}
+}
+
+var allBrokers = []string{"embedded", "kafka", "rabbitmq"}

@@ -7,8 +7,6 @@ import (
 	"sort"
 	"testing"
 	"time"
-
-	"github.com/sluice-gw/sluice/broker/rabbitmq"
 )
 
 // startRoles starts `sluice serve -roles roles` as a child process.
@@ -25,16 +23,8 @@ func TestScaleOutRateHoldsInTotal(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
-	t.Run("kafka", func(t *testing.T) {
-		addrs, prefix := kafkaBrokers(t)
-		scaleOut(t, kafkaCfg(addrs, prefix), prefix)
-	})
-	t.Run("rabbitmq", func(t *testing.T) {
-		prefix := fmt.Sprintf("sluice-scale-%d.", time.Now().UnixNano())
-		t.Cleanup(func() {
-			_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"b"}})
-		})
-		scaleOut(t, rabbitCfg(prefix), prefix)
+	eachBroker(t, []string{"kafka", "rabbitmq"}, []string{"b"}, func(t *testing.T, _, brokerCfg, prefix string) {
+		scaleOut(t, brokerCfg, prefix)
 	})
 }
 
