@@ -279,10 +279,13 @@ func (h *Handler) replay(rw http.ResponseWriter, r *http.Request) {
 		problem(rw, 400, `body must be {"backend":"<name>","ids":["..."]} (no ids = all)`)
 		return
 	}
-	events, err := h.Workers.Replay(r.Context(), body.Backend, body.IDs)
+	// A client that hangs up does not cut a replay half way.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
+	defer cancel()
+	events, err := h.Workers.Replay(ctx, body.Backend, body.IDs)
 	n := len(events)
 	if h.Results != nil && n > 0 {
-		_ = h.Results.Apply(r.Context(), events) // the collector applies them too
+		_ = h.Results.Apply(ctx, events) // the collector applies them too
 	}
 	switch {
 	case errors.Is(err, workers.ErrUnknownBackend):

@@ -96,6 +96,17 @@ type Subscription interface {
 	Close() error
 }
 
+// Pauser is implemented by subscriptions that hold messages fetched ahead
+// at the broker (RabbitMQ's prefetch). Pause hands them back and stops the
+// flow until Resume, so a paused backend's messages are not held unsettled
+// (and counted as deliveries, or timed out) for as long as the pause
+// lasts. Deliveries already returned by Fetch stay valid. Pause and Resume
+// are called from the goroutine that calls Fetch.
+type Pauser interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+}
+
 // Sharer is implemented by subscriptions whose topic is split among
 // several processes (Kafka consumer groups): Share is this subscription's
 // fraction of the topic (0..1), so per-backend limits can be divided so
@@ -127,8 +138,12 @@ type DeadLetter struct {
 // polls changes nothing in the topic.
 type DeadLetters interface {
 	// ListDead returns up to limit (all when limit <= 0) dead letters of
-	// topic that were not taken, oldest first.
+	// topic that were not taken, oldest first, without their bodies (Body
+	// is nil): a listing holds metadata only, however large the requests.
 	ListDead(ctx context.Context, topic string, limit int) ([]DeadLetter, error)
+	// ReadDead returns the dead letters at positions pos, bodies included,
+	// in the order of pos; a position taken meanwhile is left out.
+	ReadDead(ctx context.Context, topic string, pos []string) ([]DeadLetter, error)
 	// TakeDead removes exactly the dead letters at positions pos, as
 	// ListDead returned them; positions already taken are ignored. Messages
 	// that arrived after the listing stay, even with the same key. The

@@ -30,6 +30,10 @@ type Config struct {
 	// MaxConnections caps open client connections; past it a new connection
 	// gets 503 with Retry-After and is closed. Default 10000.
 	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP caps open connections from one client address,
+	// so one client cannot take every slot; 0 (the default) is no cap —
+	// behind a load balancer every connection comes from its address.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
 	// MaxLongPolls caps polls waiting with ?wait= at once; past it, 503
 	// with Retry-After. Default 4096.
 	MaxLongPolls int `yaml:"max_long_polls"`
@@ -116,9 +120,10 @@ type RabbitMQ struct {
 	// MaxMessageBytes is the server's max_message_size (RabbitMQ 4.x
 	// default 16 MiB); larger messages are refused before they are sent.
 	MaxMessageBytes Size `yaml:"max_message_bytes"`
-	// DeliveryLimit is x-delivery-limit of sluice's quorum queues: a message
-	// handed back this many times without being settled (crash loops) is
-	// moved to the dead-letter queue. Default 100.
+	// DeliveryLimit is x-delivery-limit of the request queues: a message
+	// handed back this many times without being settled (a crash loop;
+	// also each stop or consumer timeout while it waits in a consumer's
+	// prefetch) is moved to the dead-letter stream. Default 1000.
 	DeliveryLimit int `yaml:"delivery_limit"`
 }
 
@@ -357,7 +362,7 @@ func (c *Config) ApplyDefaults() {
 			r.MaxMessageBytes = 16 << 20
 		}
 		if r.DeliveryLimit == 0 {
-			r.DeliveryLimit = 100
+			r.DeliveryLimit = 1000
 		}
 	}
 	if c.Results.Store == "redis" && c.Results.Redis == nil {

@@ -59,6 +59,9 @@ func (c *Config) Validate() error {
 	if c.MaxConnections < 0 {
 		bad("max_connections", "must be >= 1")
 	}
+	if c.MaxConnectionsPerIP < 0 {
+		bad("max_connections_per_ip", "must be >= 0 (0: no cap)")
+	}
 	if c.MaxLongPolls < 0 {
 		bad("max_long_polls", "must be >= 1")
 	}
@@ -68,8 +71,11 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout < 0 {
 		bad("shutdown_timeout", "must be > 0")
 	}
-	if c.PublishTimeout < 0 {
+	switch {
+	case c.PublishTimeout < 0:
 		bad("publish_timeout", "must be > 0")
+	case c.PublishTimeout > c.ShutdownTimeout/2 && c.ShutdownTimeout > 0:
+		bad("publish_timeout", "must be at most half of shutdown_timeout (%s): a stop waits for the writes under way", c.ShutdownTimeout.D())
 	}
 	if c.MaxInflight < 0 {
 		bad("max_inflight", "must be >= 0")

@@ -304,6 +304,7 @@ func TestLongPollLimit(t *testing.T) {
 // record (another process's write behind) does not answer 404.
 func TestFreshIDReadAgain(t *testing.T) {
 	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
+	s.sharedStore = true
 	id := idOf(t, call(s, "POST", "/r", "x", nil).Response.Body())
 	st.mu.Lock()
 	st.getMiss = 5
@@ -312,9 +313,32 @@ func TestFreshIDReadAgain(t *testing.T) {
 		t.Fatalf("fresh id: %d", c.Response.StatusCode())
 	}
 	start := time.Now()
+	st.mu.Lock()
+	st.gets = 0
+	st.mu.Unlock()
 	if c := call(s, "GET", "/v1/requests/"+newID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 2*time.Second {
 		t.Fatalf("unknown id: %d after %v", c.Response.StatusCode(), time.Since(start))
 	}
+	st.mu.Lock()
+	reads := st.gets
+	st.mu.Unlock()
+	if reads > freshReads+1 {
+		t.Fatalf("a forged fresh id cost %d store reads", reads)
+	}
+	// Past max_long_polls the re-reads stop: 404 at once.
+	s.cfg.MaxLongPolls = 0
+	start = time.Now()
+	if c := call(s, "GET", "/v1/requests/"+newID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("over the long-poll limit: %d after %v", c.Response.StatusCode(), time.Since(start))
+	}
+	s.cfg.MaxLongPolls = 4096
+	// A single-process store holds every record it accepted: 404 at once.
+	s.sharedStore = false
+	start = time.Now()
+	if c := call(s, "GET", "/v1/requests/"+newID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("embedded store: %d after %v", c.Response.StatusCode(), time.Since(start))
+	}
+	s.sharedStore = true
 	old := "AAAAAAAAAAAAAAAAAAAAAAAA" // issued in 1970: 404 at once
 	start = time.Now()
 	if c := call(s, "GET", "/v1/requests/"+old, "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 100*time.Millisecond {
@@ -323,8 +347,13 @@ func TestFreshIDReadAgain(t *testing.T) {
 }
 
 func TestConnectionLimit(t *testing.T) {
+	t.Run("total", func(t *testing.T) { connectionLimit(t, 2, 0) })
+	t.Run("per ip", func(t *testing.T) { connectionLimit(t, 100, 2) })
+}
+
+func connectionLimit(t *testing.T, total, perIP int) {
 	s, _ := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
-	s.cfg.MaxConnections = 2
+	s.cfg.MaxConnections, s.cfg.MaxConnectionsPerIP = total, perIP
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -426,5 +455,29 @@ func TestShutdownClosesSilentConnections(t *testing.T) {
 	}
 	if el := time.Since(start); el > 2*time.Second {
 		t.Fatalf("shutdown took %v", el)
+	}
+}
+
+// TestAckFastHungBrokerAtShutdown: writes under way when shutdown stops
+// new ones run to their timeout, within the deadline; their requests (they
+// may have landed) are reported, not recorded as failed.
+func TestAckFastHungBrokerAtShutdown(t *testing.T) {
+	s, st := testServer(t, "fast", func(ctx context.Context, _ string, _ broker.Message) error {
+		<-ctx.Done() // a broker that never answers
+		return fmt.Errorf("%w: %v", broker.ErrUnavailable, ctx.Err())
+	})
+	id := idOf(t, call(s, "POST", "/r", "x", nil).Response.Body())
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := s.Shutdown(ctx)
+	if el := time.Since(start); el > 800*time.Millisecond {
+		t.Fatalf("shutdown took %v, past its 700 ms deadline", el)
+	}
+	if err == nil || !strings.Contains(err.Error(), "timed out") {
+		t.Fatalf("shutdown: %v, want the timed-out write reported", err)
+	}
+	if r, _ := st.Get(context.Background(), id); r == nil || r.Status != job.Queued {
+		t.Fatalf("record %+v: a write that may have landed was recorded as failed", r)
 	}
 }

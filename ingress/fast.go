@@ -38,12 +38,12 @@ type fastPublisher struct {
 	q      chan *job.Request
 	wg     sync.WaitGroup
 
-	abort      context.Context // canceled when the shutdown deadline passed
+	abort      context.Context // canceled when no new write may start (shutdown)
 	abortCause context.CancelFunc
 
 	lostMu sync.Mutex
 	lost   []*job.Request // never written
-	unsure []string       // ids whose last write was cut short: may have landed
+	unsure []string       // ids whose last write timed out: may have landed
 }
 
 func newFastPublisher(pub broker.Publisher, store Store, log zerolog.Logger, capacity int, timeout time.Duration) *fastPublisher {
@@ -77,20 +77,21 @@ func (f *fastPublisher) enqueue(req *job.Request) error {
 }
 
 func (f *fastPublisher) publish(req *job.Request) {
-	if f.abort.Err() != nil {
-		f.addLost(req, false)
-		return
-	}
 	topic := broker.RequestTopic(req.Backend)
+	timedOut := false // the last write timed out: it may have landed
 	for try, wait := 1, 100*time.Millisecond; ; try, wait = try+1, min(2*wait, 2*time.Second) {
-		ctx, cancel := context.WithTimeout(f.abort, f.timeout)
+		if f.abort.Err() != nil {
+			f.addLost(req, timedOut)
+			return
+		}
+		// Not bound to abort: a write under way runs to its timeout, which
+		// close leaves room for, so its outcome is known.
+		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 		err := f.pub.Publish(ctx, topic, req.Message())
+		timedOut = ctx.Err() != nil
 		cancel()
 		switch {
 		case err == nil:
-			return
-		case f.abort.Err() != nil:
-			f.addLost(req, true)
 			return
 		case errors.Is(err, broker.ErrTooLarge):
 			f.fail([]*job.Request{req}, "the queue refused it: too large")
@@ -106,8 +107,6 @@ func (f *fastPublisher) publish(req *job.Request) {
 		}
 		select {
 		case <-f.abort.Done():
-			f.addLost(req, false)
-			return
 		case <-time.After(wait):
 		}
 	}
@@ -138,9 +137,12 @@ func (f *fastPublisher) fail(reqs []*job.Request, why string) {
 	}
 }
 
-// close stops taking requests and writes what is buffered until ctx ends;
-// then what is left is recorded as failed (never written) or logged (cut
-// short, may have landed), and close reports how many.
+// close stops taking requests and writes what is buffered until ctx ends:
+// it stops starting writes one publish timeout before ctx's deadline, so
+// the writes under way end in time with a known outcome. What was never
+// written is then recorded as failed; a request whose last write timed out
+// (it may have landed, and a failed record would hide its delivery) is
+// logged and left queued. close reports how many of each.
 func (f *fastPublisher) close(ctx context.Context) error {
 	f.mu.Lock()
 	if !f.closed {
@@ -150,11 +152,17 @@ func (f *fastPublisher) close(ctx context.Context) error {
 	f.mu.Unlock()
 	done := make(chan struct{})
 	go func() { f.wg.Wait(); close(done) }()
+	var stopWriting <-chan time.Time
+	if deadline, ok := ctx.Deadline(); ok {
+		t := time.NewTimer(max(0, time.Until(deadline)-f.timeout))
+		defer t.Stop()
+		stopWriting = t.C
+	}
 	select {
 	case <-done:
-	case <-ctx.Done():
+	case <-stopWriting:
 		f.abortCause()
-		<-done // publishes under way end at once; the rest is drained unwritten
+		<-done // writes under way end within their timeout; the rest is drained unwritten
 	}
 	f.abortCause()
 	f.lostMu.Lock()
@@ -170,7 +178,7 @@ func (f *fastPublisher) close(ctx context.Context) error {
 		}
 	}
 	for _, id := range unsure {
-		f.log.Error().Str("id", id).Msg("ack: fast request may be lost: its write was cut short at shutdown")
+		f.log.Error().Str("id", id).Msg("ack: fast request may be lost: its last write timed out at shutdown")
 	}
-	return fmt.Errorf("ack: fast: %d buffered requests not written before the shutdown timeout, %d cut short", len(lost), len(unsure))
+	return fmt.Errorf("ack: fast: %d buffered requests not written before the shutdown timeout, %d whose last write timed out", len(lost), len(unsure))
 }

@@ -81,6 +81,10 @@ type Server struct {
 
 	lnMu sync.Mutex
 	lns  []*limitListener
+
+	// sharedStore: the result store is shared by several ingress
+	// processes (Redis), so a poll may arrive before the record does.
+	sharedStore bool
 }
 
 // claimWait bounds how long a submit waits for another submit with the
@@ -90,7 +94,7 @@ const claimWait = time.Second
 // New compiles the routes of cfg.
 func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog, log zerolog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, pub: pub, store: store, backlog: backlog, log: log,
-		exact: map[string]*route{}, closing: make(chan struct{})}
+		exact: map[string]*route{}, closing: make(chan struct{}), sharedStore: cfg.Results.Store == "redis"}
 	var maxBody int64
 	for _, rc := range cfg.Routes {
 		r := &route{cfg: rc, prefix: strings.HasSuffix(rc.Path, "/"), methods: map[string]bool{},
@@ -137,9 +141,10 @@ type fasthttpLogger struct{ l zerolog.Logger }
 func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Debug().Msgf(format, args...) }
 
 // Serve answers on ln until Shutdown, with at most max_connections open
-// connections: one more gets 503 and is closed.
+// connections (and max_connections_per_ip from one address): one more
+// gets 503 and is closed.
 func (s *Server) Serve(ln net.Listener) error {
-	l := newLimitListener(ln, s.cfg.MaxConnections)
+	l := newLimitListener(ln, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerIP)
 	s.lnMu.Lock()
 	s.lns = append(s.lns, l)
 	s.lnMu.Unlock()

@@ -32,6 +32,7 @@ type fakeStore struct {
 	events  []*job.Event
 	admit   error
 	getMiss int // Get answers not found this many more times
+	gets    int
 }
 
 type fakeClaim struct {
@@ -55,6 +56,7 @@ func (f *fakeStore) Accept(_ context.Context, r *job.Record) error {
 func (f *fakeStore) Get(_ context.Context, id string) (*job.Record, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.gets++
 	if f.getMiss > 0 {
 		f.getMiss--
 		return nil, job.ErrNotFound

@@ -8,20 +8,32 @@ import (
 	"time"
 )
 
-// limitListener admits at most max open connections. One more is answered
-// 503 with Retry-After (problem+json) and closed, so a flood of connections
-// cannot take the memory of their buffers and bodies.
+// limitListener admits at most max open connections, and at most perIP
+// from one address (0: no such limit). One more is answered 503 with
+// Retry-After (problem+json) and closed, so a flood of connections cannot
+// take the memory of their buffers and bodies, and with perIP one client
+// cannot take every slot.
 type limitListener struct {
 	net.Listener
-	max  int64
-	open atomic.Int64
+	max   int64
+	perIP int
+	open  atomic.Int64
 
 	mu    sync.Mutex
 	conns map[*limitConn]struct{}
+	byIP  map[string]int
 }
 
-func newLimitListener(ln net.Listener, max int) *limitListener {
-	return &limitListener{Listener: ln, max: int64(max), conns: map[*limitConn]struct{}{}}
+func newLimitListener(ln net.Listener, max, perIP int) *limitListener {
+	return &limitListener{Listener: ln, max: int64(max), perIP: perIP,
+		conns: map[*limitConn]struct{}{}, byIP: map[string]int{}}
+}
+
+func hostOf(a net.Addr) string {
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return h
+	}
+	return a.String()
 }
 
 // closeSilent closes the open connections that never sent a byte.
@@ -53,8 +65,15 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.open.Add(1) > l.max {
-			l.open.Add(-1)
+		ip := hostOf(c.RemoteAddr())
+		l.mu.Lock()
+		over := l.open.Load() >= l.max || (l.perIP > 0 && l.byIP[ip] >= l.perIP)
+		if !over {
+			l.open.Add(1)
+			l.byIP[ip]++
+		}
+		l.mu.Unlock()
+		if over {
 			go func() { // never hold up the accept loop on a slow client
 				_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 				_, _ = c.Write(overLimit)
@@ -62,7 +81,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			}()
 			continue
 		}
-		lc := &limitConn{Conn: c, l: l}
+		lc := &limitConn{Conn: c, l: l, ip: ip}
 		l.mu.Lock()
 		l.conns[lc] = struct{}{}
 		l.mu.Unlock()
@@ -73,6 +92,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 type limitConn struct {
 	net.Conn
 	l     *limitListener
+	ip    string
 	once  sync.Once
 	heard atomic.Bool // a byte was read
 }
@@ -87,9 +107,12 @@ func (c *limitConn) Read(b []byte) (int, error) {
 
 func (c *limitConn) Close() error {
 	c.once.Do(func() {
-		c.l.open.Add(-1)
 		c.l.mu.Lock()
+		c.l.open.Add(-1)
 		delete(c.l.conns, c)
+		if c.l.byIP[c.ip]--; c.l.byIP[c.ip] <= 0 {
+			delete(c.l.byIP, c.ip)
+		}
 		c.l.mu.Unlock()
 	})
 	return c.Conn.Close()

@@ -75,14 +75,16 @@ func (s *Server) poll(ctx *fasthttp.RequestCtx, rest string) {
 	ctx.SetBody(body)
 }
 
-// freshFor is how long after its 202 an id that is not found yet is read
-// again before the poll answers 404: behind a load balancer the poll may
-// reach another process before the accepting one wrote the record to the
-// shared store (it does so within milliseconds).
+// An id issued moments ago that is not found yet is read again a few
+// times, backing off, before the poll answers 404: behind a load balancer
+// the poll may reach another process before the accepting one wrote the
+// record to the shared store (it does so within milliseconds). Only with a
+// shared store (Redis), and counted as a long poll, since anyone can make
+// an id that looks fresh.
 const (
-	freshFor    = 5 * time.Second
-	freshRetry  = 10 * time.Millisecond
-	freshWithin = time.Second
+	freshFor   = 5 * time.Second
+	freshFirst = 10 * time.Millisecond
+	freshReads = 6 // 10 ms, doubling: about 630 ms in all
 )
 
 // issuedAt reads the acceptance time an id made by newID starts with.
@@ -98,25 +100,32 @@ func issuedAt(id string) (time.Time, bool) {
 	return time.UnixMilli(ms), true
 }
 
-// get reads id's record; an id issued moments ago that is not there yet is
-// read again for up to freshWithin.
+// get reads id's record, again for a fresh id with a shared store.
 func (s *Server) get(ctx context.Context, id string) (*job.Record, error) {
 	rec, err := s.store.Get(ctx, id)
-	if !errors.Is(err, job.ErrNotFound) {
+	if !errors.Is(err, job.ErrNotFound) || !s.sharedStore {
 		return rec, err
 	}
 	at, ok := issuedAt(id)
 	if age := time.Since(at); !ok || age > freshFor || age < -freshFor {
 		return rec, err
 	}
-	deadline := time.Now().Add(freshWithin)
-	for errors.Is(err, job.ErrNotFound) && time.Now().Before(deadline) {
+	if n := s.polls.Add(1); n > int64(s.cfg.MaxLongPolls) {
+		s.polls.Add(-1)
+		return rec, err
+	}
+	defer s.polls.Add(-1)
+	wait := freshFirst
+	for range freshReads {
 		select {
-		case <-time.After(freshRetry):
+		case <-time.After(wait):
 		case <-ctx.Done():
 			return rec, err
 		}
-		rec, err = s.store.Get(ctx, id)
+		if rec, err = s.store.Get(ctx, id); !errors.Is(err, job.ErrNotFound) {
+			return rec, err
+		}
+		wait *= 2
 	}
 	return rec, err
 }

@@ -173,8 +173,9 @@ const (
 )
 
 // staleWhenCut are the headers that describe the whole body: wrong for a
-// truncated one.
-var staleWhenCut = []string{"Content-Length", "Content-Md5", "Digest", "Content-Digest", "Repr-Digest", "Etag"}
+// truncated one. Content-Encoding stays: the bytes kept are still in it (a
+// cut gzip stream still inflates up to the cut).
+var staleWhenCut = []string{"Content-Length", "Content-Range", "Content-Md5", "Digest", "Content-Digest", "Repr-Digest", "Etag"}
 
 // NewResponse captures a backend answer: header values joined with ", ",
 // the body as UTF-8 text, or base64 when it is not valid UTF-8. cut says

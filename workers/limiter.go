@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"errors"
 	"math"
 	"sync"
 	"time"
@@ -97,6 +98,23 @@ func (l *Limiter) signal() {
 	l.changed = make(chan struct{})
 }
 
+// WaitUnpaused returns once the limiter is not paused, or ctx ends.
+func (l *Limiter) WaitUnpaused(ctx context.Context) error {
+	for {
+		l.mu.Lock()
+		paused, changed := l.paused, l.changed
+		l.mu.Unlock()
+		if !paused {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
 // Settings returns the current settings.
 func (l *Limiter) Settings() Settings {
 	l.mu.Lock()
@@ -172,15 +190,27 @@ func (p *Permit) release() *Limiter {
 	return l
 }
 
+// ErrPaused is AcquireUnpaused's answer while the backend is paused.
+var ErrPaused = errors.New("backend paused")
+
 // Acquire waits until a delivery may start: not paused, a free slot, the
 // breaker closed (or this is its half-open probe) and a token.
-func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) {
+func (l *Limiter) Acquire(ctx context.Context) (*Permit, error) { return l.acquire(ctx, false) }
+
+// AcquireUnpaused is Acquire, but returns ErrPaused at once, and as soon
+// as, the backend is paused.
+func (l *Limiter) AcquireUnpaused(ctx context.Context) (*Permit, error) { return l.acquire(ctx, true) }
+
+func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error) {
 	for {
 		l.mu.Lock()
 		changed := l.changed
 		now := l.now()
 		var wait time.Duration // 0: until something changes
 		switch {
+		case l.paused && stopOnPause:
+			l.mu.Unlock()
+			return nil, ErrPaused
 		case l.paused, l.inflight >= l.eff:
 		case l.open && now.Before(l.openUntil):
 			wait = l.openUntil.Sub(now)

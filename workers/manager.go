@@ -41,6 +41,13 @@ func (m *Manager) Names() []string { return slices.Clone(m.names) }
 // Pool returns the pool of backend name, or nil.
 func (m *Manager) Pool(name string) *Pool { return m.pools[name] }
 
+// StopBy bounds the stop of every pool (Pool.StopBy).
+func (m *Manager) StopBy(drain, hard time.Time) {
+	for _, p := range m.pools {
+		p.StopBy(drain, hard)
+	}
+}
+
 // Run runs every pool until ctx ends and they have drained.
 func (m *Manager) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
@@ -74,8 +81,9 @@ type DeadLetter struct {
 // failed again before its old copy was taken, or a crash between a dead
 // letter's write and the acknowledgement of the message it came from.
 type deadEntry struct {
-	req *job.Request // the copy of the highest generation
-	pos []string     // every copy's position
+	req    *job.Request // the copy of the highest generation, without its body
+	newest string       // that copy's position
+	pos    []string     // every copy's position
 }
 
 func (m *Manager) deadByID(ctx context.Context, backend string) ([]*deadEntry, error) {
@@ -95,11 +103,11 @@ func (m *Manager) deadByID(ctx context.Context, backend string) ([]*deadEntry, e
 		}
 		e := byID[r.ID]
 		if e == nil {
-			e = &deadEntry{req: r}
+			e = &deadEntry{req: r, newest: d.Pos}
 			byID[r.ID] = e
 			out = append(out, e)
-		} else if r.Gen > e.req.Gen {
-			e.req = r
+		} else if r.Gen >= e.req.Gen {
+			e.req, e.newest = r, d.Pos
 		}
 		e.pos = append(e.pos, d.Pos)
 	}
@@ -138,13 +146,18 @@ func (m *Manager) DeadLetters(ctx context.Context, backend string, limit int) ([
 	return out, nil
 }
 
+// replayBatch is how many dead letters a replay reads (bodies included) at
+// once: memory follows it, not the size of the dead-letter topic.
+const replayBatch = 100
+
 // Replay moves dead letters of backend (those with ids, or all) back to its
 // request topic with fresh attempts and a new generation, so they keep their
 // id and pass the backend's limiter like any delivery. Each is republished
 // before exactly the copies that were listed are taken out of the
 // dead-letter topic: a crash in between delivers it twice, never loses it,
 // and a replayed request that fails again before the take keeps its new
-// dead letter.
+// dead letter. The request is written before its queued event, so a failure
+// between the two never shows a request as queued that is still dead.
 //
 // It returns the queued events it published, which a caller with the result
 // store may apply at once so polls show the reset without waiting for the
@@ -154,28 +167,55 @@ func (m *Manager) Replay(ctx context.Context, backend string, ids []string) ([]*
 	if err != nil {
 		return nil, err
 	}
+	var chosen []*deadEntry
+	for _, e := range entries {
+		if len(ids) == 0 || slices.Contains(ids, e.req.ID) {
+			chosen = append(chosen, e)
+		}
+	}
+	topic := broker.DeadLetterTopic(backend)
 	var taken []string
 	var events []*job.Event
 	var perr error
-	for _, e := range entries {
-		if len(ids) > 0 && !slices.Contains(ids, e.req.ID) {
-			continue
+	for start := 0; start < len(chosen) && perr == nil; start += replayBatch {
+		batch := chosen[start:min(start+replayBatch, len(chosen))]
+		pos := make([]string, len(batch))
+		for i, e := range batch {
+			pos[i] = e.newest
 		}
-		r := *e.req
-		r.Attempts, r.LastError, r.DeadAt = 0, "", time.Time{}
-		r.Gen++
-		ev := job.EventFor(&r, job.Queued, 0)
-		if perr = m.broker.Publish(ctx, broker.ResultTopic, ev.Message()); perr != nil {
+		read, err := m.broker.ReadDead(ctx, topic, pos)
+		if err != nil {
+			perr = err
 			break
 		}
-		if perr = m.broker.Publish(ctx, broker.RequestTopic(backend), r.Message()); perr != nil {
-			break
+		byPos := make(map[string]broker.DeadLetter, len(read))
+		for _, d := range read {
+			byPos[d.Pos] = d
 		}
-		taken = append(taken, e.pos...)
-		events = append(events, ev)
+		for _, e := range batch {
+			d, ok := byPos[e.newest]
+			if !ok {
+				continue // taken meanwhile (another replay)
+			}
+			r, err := job.DecodeRequest(d.Message)
+			if err != nil {
+				continue
+			}
+			r.Attempts, r.LastError, r.DeadAt, r.AvoidURL = 0, "", time.Time{}, 0
+			r.Gen++
+			if perr = m.broker.Publish(ctx, broker.RequestTopic(backend), r.Message()); perr != nil {
+				break
+			}
+			taken = append(taken, e.pos...)
+			ev := job.EventFor(r, job.Queued, 0)
+			events = append(events, ev)
+			if perr = m.broker.Publish(ctx, broker.ResultTopic, ev.Message()); perr != nil {
+				break // the request is written: its worker's events follow
+			}
+		}
 	}
 	if len(taken) > 0 {
-		if err := m.broker.TakeDead(ctx, broker.DeadLetterTopic(backend), taken); err != nil {
+		if err := m.broker.TakeDead(ctx, topic, taken); err != nil {
 			return events, err
 		}
 	}

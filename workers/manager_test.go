@@ -2,6 +2,8 @@ package workers
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -23,7 +25,25 @@ type fakeDLQ struct {
 var _ broker.Broker = (*fakeDLQ)(nil)
 
 func (f *fakeDLQ) ListDead(context.Context, string, int) ([]broker.DeadLetter, error) {
-	return f.dead, nil
+	var out []broker.DeadLetter
+	for _, d := range f.dead {
+		if !slices.Contains(f.taken, d.Pos) {
+			d.Body = nil
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+func (f *fakeDLQ) ReadDead(_ context.Context, _ string, pos []string) ([]broker.DeadLetter, error) {
+	var out []broker.DeadLetter
+	for _, p := range pos {
+		for _, d := range f.dead {
+			if d.Pos == p && !slices.Contains(f.taken, p) {
+				out = append(out, d)
+			}
+		}
+	}
+	return out, nil
 }
 func (f *fakeDLQ) TakeDead(_ context.Context, _ string, pos []string) error {
 	f.taken = append(f.taken, pos...)
@@ -79,14 +99,17 @@ func TestDeadLettersOncePerID(t *testing.T) {
 	if len(br.taken) != 3 {
 		t.Fatalf("took %v, want the three copies of a", br.taken)
 	}
-	var requests int
+	var requests []string
 	for _, p := range br.sent() {
-		if p.topic == broker.RequestTopic("b") {
-			requests++
+		switch p.topic {
+		case broker.RequestTopic("b"):
+			requests = append(requests, "request "+string(p.msg.Body))
+		case broker.ResultTopic:
+			requests = append(requests, "event")
 		}
 	}
-	if requests != 1 {
-		t.Fatalf("%d requests written for one replay", requests)
+	if fmt.Sprint(requests) != "[request {} event]" {
+		t.Fatalf("replay wrote %v, want the request (with its body) once, then its queued event", requests)
 	}
 }
 
@@ -111,5 +134,26 @@ func TestDeadLetteredByTheBroker(t *testing.T) {
 	rec.Apply(job.EventFor(r, job.InFlight, 3))
 	if !rec.Apply(evs[0]) || rec.Status != job.Failed {
 		t.Fatalf("the event does not end a record left in flight: %+v", rec)
+	}
+}
+
+// TestReplayWritesTheRequestFirst: when the request cannot be written, no
+// queued event says it is queued, and nothing is taken out.
+func TestReplayWritesTheRequestFirst(t *testing.T) {
+	br := &fakeDLQ{}
+	br.publish = func(topic string, _ broker.Message) error {
+		if topic == broker.RequestTopic("b") {
+			return errDown
+		}
+		return nil
+	}
+	r := request("a")
+	r.DeadAt = time.Now()
+	br.add(r)
+	m := testManager(t, br)
+	events, err := m.Replay(context.Background(), "b", nil)
+	if err == nil || len(events) != 0 || len(br.events(t)) != 0 || len(br.taken) != 0 {
+		t.Fatalf("replay with the request refused: err %v, %d events returned, %d published, taken %v",
+			err, len(events), len(br.events(t)), br.taken)
 	}
 }

@@ -66,6 +66,7 @@ type Pool struct {
 	log          zerolog.Logger
 	drain        time.Duration
 	settleWithin time.Duration // settleTimeout; shorter in tests
+	stopBy       atomic.Pointer[stopTimes]
 	Counter      Counters
 }
 
@@ -133,7 +134,13 @@ func (p *Pool) Run(ctx context.Context) error {
 	defer cancelWork()
 	var wg sync.WaitGroup
 	for {
-		first, err := p.lim.Acquire(ctx)
+		first, err := p.lim.AcquireUnpaused(ctx)
+		if errors.Is(err, ErrPaused) {
+			if err := p.holdWhilePaused(ctx, sub); err != nil {
+				break
+			}
+			continue
+		}
 		if err != nil {
 			break
 		}
@@ -181,9 +188,13 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
+	drain := p.drain
+	if st := p.stopBy.Load(); st != nil {
+		drain = time.Until(st.drain)
+	}
 	select {
 	case <-done:
-	case <-time.After(p.drain):
+	case <-time.After(drain):
 		p.log.Warn().Msg("in-flight deliveries outlived the shutdown timeout; handing them back")
 		cancelWork()
 		<-done
@@ -191,9 +202,56 @@ func (p *Pool) Run(ctx context.Context) error {
 	return sub.Close()
 }
 
+// stopTimes bound a stop: deliveries in flight may finish until drain, and
+// nothing of the pool's may run past hard.
+type stopTimes struct{ drain, hard time.Time }
+
+// StopBy bounds the stop that follows: in-flight deliveries are cut short
+// and handed back at drain, and every write of the pool ends by hard. Call
+// it before the context of Run ends.
+func (p *Pool) StopBy(drain, hard time.Time) { p.stopBy.Store(&stopTimes{drain, hard}) }
+
+// within is how long a settling write may take now.
+func (p *Pool) within() time.Duration {
+	d := p.settleWithin
+	if st := p.stopBy.Load(); st != nil {
+		d = min(d, max(100*time.Millisecond, time.Until(st.hard)))
+	}
+	return d
+}
+
+// holdWhilePaused returns at once unless the backend is paused. Then a
+// subscription that holds messages at the broker hands them back for the
+// pause (a long pause would otherwise keep them unsettled, counted against
+// RabbitMQ's delivery limit at each consumer timeout), and takes them
+// again once it ends.
+func (p *Pool) holdWhilePaused(ctx context.Context, sub broker.Subscription) error {
+	pauser, holds := sub.(broker.Pauser)
+	if holds {
+		if err := pauser.Pause(ctx); err != nil {
+			p.log.Warn().Err(err).Msg("pause: buffered messages stay with this consumer")
+		}
+	}
+	if err := p.lim.WaitUnpaused(ctx); err != nil || !holds {
+		return err
+	}
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := pauser.Resume(ctx)
+		if err == nil {
+			return nil
+		}
+		p.log.Warn().Err(err).Msg("resume after pause; retrying")
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
 // handBack returns d to its topic untouched, to be delivered again.
 func (p *Pool) handBack(d broker.Delivery) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.settleWithin)
+	ctx, cancel := context.WithTimeout(context.Background(), p.within())
 	defer cancel()
 	if err := d.Nack(ctx, 0); err != nil {
 		p.log.Warn().Err(err).Msg("hand back; the broker redelivers it after its ack deadline")
@@ -336,15 +394,17 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 }
 
 // settle writes what follows an attempt and acknowledges d; it reports
-// whether d was acknowledged. With a follow-up copy (a retry, or a dead
-// letter: topic set) the copy goes first; once it is durable the original
-// is done whatever happens next — handing it back too would fork the
-// request into two chains — so the status event is retried (and shrunk if
-// too large) and d acknowledged even if the event cannot be written.
-// Without a copy, an event the broker cannot take hands d back, and the
-// attempt is made again later.
+// whether d was acknowledged. With a retry copy (topic set, the event not
+// terminal) the copy goes first; once it is durable the original is done
+// whatever happens next — handing it back too would fork the request into
+// two chains — so the status event is retried (and shrunk if too large) and
+// d acknowledged even if the event cannot be written. A dead letter's copy
+// goes first too, but its original is done only once the terminal event is
+// written as well (a poll must not stay pending); a second dead letter of
+// the same request is harmless. Without a copy, an event the broker cannot
+// take hands d back, and the attempt is made again later.
 func (p *Pool) settle(ctx context.Context, d broker.Delivery, ev *job.Event, topic string, msg broker.Message) bool {
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.settleWithin)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.within())
 	defer cancel()
 	copied := false
 	if topic != "" {
@@ -365,9 +425,14 @@ func (p *Pool) settle(ctx context.Context, d broker.Delivery, ev *job.Event, top
 		}
 	}
 	if err := p.publishEvent(pctx, ev, copied); err != nil {
-		if !copied {
+		// A terminal outcome must reach its record, or the poll says
+		// pending forever: a dead letter whose event could not be written
+		// is handed back too, and its next attempt writes the event (the
+		// duplicate dead letter lists once: listings go by request id).
+		// A retry's event may go: the next attempt's events replace it.
+		if !copied || ev.Status.Terminal() {
 			p.log.Warn().Err(err).Str("id", ev.ID).Msg("outcome not stored; request handed back")
-			_ = d.Nack(pctx, time.Second)
+			_ = d.Nack(context.WithoutCancel(pctx), time.Second)
 			return false
 		}
 		p.log.Error().Err(err).Str("id", ev.ID).Str("status", string(ev.Status)).

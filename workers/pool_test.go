@@ -457,3 +457,96 @@ func TestResponseTruncationFitsBroker(t *testing.T) {
 		}
 	}
 }
+
+// TestSettleDeadLetterEventFails: a dead letter whose failed event cannot
+// be written is handed back, so the request's poll does not stay pending;
+// its next attempt writes the event.
+func TestSettleDeadLetterEventFails(t *testing.T) {
+	br := &fakeBroker{publish: func(topic string, _ broker.Message) error {
+		if topic == broker.ResultTopic {
+			return errDown
+		}
+		return nil
+	}}
+	p := newTestPool(testBackend(`"http://127.0.0.1:1"`), br)
+	d := &fakeDelivery{msg: request("a").Message(), log: &actionLog{}}
+	ev := job.EventFor(request("a"), job.Failed, 3)
+	ev.DeadLettered = true
+	if p.settle(context.Background(), d, ev, broker.DeadLetterTopic("b"), request("a").Message()) {
+		t.Fatal("acknowledged a dead letter whose outcome was not stored")
+	}
+	if d.acks != 0 || d.nacks != 1 {
+		t.Fatalf("acks %d nacks %d, want it handed back", d.acks, d.nacks)
+	}
+}
+
+// TestStopByBoundsTheDrain: the stop's own deadline, not the pool's
+// default drain time, decides when in-flight deliveries are cut short.
+func TestStopByBoundsTheDrain(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	log := &actionLog{}
+	sub := &fakeSub{log: log, ds: []broker.Delivery{&fakeDelivery{msg: request("slow").Message(), log: log}}}
+	br := &fakeBroker{subscribe: func() (broker.Subscription, error) { return sub, nil }}
+	p := newTestPool(testBackend(`"`+srv.URL+`"`), br)
+	p.drain = time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	p.StopBy(start.Add(200*time.Millisecond), start.Add(time.Second))
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return by its stop deadline")
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Fatalf("stop took %v, past its hard deadline", el)
+	}
+	if got := log.all(); fmt.Sprint(got) != "[nack slow close]" {
+		t.Fatalf("actions %v", got)
+	}
+}
+
+// pausingSub is a fakeSub that holds messages at the broker (Pauser).
+type pausingSub struct {
+	fakeSub
+	pauses, resumes int
+}
+
+func (s *pausingSub) Pause(context.Context) error  { s.log.add("pause"); s.pauses++; return nil }
+func (s *pausingSub) Resume(context.Context) error { s.log.add("resume"); s.resumes++; return nil }
+
+// TestPauseHandsBackHeldMessages: a paused backend's subscription that
+// holds messages at the broker is paused once (not spun on), and resumed
+// when the pause ends.
+func TestPauseHandsBackHeldMessages(t *testing.T) {
+	log := &actionLog{}
+	sub := &pausingSub{fakeSub: fakeSub{log: log}}
+	br := &fakeBroker{subscribe: func() (broker.Subscription, error) { return sub, nil }}
+	p := newTestPool(testBackend(`"http://127.0.0.1:1"`), br)
+	set := p.lim.Settings()
+	set.Paused = true
+	p.lim.Set(set)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	time.Sleep(200 * time.Millisecond)
+	set.Paused = false
+	p.lim.Set(set)
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	<-done
+	if got := log.all(); fmt.Sprint(got) != "[pause resume close]" {
+		t.Fatalf("actions %v, want one pause, one resume, then close", got)
+	}
+}

@@ -412,9 +412,33 @@ func (b *Broker) ListDead(ctx context.Context, topic string, limit int) ([]broke
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
 		}
-		out = append(out, broker.DeadLetter{Message: toMessage(raw.Header, raw.Data),
+		out = append(out, broker.DeadLetter{Message: toMessage(raw.Header, nil),
 			Pos: strconv.FormatUint(raw.Sequence, 10)})
 		seq = raw.Sequence + 1
+	}
+	return out, nil
+}
+
+// ReadDead reads the dead letters at the given sequence numbers.
+func (b *Broker) ReadDead(ctx context.Context, topic string, pos []string) ([]broker.DeadLetter, error) {
+	s, err := b.stream(topic)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]broker.DeadLetter, 0, len(pos))
+	for _, p := range pos {
+		seq, err := strconv.ParseUint(p, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: bad position %q", topic, p)
+		}
+		raw, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // taken meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
+		}
+		out = append(out, broker.DeadLetter{Message: toMessage(raw.Header, raw.Data), Pos: p})
 	}
 	return out, nil
 }

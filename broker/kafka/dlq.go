@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
@@ -30,8 +31,9 @@ func (r record) pos(topic string) string {
 	return topic + "/" + strconv.Itoa(r.partition) + "/" + strconv.FormatInt(r.offset, 10)
 }
 
-// readAll reads every record of topic up to its current end.
-func (b *Broker) readAll(ctx context.Context, topic string) ([]record, error) {
+// readAll reads every record of topic up to its current end; without
+// bodies, each value is dropped as soon as it is read.
+func (b *Broker) readAll(ctx context.Context, topic string, bodies bool) ([]record, error) {
 	name := b.name(topic)
 	md, err := b.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{name}})
 	if err != nil || len(md.Topics) == 0 {
@@ -65,19 +67,9 @@ func (b *Broker) readAll(ctx context.Context, topic string) ([]record, error) {
 				if err != nil {
 					return nil, fmt.Errorf("read %s: %w", topic, err)
 				}
-				m := kafkago.Message{Offset: rec.Offset, Time: rec.Time, Partition: p.Partition}
-				if rec.Key != nil {
-					m.Key, _ = io.ReadAll(rec.Key)
-				}
-				if rec.Value != nil {
-					m.Value, _ = io.ReadAll(rec.Value)
-				}
-				for _, h := range rec.Headers {
-					m.Headers = append(m.Headers, kafkago.Header{Key: h.Key, Value: h.Value})
-				}
 				if rec.Offset >= off {
-					msg, _ := fromKafka(m)
-					out = append(out, record{partition: p.Partition, offset: rec.Offset, at: rec.Time, msg: msg})
+					out = append(out, record{partition: p.Partition, offset: rec.Offset, at: rec.Time,
+						msg: fromRecord(rec, bodies)})
 					next = rec.Offset + 1
 				}
 			}
@@ -96,15 +88,11 @@ func (b *Broker) live(ctx context.Context, topic string) ([]record, error) {
 	if !b.topics[topic] {
 		return nil, fmt.Errorf("kafka: unknown topic %q", topic)
 	}
-	taken, err := b.readAll(ctx, takenTopic)
+	gone, err := b.taken(ctx)
 	if err != nil {
 		return nil, err
 	}
-	gone := map[string]bool{}
-	for _, t := range taken {
-		gone[t.msg.Key] = true
-	}
-	all, err := b.readAll(ctx, topic)
+	all, err := b.readAll(ctx, topic, false)
 	if err != nil {
 		return nil, err
 	}
@@ -115,6 +103,95 @@ func (b *Broker) live(ctx context.Context, topic string) ([]record, error) {
 		}
 	}
 	return out, nil
+}
+
+// fromRecord decodes a fetched record; without body its value is skipped.
+func fromRecord(rec *kafkago.Record, body bool) broker.Message {
+	m := kafkago.Message{Offset: rec.Offset, Time: rec.Time}
+	if rec.Key != nil {
+		m.Key, _ = io.ReadAll(rec.Key)
+	}
+	if rec.Value != nil && body {
+		m.Value, _ = io.ReadAll(rec.Value)
+	}
+	for _, h := range rec.Headers {
+		m.Headers = append(m.Headers, kafkago.Header{Key: h.Key, Value: h.Value})
+	}
+	msg, _ := fromKafka(m)
+	return msg
+}
+
+// taken returns the positions recorded as taken.
+func (b *Broker) taken(ctx context.Context) (map[string]bool, error) {
+	marks, err := b.readAll(ctx, takenTopic, false)
+	if err != nil {
+		return nil, err
+	}
+	gone := make(map[string]bool, len(marks))
+	for _, t := range marks {
+		gone[t.msg.Key] = true
+	}
+	return gone, nil
+}
+
+// ReadDead implements broker.DeadLetters: one fetch per position.
+func (b *Broker) ReadDead(ctx context.Context, topic string, pos []string) ([]broker.DeadLetter, error) {
+	if !b.topics[topic] {
+		return nil, fmt.Errorf("kafka: unknown topic %q", topic)
+	}
+	gone, err := b.taken(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]broker.DeadLetter, 0, len(pos))
+	for _, p := range pos {
+		rest, ok := strings.CutPrefix(p, topic+"/")
+		part, off, ok2 := strings.Cut(rest, "/")
+		partition, err1 := strconv.Atoi(part)
+		offset, err2 := strconv.ParseInt(off, 10, 64)
+		if !ok || !ok2 || err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("read %s: bad position %q", topic, p)
+		}
+		if gone[p] {
+			continue
+		}
+		msg, found, err := b.readAt(ctx, topic, partition, offset)
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			out = append(out, broker.DeadLetter{Message: msg, Pos: p})
+		}
+	}
+	return out, nil
+}
+
+// readAt reads the record of topic at partition and offset.
+func (b *Broker) readAt(ctx context.Context, topic string, partition int, offset int64) (broker.Message, bool, error) {
+	resp, err := b.client.Fetch(ctx, &kafkago.FetchRequest{Topic: b.name(topic), Partition: partition,
+		Offset: offset, MinBytes: 1, MaxBytes: int64(max(8<<20, b.fetchBytes())), MaxWait: 100 * time.Millisecond})
+	if err != nil {
+		return broker.Message{}, false, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
+	}
+	if resp.Error != nil {
+		return broker.Message{}, false, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, resp.Error)
+	}
+	for {
+		rec, err := resp.Records.ReadRecord()
+		if errors.Is(err, io.EOF) {
+			return broker.Message{}, false, nil
+		}
+		if err != nil {
+			return broker.Message{}, false, fmt.Errorf("read %s: %w", topic, err)
+		}
+		if rec.Offset < offset {
+			continue // the batch holding it starts earlier
+		}
+		if rec.Offset > offset {
+			return broker.Message{}, false, nil
+		}
+		return fromRecord(rec, true), true, nil
+	}
 }
 
 // ListDead implements broker.DeadLetters.

@@ -57,8 +57,12 @@ func TestLargeMessages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 1 || !bytes.Equal(list[0].Body, body) {
+	if len(list) != 1 || list[0].Key != "dead" {
 		t.Fatalf("listed %d dead letters, want the 3 MiB one", len(list))
+	}
+	read, err := b.ReadDead(ctx, dlq, []string{list[0].Pos})
+	if err != nil || len(read) != 1 || !bytes.Equal(read[0].Body, body) {
+		t.Fatalf("read the 3 MiB dead letter: %d, %v", len(read), err)
 	}
 }
 

@@ -185,18 +185,27 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 		runErr, ingDone = fmt.Errorf("ingress: %w", err), true
 	}
 
+	// One deadline for the whole stop (SPEC: within shutdown_timeout),
+	// shared out in order: intake and the ack: fast buffer get the first
+	// half, deliveries in flight finish until three quarters, then the
+	// collector stores the last outcomes and everything closes.
 	log.Info().Msg("shutting down")
-	deadline := time.Now().Add(cfg.ShutdownTimeout.D())
+	start := time.Now()
+	budget := cfg.ShutdownTimeout.D()
+	deadline := start.Add(budget)
 	sctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	if ing != nil {
-		if err := ing.Shutdown(sctx); err != nil {
+		ictx, icancel := context.WithDeadline(sctx, start.Add(budget/2))
+		if err := ing.Shutdown(ictx); err != nil {
 			log.Error().Err(err).Msg("ingress shutdown")
 		}
+		icancel()
 		if !ingDone {
 			<-ingErr // Serve has returned
 		}
 	}
+	manager.StopBy(start.Add(budget*3/4), deadline.Add(-time.Second))
 	stopWorkers() // pools stop fetching, finish or hand back in-flight work
 	workWG.Wait()
 	// Let the collector store the outcomes the workers just published.
