@@ -1,10 +1,13 @@
 package rabbitmq
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -47,9 +50,40 @@ func TestListingSpendsNoDeliveries(t *testing.T) {
 			t.Fatalf("listing %d found %d dead letters, want 5", n+1, len(list))
 		}
 		for i, d := range list {
-			if d.Key != deadMsg(i).Key || string(d.Body) != string(deadMsg(i).Body) || d.Headers["sluice-n"] != fmt.Sprint(i) {
-				t.Fatalf("listing %d: dead letter %d is %+v, want %+v", n+1, i, d, deadMsg(i))
+			if d.Key != deadMsg(i).Key || d.Body != nil || d.Headers["sluice-n"] != fmt.Sprint(i) {
+				t.Fatalf("listing %d: dead letter %d is %+v, want %+v without its body", n+1, i, d, deadMsg(i))
 			}
+		}
+	}
+	list, err := b.ListDead(ctx, topic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBodies(t, b, topic, list, 5)
+}
+
+// checkBodies reads the listed dead letters by position: each has the body
+// deadMsg gave it, and there are n.
+func checkBodies(t *testing.T, b *Broker, topic string, list []broker.DeadLetter, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var pos []string
+	for _, d := range list {
+		pos = append(pos, d.Pos)
+	}
+	read, err := b.ReadDead(ctx, topic, pos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(read) != n {
+		t.Fatalf("read %d dead letters by position, want %d", len(read), n)
+	}
+	for i, d := range read {
+		var k int
+		fmt.Sscan(d.Headers["sluice-n"], &k)
+		if d.Pos != list[i].Pos || d.Key != list[i].Key || string(d.Body) != string(deadMsg(k).Body) {
+			t.Fatalf("read %d: %+v, want %s with the body %s", i, d, list[i].Key, deadMsg(k).Body)
 		}
 	}
 }
@@ -73,9 +107,10 @@ func TestPoisonMessageIsDeadLettered(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(list) == 1 {
-			if d := list[0]; d.Key != poison.Key || string(d.Body) != string(poison.Body) || d.Headers["sluice-n"] != "7" {
+			if d := list[0]; d.Key != poison.Key || d.Headers["sluice-n"] != "7" {
 				t.Fatalf("dead letter %+v, want %+v", d, poison)
 			}
+			checkBodies(t, b, broker.DeadLetterTopic("a"), list, 1)
 			break
 		}
 		if deliveries > 5 {
@@ -141,10 +176,11 @@ func TestOldDeadLetterQueueMoves(t *testing.T) {
 		t.Fatalf("listed %d dead letters after the move, want 300 (log: %v)", len(list), logged)
 	}
 	for i, d := range list {
-		if d.Key != deadMsg(i).Key || d.Headers["sluice-n"] != fmt.Sprint(i) || string(d.Body) != string(deadMsg(i).Body) {
+		if d.Key != deadMsg(i).Key || d.Headers["sluice-n"] != fmt.Sprint(i) {
 			t.Fatalf("dead letter %d moved as %+v", i, d)
 		}
 	}
+	checkBodies(t, b, broker.DeadLetterTopic("a"), list, 300)
 	_, err = rawChannel(t).QueueDeclarePassive(old, true, false, false, false, nil)
 	var ae *amqp.Error
 	if !errors.As(err, &ae) || ae.Code != amqp.NotFound {
@@ -190,5 +226,91 @@ func TestTakeKeepsLaterCopies(t *testing.T) {
 	}
 	if err := b.TakeDead(ctx, topic, []string{"not-a-position"}); err == nil {
 		t.Fatal("a position that is no offset was taken")
+	}
+}
+
+// TestDeadBodiesReadByPosition lists dead letters of 256 KiB each: the
+// listing holds no body, and ReadDead returns the bodies asked for, in the
+// order asked, reading the stream from the smallest position asked for,
+// not from its start. It leaves out a position taken after the listing and
+// one that holds a fence; a malformed position is an error. A taken mark
+// naming an offset not written yet takes nothing, for listings and reads
+// alike.
+func TestDeadBodiesReadByPosition(t *testing.T) {
+	b := openTest(t, Options{})
+	topic := broker.DeadLetterTopic("a")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	big := func(i int) broker.Message {
+		m := deadMsg(i)
+		m.Body = bytes.Repeat([]byte{byte('a' + i%26)}, 256<<10)
+		return m
+	}
+	for i := range 30 {
+		if err := b.Publish(ctx, topic, big(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := b.ListDead(ctx, topic, 0)
+	if err != nil || len(list) != 30 {
+		t.Fatalf("listed %d, %v; want 30", len(list), err)
+	}
+	for i, d := range list {
+		if d.Key != big(i).Key || d.Body != nil {
+			t.Fatalf("listed %d: key %q with %d bytes of body, want %q without its body", i, d.Key, len(d.Body), big(i).Key)
+		}
+	}
+	if err := b.TakeDead(ctx, topic, []string{list[5].Pos}); err != nil {
+		t.Fatal(err)
+	}
+	read, err := b.ReadDead(ctx, topic, []string{list[29].Pos, list[5].Pos, list[12].Pos})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(read) != 2 {
+		t.Fatalf("read %d dead letters, want 2 (the taken one left out)", len(read))
+	}
+	for i, n := range []int{29, 12} {
+		if d := read[i]; d.Pos != list[n].Pos || d.Key != big(n).Key || !bytes.Equal(d.Body, big(n).Body) {
+			t.Fatalf("read %d: %s at %s with %d bytes, want %s at %s with its body", i, d.Key, d.Pos, len(d.Body), big(n).Key, list[n].Pos)
+		}
+	}
+	last, _ := strconv.ParseInt(list[29].Pos, 10, 64)
+	if read, err := b.ReadDead(ctx, topic, []string{strconv.FormatInt(last+1, 10)}); err != nil || len(read) != 0 {
+		t.Fatalf("read of the listing's fence: %d dead letters, %v; want none", len(read), err)
+	}
+	before := b.deadScanned.Load()
+	if read, err := b.ReadDead(ctx, topic, []string{list[28].Pos, list[29].Pos}); err != nil || len(read) != 2 {
+		t.Fatalf("read the last two: %d, %v", len(read), err)
+	}
+	n := b.deadScanned.Load() - before
+	t.Logf("reading the last two dead letters went through %d stream messages", n)
+	if n > 12 {
+		t.Fatalf("reading the last two dead letters went through %d stream messages: it did not start at the smallest position", n)
+	}
+	if _, err := b.ReadDead(ctx, topic, []string{"x"}); err == nil {
+		t.Fatal("a position that is no offset was read")
+	}
+
+	// A mark naming an offset that more dead letters will fill: it takes
+	// nothing, in listings and reads alike.
+	future := strconv.FormatInt(last+20, 10)
+	if err := b.TakeDead(ctx, topic, []string{future}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 30 {
+		if err := b.Publish(ctx, topic, deadMsg(100+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err = b.ListDead(ctx, topic, 0)
+	if err != nil || len(list) != 59 {
+		t.Fatalf("listed %d, %v; want 59", len(list), err)
+	}
+	if !slices.ContainsFunc(list, func(d broker.DeadLetter) bool { return d.Pos == future }) {
+		t.Fatalf("the dead letter at %s is not listed: a mark written before it took it", future)
+	}
+	if read, err := b.ReadDead(ctx, topic, []string{future}); err != nil || len(read) != 1 {
+		t.Fatalf("read of %s: %d, %v; want the dead letter there", future, len(read), err)
 	}
 }

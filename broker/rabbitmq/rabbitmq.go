@@ -28,14 +28,15 @@ type Options struct {
 	// (body and headers) fail with broker.ErrTooLarge before they are sent.
 	// Default 16 MiB (RabbitMQ 4.x's).
 	MaxMessageBytes int
-	// DeliveryLimit is x-delivery-limit of the quorum queues: a message
-	// handed back this many times without being settled is dead-lettered
-	// (requests) or dropped (status events). Default 100.
+	// DeliveryLimit is x-delivery-limit of the request queues: a request
+	// handed back this many times without being settled is dead-lettered.
+	// Default 100. The results queue has no limit: a status event is never
+	// dropped.
 	DeliveryLimit int
 	// Logf receives what the broker cannot return to a caller: a failed
-	// connection attempt, a queue an earlier version declared without
-	// today's arguments, a migration left for the next connection. Nil logs
-	// with the standard log package.
+	// connection attempt, a queue migrated to today's arguments or left as
+	// it is, a migration left for the next connection. Nil logs with the
+	// standard log package.
 	Logf func(format string, args ...any)
 }
 
@@ -161,6 +162,9 @@ type Broker struct {
 	// movesFailed counts moves to a smaller delay tier that failed and
 	// will be tried again.
 	movesFailed atomic.Int64
+	// deadScanned counts the stream messages dead-letter reads went
+	// through.
+	deadScanned atomic.Int64
 }
 
 var _ broker.Broker = (*Broker)(nil)
@@ -328,11 +332,21 @@ func (b *Broker) connect() (*link, error) {
 	l := &link{pub: pub, sub: sub, pool: make(chan *pubChan, b.opts.PublishChannels), lost: make(chan struct{})}
 	// Declared on the consuming connection, which never publishes, so a
 	// resource alarm cannot block it.
-	if err := b.declare(sub); err != nil {
+	major := serverMajor(sub.Properties)
+	if major == 0 {
+		b.warnOnce("version", "rabbitmq: the server announced no version (%v): sluice declares the results "+
+			"and delay queues as for RabbitMQ 3.x, without x-delivery-limit (on 4.x they would drop a message "+
+			"at its 20th hand-back)", sub.Properties["version"])
+	}
+	refused, err := b.declare(sub)
+	if err != nil {
 		l.close()
 		return nil, err
 	}
-	b.retireLegacy()
+	if err := b.upgrade(major, refused); err != nil {
+		l.close()
+		return nil, err
+	}
 	for range b.opts.PublishChannels {
 		pc, err := b.openPubChan(l)
 		if err != nil {
@@ -359,8 +373,13 @@ func (b *Broker) serve(l *link) {
 			return
 		case <-b.redeclare:
 			l.quiet(b.stop, 2*time.Second, func() {
-				if err := b.declare(l.sub); err != nil {
+				refused, err := b.declare(l.sub)
+				if err != nil {
 					b.logf("rabbitmq: declaring the topology again: %v", err)
+				}
+				for _, r := range refused {
+					b.warnOnce(r.name, "rabbitmq: queue %s exists with other arguments than sluice declares (%s); "+
+						"sluice uses it as it is and migrates it when it next connects", r.name, r.reason)
 				}
 			})
 		}

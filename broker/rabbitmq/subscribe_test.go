@@ -2,6 +2,7 @@ package rabbitmq
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -206,4 +207,28 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 	if _, err := sub.Fetch(ctx, 1); err == nil {
 		t.Fatal("fetch after close")
 	}
+}
+
+// TestResultsKeepEveryEvent hands status events back to the results queue
+// more often than the request queues' delivery limit (2 here), as a
+// collector that stops or reconnects holding them does: none is dropped,
+// since a dropped event leaves its request's poll pending forever. With the
+// limit on the results queue too, the queue was empty after three rounds.
+func TestResultsKeepEveryEvent(t *testing.T) {
+	b := openTest(t, Options{DeliveryLimit: 2})
+	topic := broker.ResultTopic
+	want := []string{"e0", "e1", "e2"}
+	for _, k := range want {
+		publishSoon(t, b, topic, broker.Message{Key: k, Body: []byte(k)})
+	}
+	for round := range 4 {
+		sub, err := b.Subscribe(context.Background(), topic, broker.SubscribeOptions{Prefetch: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, fmt.Sprintf("round %d: the consumer holds all %d events (one was dropped?)", round+1, len(want)),
+			func() bool { return b.held(topic).Load() == int64(len(want)) })
+		_ = sub.Close() // hands them back
+	}
+	consumeAll(t, b, topic, want)
 }
