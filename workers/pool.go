@@ -136,7 +136,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	for {
 		first, err := p.lim.AcquireUnpaused(ctx)
 		if errors.Is(err, ErrPaused) {
-			if err := p.holdWhilePaused(ctx, sub); err != nil {
+			if err := p.holdWhilePaused(ctx, sub, &wg); err != nil {
 				break
 			}
 			continue
@@ -220,14 +220,15 @@ func (p *Pool) within() time.Duration {
 	return d
 }
 
-// holdWhilePaused returns at once unless the backend is paused. Then a
-// subscription that holds messages at the broker hands them back for the
-// pause (a long pause would otherwise keep them unsettled, counted against
-// RabbitMQ's delivery limit at each consumer timeout), and takes them
-// again once it ends.
-func (p *Pool) holdWhilePaused(ctx context.Context, sub broker.Subscription) error {
+// holdWhilePaused waits out a pause. A subscription that holds messages at
+// the broker hands them back for the pause, once the deliveries in flight
+// have settled (a long pause would otherwise keep them unsettled, counted
+// against RabbitMQ's delivery limit at each consumer timeout), and takes
+// them again once it ends.
+func (p *Pool) holdWhilePaused(ctx context.Context, sub broker.Subscription, inFlight *sync.WaitGroup) error {
 	pauser, holds := sub.(broker.Pauser)
 	if holds {
+		inFlight.Wait() // what Fetch returned settles while the consumer holds it
 		if err := pauser.Pause(ctx); err != nil {
 			p.log.Warn().Err(err).Msg("pause: buffered messages stay with this consumer")
 		}

@@ -32,7 +32,8 @@ func (b *Broker) Subscribe(_ context.Context, topic string, opts broker.Subscrib
 		prefetch = 16
 	}
 	s := &subscription{b: b, topic: topic, queue: queue, prefetch: prefetch,
-		ch: make(chan *delivery, prefetch), closed: make(chan struct{}), done: make(chan struct{})}
+		ch: make(chan *delivery, prefetch), closed: make(chan struct{}), done: make(chan struct{}),
+		changed: make(chan struct{})}
 	if !b.spawn(s.run) {
 		return nil, broker.ErrClosed
 	}
@@ -48,22 +49,92 @@ type subscription struct {
 	closed   chan struct{}
 	done     chan struct{} // closed when run returned
 	once     sync.Once
+
+	pmu       sync.Mutex
+	paused    bool
+	changed   chan struct{} // closed and replaced when paused changes
+	consuming chan struct{} // closed when the consume under way returns; nil when none
 }
 
-// run (re)opens the consumer channel on every connection until the
-// subscription or the broker closes.
+var _ broker.Pauser = (*subscription)(nil)
+
+// Pause closes the consumer channel, which hands back what it buffered or
+// held back (one delivery each on the queue's count), and consumes nothing
+// until Resume: a paused backend's messages wait in the queue, not
+// unsettled in this consumer, where every consumer timeout would hand
+// them back again. The caller has settled what Fetch returned: it would go
+// back to the queue too.
+func (s *subscription) Pause(ctx context.Context) error {
+	s.pmu.Lock()
+	if !s.paused {
+		s.paused = true
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+	done := s.consuming
+	s.pmu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Resume consumes again after Pause.
+func (s *subscription) Resume(context.Context) error {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if s.paused {
+		s.paused = false
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+	return nil
+}
+
+// run (re)opens the consumer channel on every connection, while not
+// paused, until the subscription or the broker closes.
 func (s *subscription) run() {
 	defer close(s.done)
 	for {
+		s.pmu.Lock()
+		paused, changed := s.paused, s.changed
+		s.pmu.Unlock()
+		if paused {
+			select {
+			case <-s.closed:
+				return
+			case <-s.b.stop:
+				return
+			case <-changed:
+			}
+			continue
+		}
 		select {
 		case <-s.closed:
 			return
 		case <-s.b.stop:
 			return
+		case <-changed:
+			continue
 		case <-s.b.connected():
 		}
 		if l := s.b.current(); l != nil {
-			s.consume(l)
+			s.pmu.Lock()
+			done := make(chan struct{})
+			s.consuming, changed, paused = done, s.changed, s.paused
+			s.pmu.Unlock()
+			if !paused {
+				s.consume(l, changed)
+			}
+			s.pmu.Lock()
+			s.consuming = nil
+			s.pmu.Unlock()
+			close(done)
 		}
 		t := time.NewTimer(100 * time.Millisecond)
 		select {
@@ -73,6 +144,8 @@ func (s *subscription) run() {
 		case <-s.b.stop:
 			t.Stop()
 			return
+		case <-changed:
+			t.Stop()
 		case <-t.C:
 		}
 	}
@@ -97,7 +170,7 @@ type consumer struct {
 // subscription closes. It owns everything it starts: the movers it starts
 // are waited for, and the deliveries it holds back or buffered go back to
 // the queue with the channel.
-func (s *subscription) consume(l *link) {
+func (s *subscription) consume(l *link, pause <-chan struct{}) {
 	ach, err := l.sub.Channel()
 	if err != nil {
 		return
@@ -145,6 +218,8 @@ func (s *subscription) consume(l *link) {
 		select {
 		case <-s.closed:
 			return
+		case <-pause:
+			return // the channel closes: what it holds goes back to the queue
 		case m, ok := <-msgs:
 			if !ok {
 				return // channel or connection closed: unacked ones come again

@@ -232,3 +232,48 @@ func TestResultsKeepEveryEvent(t *testing.T) {
 	}
 	consumeAll(t, b, topic, want)
 }
+
+// TestPauseHandsBack: a paused subscription holds nothing at the broker —
+// no consumer, every buffered message back in the queue — until Resume, so
+// a long pause cannot wear down the delivery limit at each consumer
+// timeout; the message fetched before the pause stays valid.
+func TestPauseHandsBack(t *testing.T) {
+	b := openTest(t, Options{})
+	topic := broker.RequestTopic("a")
+	for i := range 5 {
+		publishSoon(t, b, topic, deadMsg(i))
+	}
+	sub, err := b.Subscribe(context.Background(), topic, broker.SubscribeOptions{Prefetch: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	eventually(t, 10*time.Second, "the consumer holds all five", func() bool { return b.held(topic).Load() == 5 })
+	first := fetchOne(t, sub, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := first.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pauser := sub.(broker.Pauser)
+	if err := pauser.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "paused: nothing held, no consumer, four ready", func() bool {
+		q, err := rawChannel(t).QueueDeclarePassive(b.name(topic), true, false, false, false, nil)
+		return err == nil && b.held(topic).Load() == 0 && q.Consumers == 0 && q.Messages == 4
+	})
+	time.Sleep(300 * time.Millisecond) // nothing comes back while paused
+	if n := b.held(topic).Load(); n != 0 {
+		t.Fatalf("paused subscription took %d messages", n)
+	}
+	if err := pauser.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{first.Message().Key: true}
+	for len(got) < 5 {
+		d := fetchOne(t, sub, 10*time.Second)
+		got[d.Message().Key] = true
+		_ = d.Ack(ctx)
+	}
+}
