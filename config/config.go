@@ -25,7 +25,9 @@ type Config struct {
 	// MaxInflight caps the requests being written to the broker at once; past it
 	// ingress answers 503 at once instead of queueing in memory. Default 4096.
 	MaxInflight int `yaml:"max_inflight"`
-	// PublishTimeout bounds how long a submit waits for the broker. Default 5s.
+	// PublishTimeout bounds how long a submit waits for the broker; at most
+	// half of ShutdownTimeout. Default 5s, or half of ShutdownTimeout when
+	// that is less.
 	PublishTimeout Duration `yaml:"publish_timeout"`
 	// MaxConnections caps open client connections; past it a new connection
 	// gets 503 with Retry-After and is closed. Default 10000.
@@ -315,8 +317,8 @@ func (c *Config) ApplyDefaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = Duration(15 * time.Second)
 	}
-	if c.PublishTimeout == 0 {
-		c.PublishTimeout = Duration(5 * time.Second)
+	if c.PublishTimeout == 0 && c.ShutdownTimeout > 0 {
+		c.PublishTimeout = min(Duration(5*time.Second), c.ShutdownTimeout/2)
 	}
 	if c.MaxInflight == 0 {
 		c.MaxInflight = 4096

@@ -133,6 +133,9 @@ func TestLimitsAndExposure(t *testing.T) {
 		{"admin on ::1", "admin_listen: \"[::1]:9090\"\n", "1MiB", ""},
 		{"sync interval", "broker: {embedded: {sync: 1s}}\n", "1MiB", ""},
 		{"sync nonsense", "broker: {embedded: {sync: sometimes}}\n", "1MiB", "broker.embedded.sync: must be \"always\" or a duration"},
+		{"short shutdown, default publish timeout", "shutdown_timeout: 2s\n", "1MiB", ""},
+		{"publish timeout over half the shutdown", "shutdown_timeout: 2s\npublish_timeout: 5s\n", "1MiB",
+			"publish_timeout: must be at most half of shutdown_timeout (2s)"},
 		{"min isr above rf", "broker: {kind: kafka, kafka: {replication_factor: 1, min_insync_replicas: 2}}\n", "1MiB",
 			"broker.kafka.min_insync_replicas: must be <= replication_factor"},
 	}
