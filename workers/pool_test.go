@@ -346,39 +346,58 @@ func TestStopSettlesBeforeClose(t *testing.T) {
 }
 
 // TestStopDrainTimeoutHandsBack: deliveries that outlive the drain time
-// are cut short and handed back before the subscription closes.
+// — the pool's own, or the stop's deadline (StopBy) when that comes sooner
+// — are cut short and handed back before the subscription closes.
 func TestStopDrainTimeoutHandsBack(t *testing.T) {
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	defer srv.Close()
-	defer close(release)
-	log := &actionLog{}
-	sub := &fakeSub{log: log, ds: []broker.Delivery{&fakeDelivery{msg: request("slow").Message(), log: log}}}
-	br := &fakeBroker{subscribe: func() (broker.Subscription, error) { return sub, nil }}
-	p := newTestPool(testBackend(`"`+srv.URL+`"`), br)
-	p.drain = 200 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	time.Sleep(100 * time.Millisecond)
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return")
-	}
-	if got := log.all(); fmt.Sprint(got) != "[nack slow close]" {
-		t.Fatalf("actions %v, want [nack slow close]", got)
-	}
-	for _, e := range br.events(t) {
-		if e.Status != job.InFlight {
-			t.Fatalf("an outcome was published for a cut attempt: %+v", e)
-		}
+	for _, c := range []struct {
+		name   string
+		drain  time.Duration
+		stopBy time.Duration // 0: none
+	}{
+		{"drain time", 200 * time.Millisecond, 0},
+		{"stop deadline", time.Minute, 200 * time.Millisecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			release := make(chan struct{})
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+			}))
+			defer srv.Close()
+			defer close(release)
+			log := &actionLog{}
+			sub := &fakeSub{log: log, ds: []broker.Delivery{&fakeDelivery{msg: request("slow").Message(), log: log}}}
+			br := &fakeBroker{subscribe: func() (broker.Subscription, error) { return sub, nil }}
+			p := newTestPool(testBackend(`"`+srv.URL+`"`), br)
+			p.drain = c.drain
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- p.Run(ctx) }()
+			time.Sleep(100 * time.Millisecond)
+			start := time.Now()
+			if c.stopBy > 0 {
+				p.StopBy(start.Add(c.stopBy), start.Add(time.Second))
+			}
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Run did not return")
+			}
+			if el := time.Since(start); el > time.Second {
+				t.Fatalf("stop took %v", el)
+			}
+			if got := log.all(); fmt.Sprint(got) != "[nack slow close]" {
+				t.Fatalf("actions %v, want [nack slow close]", got)
+			}
+			for _, e := range br.events(t) {
+				if e.Status != job.InFlight {
+					t.Fatalf("an outcome was published for a cut attempt: %+v", e)
+				}
+			}
+		})
 	}
 }
 
@@ -477,43 +496,6 @@ func TestSettleDeadLetterEventFails(t *testing.T) {
 	}
 	if d.acks != 0 || d.nacks != 1 {
 		t.Fatalf("acks %d nacks %d, want it handed back", d.acks, d.nacks)
-	}
-}
-
-// TestStopByBoundsTheDrain: the stop's own deadline, not the pool's
-// default drain time, decides when in-flight deliveries are cut short.
-func TestStopByBoundsTheDrain(t *testing.T) {
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	defer srv.Close()
-	defer close(release)
-	log := &actionLog{}
-	sub := &fakeSub{log: log, ds: []broker.Delivery{&fakeDelivery{msg: request("slow").Message(), log: log}}}
-	br := &fakeBroker{subscribe: func() (broker.Subscription, error) { return sub, nil }}
-	p := newTestPool(testBackend(`"`+srv.URL+`"`), br)
-	p.drain = time.Minute
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	time.Sleep(100 * time.Millisecond)
-	start := time.Now()
-	p.StopBy(start.Add(200*time.Millisecond), start.Add(time.Second))
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return by its stop deadline")
-	}
-	if el := time.Since(start); el > time.Second {
-		t.Fatalf("stop took %v, past its hard deadline", el)
-	}
-	if got := log.all(); fmt.Sprint(got) != "[nack slow close]" {
-		t.Fatalf("actions %v", got)
 	}
 }
 
