@@ -15,12 +15,13 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/problem"
 	"github.com/sluice-gw/sluice/workers"
 )
 
-// Backlog reports a topic's depth and drain rate.
+// Backlog estimates a topic's backlog (broker.Monitor).
 type Backlog interface {
-	Backlog(topic string) (depth int64, drain float64)
+	Estimate(topic string, fallback float64) broker.Estimate
 }
 
 // Check is one readiness probe, named for the answer.
@@ -69,9 +70,28 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(h.Token)) != 1 {
 			rw.Header().Set("WWW-Authenticate", `Bearer realm="sluice-admin"`)
-			problem(rw, 401, "missing or wrong admin token")
+			problem.Write(rw, 401, "missing or wrong admin token")
 			return
 		}
+	}
+	// Unknown paths and methods answer in the same dialect as everything
+	// else (the mux's own answers are plain text).
+	if _, pattern := h.mux.Handler(r); pattern == "" {
+		var allow []string
+		for _, m := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"} {
+			r2 := r.Clone(r.Context())
+			r2.Method = m
+			if _, p := h.mux.Handler(r2); p != "" {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) == 0 {
+			problem.Write(rw, 404, "no admin endpoint at "+r.URL.Path)
+			return
+		}
+		rw.Header().Set("Allow", strings.Join(allow, ", "))
+		problem.Write(rw, 405, r.URL.Path+" accepts "+strings.Join(allow, ", "))
+		return
 	}
 	h.mux.ServeHTTP(rw, r)
 }
@@ -79,15 +99,9 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 func writeJSON(rw http.ResponseWriter, status int, v any) {
 	rw.Header().Set("Content-Type", "application/json")
 	rw.WriteHeader(status)
-	_ = json.NewEncoder(rw).Encode(v)
-}
-
-func problem(rw http.ResponseWriter, status int, detail string) {
-	rw.Header().Set("Content-Type", "application/problem+json")
-	rw.WriteHeader(status)
-	_ = json.NewEncoder(rw).Encode(map[string]any{
-		"type": "about:blank", "title": http.StatusText(status), "status": status, "detail": detail,
-	})
+	enc := json.NewEncoder(rw)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
 }
 
 func (h *Handler) readyz(rw http.ResponseWriter, r *http.Request) {
@@ -109,7 +123,8 @@ type Stats struct {
 	InFlight       int     `json:"in_flight"`
 	QueueDepth     int64   `json:"queue_depth"`
 	DrainPerSecond float64 `json:"drain_per_second"`
-	BacklogSeconds float64 `json:"backlog_seconds"`
+	BacklogSeconds float64 `json:"backlog_seconds"` // how long a request queued now waits
+	Stalled        bool    `json:"stalled"`         // a backlog that has not moved for a while
 	Breaker        string  `json:"breaker"`
 	Share          float64 `json:"share"` // this process's part of rate and concurrency
 	Attempts       int64   `json:"attempts"`
@@ -136,17 +151,18 @@ func (h *Handler) backend(name string) (Backend, bool) {
 		return Backend{}, false
 	}
 	set, st := p.Limiter().Settings(), p.Limiter().State()
-	depth, drain := h.Backlog.Backlog(broker.RequestTopic(name))
-	backlog := 0.0
-	if depth > 0 && drain > 0 {
-		backlog = math.Round(float64(depth)/drain*10) / 10
+	fallback := set.Rate
+	if fallback <= 0 {
+		fallback = float64(set.Concurrency)
 	}
+	est := h.Backlog.Estimate(broker.RequestTopic(name), fallback)
+	depth, drain, backlog := est.Depth, est.Drain, math.Round(est.Wait.Seconds()*10)/10
 	c := &p.Counter
 	return Backend{
 		Name: name, Rate: set.Rate, Burst: set.Burst, Concurrency: set.Concurrency, Paused: set.Paused,
 		Stats: Stats{
 			InFlight: int(p.Counter.InFlight.Load()), QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
-			BacklogSeconds: backlog, Breaker: st.Breaker, Share: math.Round(st.Share*1000) / 1000,
+			BacklogSeconds: backlog, Stalled: est.Stalled, Breaker: st.Breaker, Share: math.Round(st.Share*1000) / 1000,
 			Attempts: c.Attempts.Load(), Succeeded: c.Succeeded.Load(), Failed: c.Failed.Load(),
 			Retried: c.Retried.Load(), DeadLettered: c.DeadLettered.Load(),
 		},
@@ -165,7 +181,7 @@ func (h *Handler) listBackends(rw http.ResponseWriter, _ *http.Request) {
 func (h *Handler) getBackend(rw http.ResponseWriter, r *http.Request) {
 	b, ok := h.backend(r.PathValue("name"))
 	if !ok {
-		problem(rw, 404, fmt.Sprintf("unknown backend %q", r.PathValue("name")))
+		problem.Write(rw, 404, fmt.Sprintf("unknown backend %q", r.PathValue("name")))
 		return
 	}
 	writeJSON(rw, 200, b)
@@ -202,18 +218,18 @@ func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	pool := h.Workers.Pool(name)
 	if pool == nil {
-		problem(rw, 404, fmt.Sprintf("unknown backend %q", name))
+		problem.Write(rw, 404, fmt.Sprintf("unknown backend %q", name))
 		return
 	}
 	var p Patch
 	dec := json.NewDecoder(http.MaxBytesReader(rw, r.Body, 1<<16))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
-		problem(rw, 400, "body must be a JSON object with any of rate, burst, concurrency, adaptive, paused: "+err.Error())
+		problem.Write(rw, 400, "body must be a JSON object with any of rate, burst, concurrency, adaptive, paused: "+err.Error())
 		return
 	}
 	if err := p.Validate(); err != nil {
-		problem(rw, 400, strings.ReplaceAll(err.Error(), "\n", "; "))
+		problem.Write(rw, 400, strings.ReplaceAll(err.Error(), "\n", "; "))
 		return
 	}
 	set := pool.Limiter().Settings()
@@ -240,7 +256,7 @@ func (h *Handler) listDead(rw http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {
-			problem(rw, 400, "limit must be a whole number from 1 to 10000")
+			problem.Write(rw, 400, "limit must be a whole number from 1 to 10000")
 			return
 		}
 		limit = n
@@ -256,11 +272,11 @@ func (h *Handler) listDead(rw http.ResponseWriter, r *http.Request) {
 		}
 		got, err := h.Workers.DeadLetters(r.Context(), n, limit-len(items))
 		if errors.Is(err, workers.ErrUnknownBackend) {
-			problem(rw, 404, fmt.Sprintf("unknown backend %q", n))
+			problem.Write(rw, 404, fmt.Sprintf("unknown backend %q", n))
 			return
 		}
 		if err != nil {
-			problem(rw, 503, "the broker is unavailable")
+			problem.Write(rw, 503, "the broker is unavailable")
 			return
 		}
 		items = append(items, got...)
@@ -276,7 +292,7 @@ func (h *Handler) replay(rw http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(rw, r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil || body.Backend == "" {
-		problem(rw, 400, `body must be {"backend":"<name>","ids":["..."]} (no ids = all)`)
+		problem.Write(rw, 400, `body must be {"backend":"<name>","ids":["..."]} (no ids = all)`)
 		return
 	}
 	// A client that hangs up does not cut a replay half way.
@@ -289,9 +305,9 @@ func (h *Handler) replay(rw http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case errors.Is(err, workers.ErrUnknownBackend):
-		problem(rw, 404, fmt.Sprintf("unknown backend %q", body.Backend))
+		problem.Write(rw, 404, fmt.Sprintf("unknown backend %q", body.Backend))
 	case err != nil:
-		problem(rw, 503, fmt.Sprintf("replay stopped after %d: the broker is unavailable", n))
+		problem.Write(rw, 503, fmt.Sprintf("replay stopped after %d: the broker is unavailable", n))
 	default:
 		writeJSON(rw, 200, map[string]int{"replayed": n})
 	}

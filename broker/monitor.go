@@ -11,11 +11,19 @@ import (
 // Monitor keeps a recent view of topics' backlogs and drain rates by polling
 // Stats, so that hot paths (ingress answering Retry-After, admission against
 // max_backlog) never ask the broker themselves.
+//
+// The drain rate is what the topic's consumers take when they have work:
+// measured only over polls that found a backlog. A poll whose backlog
+// stayed the whole interval measures capacity (smoothed in); one in which
+// the backlog ran out only shows the capacity is at least that (the rate
+// may rise, never fall, on it); an idle poll says nothing and leaves the
+// rate as it was — so a short idle does not make the next estimate absurd.
 type Monitor struct {
 	b interface {
 		Stats(context.Context, string) (QueueStats, error)
 	}
 	interval time.Duration
+	now      func() time.Time
 	mu       sync.RWMutex
 	topics   map[string]*topicView
 }
@@ -24,16 +32,25 @@ type topicView struct {
 	added     atomic.Int64 // published through Add since the last poll
 	depth     int64
 	consumed  int64
-	drain     float64 // messages per second, smoothed
+	drain     float64   // messages per second while there is work; 0 = not measured yet
+	stalled   time.Time // since when a backlog has not moved; zero while it moves
 	polledAt  time.Time
 	available bool
 }
+
+// StallAfter is how long a backlog must stand still before its topic counts
+// as stalled (paused, breaker open, backend down).
+const StallAfter = 2 * time.Second
+
+// StalledExtra is added to the estimate of a stalled topic: when it moves
+// again is unknown, so a poll is due no sooner than this.
+const StalledExtra = time.Minute
 
 // NewMonitor watches topics of b, polling every interval.
 func NewMonitor(b interface {
 	Stats(context.Context, string) (QueueStats, error)
 }, topics []string, interval time.Duration) *Monitor {
-	m := &Monitor{b: b, interval: interval, topics: map[string]*topicView{}}
+	m := &Monitor{b: b, interval: interval, now: time.Now, topics: map[string]*topicView{}}
 	for _, t := range topics {
 		m.topics[t] = &topicView{}
 	}
@@ -57,27 +74,49 @@ func (m *Monitor) Run(ctx context.Context) error {
 // Poll refreshes every topic once.
 func (m *Monitor) Poll(ctx context.Context) {
 	for topic, v := range m.topics {
+		added := v.added.Swap(0)
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := m.b.Stats(qctx, topic)
 		cancel()
-		now := time.Now()
+		now := m.now()
 		m.mu.Lock()
 		if err != nil {
 			v.available = false
+			v.added.Add(added) // still unseen by any poll
 		} else {
 			if v.available && !v.polledAt.IsZero() {
-				dt := now.Sub(v.polledAt).Seconds()
-				rate := math.Max(0, float64(st.Consumed-v.consumed)) / dt
-				if v.drain == 0 {
-					v.drain = rate
-				} else {
-					v.drain = 0.6*v.drain + 0.4*rate
-				}
+				v.measure(st, added, now)
 			}
 			v.depth, v.consumed, v.polledAt, v.available = st.Depth, st.Consumed, now, true
-			v.added.Store(0)
 		}
 		m.mu.Unlock()
+	}
+}
+
+// measure updates the drain rate and the stall from one poll interval in
+// which this process added added messages. What was taken is the larger of
+// two readings: the consumed count (exact where the broker counts for the
+// whole topic) and the depth that went away (what a RabbitMQ ingress, whose
+// acknowledgements happen in worker processes, can see).
+func (v *topicView) measure(st QueueStats, added int64, now time.Time) {
+	dt := now.Sub(v.polledAt).Seconds()
+	done := max(0, st.Consumed-v.consumed, v.depth+added-st.Depth)
+	rate := float64(done) / dt
+	switch {
+	case v.depth > 0 && st.Depth > 0 && done > 0: // worked the whole interval: capacity
+		if v.drain == 0 {
+			v.drain = rate
+		} else {
+			v.drain = 0.6*v.drain + 0.4*rate
+		}
+	case done > 0: // ran out of work: at least this
+		v.drain = math.Max(v.drain, rate)
+	}
+	switch {
+	case done > 0 || st.Depth == 0:
+		v.stalled = time.Time{}
+	case v.stalled.IsZero(): // a backlog, and nothing taken
+		v.stalled = v.polledAt
 	}
 }
 
@@ -90,7 +129,7 @@ func (m *Monitor) Add(topic string, n int64) {
 }
 
 // Backlog returns topic's depth (last poll plus what was added since) and
-// its smoothed drain rate in messages per second (0 when unknown).
+// its measured drain rate in messages per second (0 when not measured yet).
 func (m *Monitor) Backlog(topic string) (depth int64, drain float64) {
 	v := m.topics[topic]
 	if v == nil {
@@ -99,4 +138,39 @@ func (m *Monitor) Backlog(topic string) (depth int64, drain float64) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return v.depth + v.added.Load(), v.drain
+}
+
+// Estimate is a topic's backlog as a wait.
+type Estimate struct {
+	Depth   int64
+	Drain   float64       // measured messages per second; 0 = not measured yet
+	Wait    time.Duration // until one more message queued now is taken
+	Stalled bool          // the backlog has not moved for StallAfter
+}
+
+// Estimate tells how long one more message queued on topic now waits: the
+// backlog over the measured drain rate, or over fallback (the configured
+// rate, say) while none is measured. A stalled backlog waits fallback's
+// estimate plus StalledExtra.
+func (m *Monitor) Estimate(topic string, fallback float64) Estimate {
+	v := m.topics[topic]
+	if v == nil {
+		return Estimate{}
+	}
+	m.mu.RLock()
+	e := Estimate{Depth: v.depth + v.added.Load(), Drain: v.drain}
+	stalled := !v.stalled.IsZero() && m.now().Sub(v.stalled) >= StallAfter
+	m.mu.RUnlock()
+	rate := e.Drain
+	if rate <= 0 || stalled {
+		rate = fallback
+	}
+	if e.Depth > 0 && rate > 0 {
+		e.Wait = time.Duration(float64(e.Depth+1) / rate * float64(time.Second))
+	}
+	if stalled && e.Depth > 0 {
+		e.Stalled = true
+		e.Wait += StalledExtra
+	}
+	return e
 }

@@ -49,6 +49,9 @@ type Config struct {
 
 	// Dir is the folder of the config file; relative paths resolve against it.
 	Dir string `yaml:"-"`
+	// zeros holds the key paths the file sets to 0, so that Validate can
+	// refuse a 0 written out where 0 would otherwise mean "the default".
+	zeros map[string]bool
 }
 
 // Log selects the log level and format.

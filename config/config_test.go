@@ -174,3 +174,34 @@ backends: [{name: b, urls: ["http://127.0.0.1:1/"]}]
 		t.Fatalf("defaults: sync %q, max_connections %d, max_long_polls %d", c.Broker.Embedded.Sync, c.MaxConnections, c.MaxLongPolls)
 	}
 }
+
+// TestExplicitZero: a 0 written out where 0 would silently mean "the
+// default" is refused with its key; left out, the default applies; where 0
+// has a meaning of its own (rate: unlimited, breaker.failures: off) it is
+// kept.
+func TestExplicitZero(t *testing.T) {
+	_, err := Parse([]byte(`
+routes: [{name: r, path: /r, backend: b, max_body: 0}]
+backends:
+  - name: b
+    urls: ["http://127.0.0.1:1/"]
+    concurrency: 0
+    retry: {max_attempts: 0}
+`), t.TempDir())
+	for _, want := range []string{
+		"backends[0].concurrency: 0 is not a value here (must be >= 1)",
+		"backends[0].retry.max_attempts: 0 is not a value here (must be >= 1; 1 means no retries)",
+		"routes[0].max_body: 0 is not a value here",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want %q", err, want)
+		}
+	}
+	c, err := Parse([]byte(`
+routes: [{name: r, path: /r, backend: b}]
+backends: [{name: b, urls: ["http://127.0.0.1:1/"], rate: 0, breaker: {failures: 0}}]
+`), t.TempDir())
+	if err != nil || c.Backends[0].Rate != 0 || *c.Backends[0].Breaker.Failures != 0 || c.Backends[0].Concurrency != 16 {
+		t.Fatalf("zeros with a meaning: %v %+v", err, c)
+	}
+}

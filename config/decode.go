@@ -21,7 +21,8 @@ func decode(data []byte, c *Config) error {
 		return nil
 	}
 	var errs []error
-	walk(root.Content[0], reflect.ValueOf(c).Elem(), "", &errs)
+	c.zeros = map[string]bool{}
+	walk(root.Content[0], reflect.ValueOf(c).Elem(), "", &errs, c.zeros)
 	return errors.Join(errs...)
 }
 
@@ -30,7 +31,9 @@ var errSyntax = errors.New("config is not valid YAML")
 
 var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 
-func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error) {
+// walk decodes n into v; zeros collects the key paths written out as 0 (or
+// an empty duration, size or string).
+func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, zeros map[string]bool) {
 	fail := func(format string, args ...any) {
 		name := path
 		if name == "" {
@@ -47,7 +50,9 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error) {
 	if reflect.PointerTo(v.Type()).Implements(unmarshalerType) {
 		if err := v.Addr().Interface().(yaml.Unmarshaler).UnmarshalYAML(n); err != nil {
 			fail("%s", err.Error())
+			return
 		}
+		zeros[path] = v.IsZero()
 		return
 	}
 	switch v.Kind() {
@@ -55,7 +60,7 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error) {
 		if v.IsNil() {
 			v.Set(reflect.New(v.Type().Elem()))
 		}
-		walk(n, v.Elem(), path, errs)
+		walk(n, v.Elem(), path, errs, zeros)
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			fail("must be a mapping")
@@ -76,7 +81,7 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error) {
 				*errs = append(*errs, fmt.Errorf("%s: unknown key", sub))
 				continue
 			}
-			walk(n.Content[i+1], v.Field(idx), sub, errs)
+			walk(n.Content[i+1], v.Field(idx), sub, errs, zeros)
 		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
@@ -85,7 +90,7 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
-			walk(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i), errs)
+			walk(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i), errs, zeros)
 		}
 		v.Set(s)
 	default:
@@ -95,7 +100,9 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error) {
 		}
 		if err := n.Decode(v.Addr().Interface()); err != nil {
 			fail("must be a %s, got %q", kindName(v.Kind()), n.Value)
+			return
 		}
+		zeros[path] = v.IsZero()
 	}
 }
 

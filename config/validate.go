@@ -46,6 +46,32 @@ func (c *Config) Validate() error {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 	}
+	// Zero values mean defaults, so a 0 written out for a key whose 0 has
+	// no meaning of its own would silently become the default: refuse it.
+	noZero := func(key, meaning string) {
+		if c.zeros[key] {
+			bad(key, "0 is not a value here (%s); leave the key out for the default", meaning)
+		}
+	}
+	noZero("shutdown_timeout", "must be > 0")
+	noZero("publish_timeout", "must be > 0")
+	noZero("max_inflight", "must be >= 1")
+	noZero("max_connections", "must be >= 1")
+	noZero("max_long_polls", "must be >= 1")
+	noZero("results.ttl", "must be > 0")
+	for i := range c.Backends {
+		key := fmt.Sprintf("backends[%d]", i)
+		noZero(key+".concurrency", "must be >= 1")
+		noZero(key+".burst", "must be >= 1")
+		noZero(key+".timeout", "must be > 0")
+		noZero(key+".retry.max_attempts", "must be >= 1; 1 means no retries")
+		noZero(key+".retry.initial_backoff", "must be > 0")
+		noZero(key+".retry.max_backoff", "must be > 0")
+		noZero(key+".breaker.cooldown", "must be > 0")
+	}
+	for i := range c.Routes {
+		noZero(fmt.Sprintf("routes[%d].max_body", i), "must be > 0")
+	}
 	checkAddr := func(key, addr string) {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad(key, "must be host:port, got %q", addr)

@@ -40,10 +40,11 @@ type Store interface {
 	Release(ctx context.Context, client, key, id string, queued bool) error
 }
 
-// Backlog tells how many messages wait on a topic and how fast it drains;
-// Add counts what this process just published there.
+// Backlog tells how many messages wait on a topic and how long one more
+// would wait (broker.Monitor); Add counts what this process just published
+// there.
 type Backlog interface {
-	Backlog(topic string) (depth int64, drain float64)
+	Estimate(topic string, fallback float64) broker.Estimate
 	Add(topic string, n int64)
 }
 
@@ -240,21 +241,20 @@ func newID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// retryAfter estimates, in whole seconds, when a request queued now for r's
-// backend may be done: the backlog over its drain rate, measured, else the
-// configured rate, else one message per slot per second.
-func (s *Server) retryAfter(r *route, depth int64, drain float64) int {
-	if depth <= 0 {
-		return 1
+// estimate is how long a request queued now for r's backend waits: its
+// backlog over the measured drain rate, else over the configured rate, else
+// one request per slot and second (broker.Monitor.Estimate).
+func (s *Server) estimate(r *route) broker.Estimate {
+	fallback := r.backend.Rate
+	if fallback <= 0 {
+		fallback = float64(r.backend.Concurrency)
 	}
-	rate := drain
-	if rate <= 0 {
-		rate = r.backend.Rate
-	}
-	if rate <= 0 {
-		rate = float64(r.backend.Concurrency)
-	}
-	return int(min(86400, max(1, math.Ceil(float64(depth+1)/rate))))
+	return s.backlog.Estimate(r.topic, fallback)
+}
+
+// retryAfter is an estimate in whole seconds, at least 1, at most a day.
+func retryAfter(e broker.Estimate) int {
+	return int(min(86400, max(1, math.Ceil(e.Wait.Seconds()))))
 }
 
 func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
@@ -283,10 +283,10 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 			return
 		}
 	}
-	depth, drain := s.backlog.Backlog(r.topic)
-	if mb := r.backend.MaxBacklog; mb > 0 && depth >= mb {
-		problem(ctx, 503, "backend "+r.backend.Name+" has "+strconv.FormatInt(depth, 10)+" requests waiting; try later",
-			s.retryAfter(r, depth, drain))
+	est := s.estimate(r)
+	if mb := r.backend.MaxBacklog; mb > 0 && est.Depth >= mb {
+		problem(ctx, 503, "backend "+r.backend.Name+" has "+strconv.FormatInt(est.Depth, 10)+" requests waiting; try later",
+			retryAfter(est))
 		return
 	}
 	if n := s.inflight.Add(1); n > int64(s.cfg.MaxInflight) {
@@ -312,7 +312,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 			problem(ctx, 503, "the result store is unavailable; try later", 1)
 			return
 		case claim.State == job.ClaimQueued:
-			s.accepted(ctx, claim.ID, s.retryAfter(r, depth, drain))
+			s.accepted(ctx, claim.ID, retryAfter(est))
 			return
 		case claim.State == job.ClaimPending:
 			problem(ctx, 409, "a request with this Idempotency-Key is being queued right now; try again", 1)
@@ -325,7 +325,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 			id = claim.ID
 			if rec, err := s.store.Get(reqCtx, id); err == nil && rec != nil {
 				s.release(client, idemKey, id, true)
-				s.accepted(ctx, id, s.retryAfter(r, depth, drain))
+				s.accepted(ctx, id, retryAfter(est))
 				return
 			}
 		}
@@ -365,7 +365,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 	_ = s.store.Accept(reqCtx, &job.Record{ID: id, Route: r.cfg.Name, Backend: r.backend.Name, Client: client,
 		Status: job.Queued, AcceptedAt: req.AcceptedAt, UpdatedAt: req.AcceptedAt})
 	s.release(client, idemKey, id, true)
-	s.accepted(ctx, id, s.retryAfter(r, depth+1, drain))
+	s.accepted(ctx, id, retryAfter(est))
 }
 
 // claim takes the idempotency key for id, waiting up to claimWait while

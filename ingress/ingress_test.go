@@ -116,10 +116,11 @@ func (f *fakeStore) claimOf(k string) *fakeClaim {
 	return nil
 }
 
-type fakeBacklog struct{ depth int64 }
+// fakeBacklog answers Estimate with a monitor over a scripted Stats.
+type fakeBacklog struct{ est broker.Estimate }
 
-func (f *fakeBacklog) Backlog(string) (int64, float64) { return f.depth, 0 }
-func (f *fakeBacklog) Add(string, int64)               {}
+func (f *fakeBacklog) Estimate(string, float64) broker.Estimate { return f.est }
+func (f *fakeBacklog) Add(string, int64)                        {}
 
 var (
 	_ broker.Publisher = (*fakePublisher)(nil)
@@ -268,19 +269,21 @@ func TestAckFastBuffersAndFlushes(t *testing.T) {
 }
 
 func TestRetryAfterEstimate(t *testing.T) {
-	s, _ := testServer(t, "durable", nil)
-	r := s.prefixes[0]
-	cases := []struct {
-		depth int64
-		drain float64
-		want  int
+	for _, c := range []struct {
+		wait time.Duration
+		want int
 	}{
-		{0, 0, 1}, {5, 0, 1}, {49, 0, 5}, {49, 5, 10}, {1e9, 1, 86400},
-	}
-	for _, c := range cases {
-		if got := s.retryAfter(r, c.depth, c.drain); got != c.want {
-			t.Errorf("depth %d drain %g: %d, want %d", c.depth, c.drain, got, c.want)
+		{0, 1}, {300 * time.Millisecond, 1}, {1100 * time.Millisecond, 2}, {10 * time.Second, 10}, {1000 * time.Hour, 86400},
+	} {
+		if got := retryAfter(broker.Estimate{Wait: c.wait}); got != c.want {
+			t.Errorf("wait %v: Retry-After %d, want %d", c.wait, got, c.want)
 		}
+	}
+	// The 202 carries the monitor's estimate.
+	s, _ := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
+	s.backlog = &fakeBacklog{est: broker.Estimate{Depth: 40, Wait: 4100 * time.Millisecond}}
+	if got := string(call(s, "POST", "/r", "x", nil).Response.Header.Peek("Retry-After")); got != "5" {
+		t.Fatalf("Retry-After %q, want 5", got)
 	}
 }
 

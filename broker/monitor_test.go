@@ -1,0 +1,140 @@
+package broker
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeStats is a topic whose backlog a test moves by hand.
+type fakeStats struct {
+	mu sync.Mutex
+	st QueueStats
+}
+
+func (f *fakeStats) Stats(context.Context, string) (QueueStats, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.st, nil
+}
+
+// queue adds n messages; take consumes n.
+func (f *fakeStats) queue(n int64) { f.mu.Lock(); f.st.Depth += n; f.mu.Unlock() }
+func (f *fakeStats) take(n int64) {
+	f.mu.Lock()
+	f.st.Depth -= n
+	f.st.Consumed += n
+	f.mu.Unlock()
+}
+
+// monitorAt is a monitor on a fake topic and clock; tick advances the clock
+// by half a second and polls.
+func monitorAt() (*Monitor, *fakeStats, func()) {
+	f := &fakeStats{}
+	m := NewMonitor(f, []string{"t"}, 500*time.Millisecond)
+	now := time.Unix(1000, 0)
+	m.now = func() time.Time { return now }
+	m.Poll(context.Background())
+	return m, f, func() {
+		now = now.Add(500 * time.Millisecond)
+		m.Poll(context.Background())
+	}
+}
+
+func secs(e Estimate) float64 { return e.Wait.Seconds() }
+
+// TestEstimateAfterIdle is the make-run report: POST 5, wait 20 s, POST 10
+// answered Retry-After: 86400, the drain rate having decayed towards 0 over
+// the idle polls. Idle polls say nothing about the drain rate.
+func TestEstimateAfterIdle(t *testing.T) {
+	m, f, tick := monitorAt()
+	f.queue(5)
+	tick()
+	f.take(5) // the backend took them within the next half second
+	tick()
+	for range 40 { // 20 s idle
+		tick()
+	}
+	f.queue(10)
+	m.Add("t", 0)
+	e := m.Estimate("t", 20)
+	if e.Drain < 5 || secs(e) > 3 || e.Stalled {
+		t.Fatalf("after idle: %+v (%.1f s), want the measured rate kept and about 1 s", e, secs(e))
+	}
+}
+
+// TestEstimateAfterBurst: before anything was measured, the configured rate
+// stands in; then what the consumers really take.
+func TestEstimateAfterBurst(t *testing.T) {
+	m, f, tick := monitorAt()
+	f.queue(100)
+	tick()
+	if e := m.Estimate("t", 20); secs(e) < 5 || secs(e) > 5.1 {
+		t.Fatalf("burst of 100 at rate 20, nothing measured: %.2f s, want about 5", secs(e))
+	}
+	for range 4 { // a slow backend: 2 per second
+		f.take(1)
+		tick()
+	}
+	if e := m.Estimate("t", 20); e.Drain < 1.9 || e.Drain > 2.1 || secs(e) < 45 {
+		t.Fatalf("backlog of 96 draining at 2/s: %+v (%.1f s), want about 48 s", e, secs(e))
+	}
+}
+
+// TestEstimatePaused: a backlog that stands still (paused, breaker open,
+// backend down) is stalled: the configured rate's estimate plus a minute,
+// not a day.
+func TestEstimatePaused(t *testing.T) {
+	m, f, tick := monitorAt()
+	f.queue(50)
+	tick()
+	f.take(10)
+	tick()
+	for range 6 { // paused for 3 s
+		tick()
+	}
+	e := m.Estimate("t", 10)
+	if !e.Stalled || secs(e) < 60 || secs(e) > 66 {
+		t.Fatalf("paused with 40 waiting at rate 10: %+v (%.1f s), want stalled and 4 s + 60 s", e, secs(e))
+	}
+	f.take(5) // resumed
+	tick()
+	if e := m.Estimate("t", 10); e.Stalled || secs(e) > 30 {
+		t.Fatalf("after resuming: %+v", e)
+	}
+}
+
+// TestEstimateUnlimitedRate: rate 0 (unlimited) with nothing measured falls
+// back to the caller's figure (ingress passes the concurrency, one request
+// per slot and second); an empty topic waits nothing.
+func TestEstimateUnlimitedRate(t *testing.T) {
+	m, f, tick := monitorAt()
+	if e := m.Estimate("t", 16); e.Wait != 0 || e.Depth != 0 {
+		t.Fatalf("empty topic: %+v", e)
+	}
+	f.queue(31)
+	tick()
+	if e := m.Estimate("t", 16); secs(e) != 2 {
+		t.Fatalf("32 at 16 per second: %.2f s", secs(e))
+	}
+}
+
+// TestEstimateFromDepth: where the broker counts only this process's
+// acknowledgements (a RabbitMQ ingress, workers elsewhere), what left the
+// queue still measures the drain.
+func TestEstimateFromDepth(t *testing.T) {
+	m, f, tick := monitorAt()
+	f.queue(100)
+	m.Add("t", 100)
+	tick()
+	for range 4 {
+		f.mu.Lock()
+		f.st.Depth -= 10 // taken by other processes: Consumed stays
+		f.mu.Unlock()
+		tick()
+	}
+	if e := m.Estimate("t", 1); e.Drain < 19 || e.Drain > 21 || e.Stalled {
+		t.Fatalf("depth falling 20/s: %+v", e)
+	}
+}
