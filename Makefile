@@ -9,8 +9,8 @@ LDFLAGS := -X main.version=$(VERSION)
 build: ## build bin/sluice
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
 
-run: build ## sluice on the embedded broker + the demo slow log store
-	@scripts/run.sh
+run: build ## the demo slow log store and sluice in front of it (sluice.yaml), in one process
+	@$(BIN) demo -config sluice.yaml
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -19,7 +19,6 @@ lint: ## gofmt and go vet
 
 test: lint ## every test, integration tests included, with the race detector
 	scripts/services.sh
-	SLUICE_ADMIN_TOKEN=validate docker-compose config -q
 	$(GO) test -race -count=1 -p 1 -timeout 13m ./...
 
 test-short: ## unit tests only

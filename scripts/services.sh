@@ -2,9 +2,11 @@
 # Makes sure the services the test suite needs are installed and running:
 # Redis on 127.0.0.1:6379 (result store tests) and RabbitMQ on
 # 127.0.0.1:5672, guest/guest (RabbitMQ broker tests). Kafka tests use kfake, an
-# in-process Kafka, unless KAFKA_BROKERS points at a real cluster. Installs
-# from Debian packages when a service is missing. Under CI (CI=true) a
-# service that cannot be had is a failure.
+# in-process Kafka, unless KAFKA_BROKERS points at a real cluster;
+# docker-compose.yml is validated by a Go test (compose-go), so no Docker is
+# needed. Installs what the tests run, and only that, from Debian packages
+# when a service is missing. Under CI (CI=true) a service that cannot be had
+# is a failure.
 set -uo pipefail
 
 log() { echo "services: $*"; }
@@ -83,10 +85,6 @@ ensure_rabbitmq() {
 }
 
 command -v go >/dev/null || fail "Go is not installed"
-if ! command -v docker-compose >/dev/null; then
-  log "installing docker-compose from Debian packages (validates docker-compose.yml)"
-  apt_install docker-compose || fail "docker-compose is needed to validate docker-compose.yml"
-fi
 if ! ensure_redis; then
   if [ "${CI:-}" = true ]; then
     fail "Redis is required and could not be started (CI=true: a missing service is a failure)"

@@ -1,6 +1,8 @@
 // Command sluice is the asynchronous mediation gateway: `sluice serve` runs
 // it, `sluice check` validates a config, `sluice demo-backend` runs a slow
-// demo backend to put behind it. main only wires signals to run.
+// demo backend to put behind it, and `sluice demo` runs both in one process
+// (`make run`, and the container image's default). main only wires signals
+// to run.
 package main
 
 import (
@@ -43,9 +45,13 @@ const usage = `usage:
   sluice serve  [-config FILE] [-roles ingress,worker,collector]
   sluice check  [-config FILE]
   sluice version
-  sluice demo-backend [-listen ADDR] [-capacity N] [-rate R] [-latency D] [-jitter D] [-fail-rate F]
+  sluice demo-backend [-listen ADDR] [-capacity N] [-rate R] [-latency D] [-jitter D]
+                      [-fail-rate F] [-retry-after S]
+  sluice demo   [-config FILE] [-backend-listen ADDR] [the other demo-backend flags]
 
 -config defaults to $SLUICE_CONFIG, then ./sluice.yaml.
+demo runs the demo backend and serve in one process, and prints what to try
+once sluice is ready.
 `
 
 // listening, when set, is told the addresses serve bound (tests use port 0).
@@ -66,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, ready lis
 		return nil
 	case "demo-backend":
 		return demoBackend(ctx, args[1:], stdout, stderr)
+	case "demo":
+		return runDemo(ctx, args[1:], stdout, stderr, ready)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -2,17 +2,18 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-gw/sluice/admin"
@@ -21,7 +22,6 @@ import (
 	"github.com/sluice-gw/sluice/broker/kafka"
 	"github.com/sluice-gw/sluice/broker/rabbitmq"
 	"github.com/sluice-gw/sluice/config"
-	"github.com/sluice-gw/sluice/demo"
 	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/results"
 	"github.com/sluice-gw/sluice/workers"
@@ -33,15 +33,27 @@ func loadConfig(path string) (*config.Config, error) {
 	return config.Load(path)
 }
 
+// newLogger logs to w as JSON, or as text with log.format: console —
+// coloured only when w is a terminal (and $NO_COLOR is empty), so a log
+// written to a file or a pipe carries no escape codes.
 func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 	lvl, err := zerolog.ParseLevel(cfg.Log.Level)
 	if err != nil {
 		lvl = zerolog.InfoLevel
 	}
 	if cfg.Log.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !colorTerminal(w)}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+// colorTerminal reports whether w is a terminal that colour suits.
+func colorTerminal(w io.Writer) bool {
+	if os.Getenv("NO_COLOR") != "" { // https://no-color.org
+		return false
+	}
+	f, ok := w.(interface{ Fd() uintptr })
+	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
 }
 
 func parseRoles(s string) ([]string, error) {
@@ -267,36 +279,4 @@ func openStore(cfg *config.Config) (results.Store, error) {
 			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()}), nil
 	}
 	return results.OpenEmbedded(cfg.Path(cfg.Results.Embedded.Dir), cfg.Results.TTL.D())
-}
-
-func demoBackend(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo-backend", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:9001", "address to listen on")
-	var o demo.Options
-	fs.IntVar(&o.Capacity, "capacity", 8, "requests in progress at once; beyond it: 429 (0 = unlimited)")
-	fs.Float64Var(&o.Rate, "rate", 0, "requests per second; beyond it: 429 (0 = unlimited)")
-	fs.DurationVar(&o.Latency, "latency", 200*time.Millisecond, "time per request")
-	fs.DurationVar(&o.Jitter, "jitter", 100*time.Millisecond, "up to this much more per request")
-	fs.Float64Var(&o.FailRate, "fail-rate", 0.1, "share of requests answered 503 (0..1)")
-	fs.IntVar(&o.RetryAfter, "retry-after", 1, "seconds of Retry-After sent with 429")
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("demo-backend: %w", err)
-	}
-	srv := &http.Server{Handler: demo.New(o), ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintf(stdout, "demo backend on http://%s (capacity %d, rate %g/s, latency %s+%s, fail rate %g); GET /stats for counts\n",
-		ln.Addr(), o.Capacity, o.Rate, o.Latency, o.Jitter, o.FailRate)
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }
