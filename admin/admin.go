@@ -21,7 +21,7 @@ import (
 
 // Backlog estimates a topic's backlog (broker.Monitor).
 type Backlog interface {
-	Estimate(topic string, fallback float64) broker.Estimate
+	Estimate(topic string, rate float64, slots int) broker.Estimate
 }
 
 // Check is one readiness probe, named for the answer.
@@ -151,11 +151,7 @@ func (h *Handler) backend(name string) (Backend, bool) {
 		return Backend{}, false
 	}
 	set, st := p.Limiter().Settings(), p.Limiter().State()
-	fallback := set.Rate
-	if fallback <= 0 {
-		fallback = float64(set.Concurrency)
-	}
-	est := h.Backlog.Estimate(broker.RequestTopic(name), fallback)
+	est := h.Backlog.Estimate(broker.RequestTopic(name), set.Rate, set.Concurrency)
 	depth, drain, backlog := est.Depth, est.Drain, math.Round(est.Wait.Seconds()*10)/10
 	c := &p.Counter
 	return Backend{

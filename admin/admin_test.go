@@ -57,7 +57,7 @@ func (f *fakeBroker) Close() error               { return nil }
 
 type fakeBacklog struct{ est broker.Estimate }
 
-func (f fakeBacklog) Estimate(string, float64) broker.Estimate { return f.est }
+func (f fakeBacklog) Estimate(string, float64, int) broker.Estimate { return f.est }
 
 func testHandler(t *testing.T, token string) (*Handler, *fakeBroker) {
 	t.Helper()

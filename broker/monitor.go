@@ -149,10 +149,16 @@ type Estimate struct {
 }
 
 // Estimate tells how long one more message queued on topic now waits: the
-// backlog over the measured drain rate, or over fallback (the configured
-// rate, say) while none is measured. A stalled backlog waits fallback's
-// estimate plus StalledExtra.
-func (m *Monitor) Estimate(topic string, fallback float64) Estimate {
+// backlog over the measured drain rate (never above rate, the configured
+// one, when it is set: a rate lowered live takes effect at once), or while
+// none is measured over rate, or with rate 0 (unlimited) over one message
+// per slot and second. A stalled backlog waits that unmeasured estimate
+// plus StalledExtra.
+func (m *Monitor) Estimate(topic string, rate float64, slots int) Estimate {
+	fallback := rate
+	if fallback <= 0 {
+		fallback = float64(slots)
+	}
 	v := m.topics[topic]
 	if v == nil {
 		return Estimate{}
@@ -161,12 +167,15 @@ func (m *Monitor) Estimate(topic string, fallback float64) Estimate {
 	e := Estimate{Depth: v.depth + v.added.Load(), Drain: v.drain}
 	stalled := !v.stalled.IsZero() && m.now().Sub(v.stalled) >= StallAfter
 	m.mu.RUnlock()
-	rate := e.Drain
-	if rate <= 0 || stalled {
-		rate = fallback
+	r := e.Drain
+	if rate > 0 && r > rate {
+		r = rate
 	}
-	if e.Depth > 0 && rate > 0 {
-		e.Wait = time.Duration(float64(e.Depth+1) / rate * float64(time.Second))
+	if r <= 0 || stalled {
+		r = fallback
+	}
+	if e.Depth > 0 && r > 0 {
+		e.Wait = time.Duration(float64(e.Depth+1) / r * float64(time.Second))
 	}
 	if stalled && e.Depth > 0 {
 		e.Stalled = true

@@ -58,7 +58,7 @@ func TestEstimateAfterIdle(t *testing.T) {
 	}
 	f.queue(10)
 	m.Add("t", 0)
-	e := m.Estimate("t", 20)
+	e := m.Estimate("t", 20, 8)
 	if e.Drain < 5 || secs(e) > 3 || e.Stalled {
 		t.Fatalf("after idle: %+v (%.1f s), want the measured rate kept and about 1 s", e, secs(e))
 	}
@@ -70,15 +70,19 @@ func TestEstimateAfterBurst(t *testing.T) {
 	m, f, tick := monitorAt()
 	f.queue(100)
 	tick()
-	if e := m.Estimate("t", 20); secs(e) < 5 || secs(e) > 5.1 {
+	if e := m.Estimate("t", 20, 8); secs(e) < 5 || secs(e) > 5.1 {
 		t.Fatalf("burst of 100 at rate 20, nothing measured: %.2f s, want about 5", secs(e))
 	}
 	for range 4 { // a slow backend: 2 per second
 		f.take(1)
 		tick()
 	}
-	if e := m.Estimate("t", 20); e.Drain < 1.9 || e.Drain > 2.1 || secs(e) < 45 {
+	if e := m.Estimate("t", 20, 8); e.Drain < 1.9 || e.Drain > 2.1 || secs(e) < 45 {
 		t.Fatalf("backlog of 96 draining at 2/s: %+v (%.1f s), want about 48 s", e, secs(e))
+	}
+	// A rate lowered live below what was measured counts at once.
+	if e := m.Estimate("t", 1, 8); secs(e) < 96 || secs(e) > 98 {
+		t.Fatalf("96 waiting, drain 2/s measured, rate lowered to 1: %.1f s, want 97", secs(e))
 	}
 }
 
@@ -94,13 +98,13 @@ func TestEstimatePaused(t *testing.T) {
 	for range 6 { // paused for 3 s
 		tick()
 	}
-	e := m.Estimate("t", 10)
+	e := m.Estimate("t", 10, 8)
 	if !e.Stalled || secs(e) < 60 || secs(e) > 66 {
 		t.Fatalf("paused with 40 waiting at rate 10: %+v (%.1f s), want stalled and 4 s + 60 s", e, secs(e))
 	}
 	f.take(5) // resumed
 	tick()
-	if e := m.Estimate("t", 10); e.Stalled || secs(e) > 30 {
+	if e := m.Estimate("t", 10, 8); e.Stalled || secs(e) > 30 {
 		t.Fatalf("after resuming: %+v", e)
 	}
 }
@@ -110,12 +114,12 @@ func TestEstimatePaused(t *testing.T) {
 // per slot and second); an empty topic waits nothing.
 func TestEstimateUnlimitedRate(t *testing.T) {
 	m, f, tick := monitorAt()
-	if e := m.Estimate("t", 16); e.Wait != 0 || e.Depth != 0 {
+	if e := m.Estimate("t", 0, 16); e.Wait != 0 || e.Depth != 0 {
 		t.Fatalf("empty topic: %+v", e)
 	}
 	f.queue(31)
 	tick()
-	if e := m.Estimate("t", 16); secs(e) != 2 {
+	if e := m.Estimate("t", 0, 16); secs(e) != 2 {
 		t.Fatalf("32 at 16 per second: %.2f s", secs(e))
 	}
 }
@@ -134,7 +138,7 @@ func TestEstimateFromDepth(t *testing.T) {
 		f.mu.Unlock()
 		tick()
 	}
-	if e := m.Estimate("t", 1); e.Drain < 19 || e.Drain > 21 || e.Stalled {
+	if e := m.Estimate("t", 0, 1); e.Drain < 19 || e.Drain > 21 || e.Stalled {
 		t.Fatalf("depth falling 20/s: %+v", e)
 	}
 }

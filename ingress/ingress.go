@@ -44,7 +44,7 @@ type Store interface {
 // would wait (broker.Monitor); Add counts what this process just published
 // there.
 type Backlog interface {
-	Estimate(topic string, fallback float64) broker.Estimate
+	Estimate(topic string, rate float64, slots int) broker.Estimate
 	Add(topic string, n int64)
 }
 
@@ -245,11 +245,7 @@ func newID() string {
 // backlog over the measured drain rate, else over the configured rate, else
 // one request per slot and second (broker.Monitor.Estimate).
 func (s *Server) estimate(r *route) broker.Estimate {
-	fallback := r.backend.Rate
-	if fallback <= 0 {
-		fallback = float64(r.backend.Concurrency)
-	}
-	return s.backlog.Estimate(r.topic, fallback)
+	return s.backlog.Estimate(r.topic, r.backend.Rate, r.backend.Concurrency)
 }
 
 // retryAfter is an estimate in whole seconds, at least 1, at most a day.

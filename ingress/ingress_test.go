@@ -119,8 +119,8 @@ func (f *fakeStore) claimOf(k string) *fakeClaim {
 // fakeBacklog answers Estimate with a monitor over a scripted Stats.
 type fakeBacklog struct{ est broker.Estimate }
 
-func (f *fakeBacklog) Estimate(string, float64) broker.Estimate { return f.est }
-func (f *fakeBacklog) Add(string, int64)                        {}
+func (f *fakeBacklog) Estimate(string, float64, int) broker.Estimate { return f.est }
+func (f *fakeBacklog) Add(string, int64)                             {}
 
 var (
 	_ broker.Publisher = (*fakePublisher)(nil)
