@@ -128,18 +128,6 @@ func (m *Monitor) Add(topic string, n int64) {
 	}
 }
 
-// Backlog returns topic's depth (last poll plus what was added since) and
-// its measured drain rate in messages per second (0 when not measured yet).
-func (m *Monitor) Backlog(topic string) (depth int64, drain float64) {
-	v := m.topics[topic]
-	if v == nil {
-		return 0, 0
-	}
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return v.depth + v.added.Load(), v.drain
-}
-
 // Estimate is a topic's backlog as a wait.
 type Estimate struct {
 	Depth   int64

@@ -2,7 +2,6 @@ package workers
 
 import (
 	"math"
-	"net/url"
 	"sync"
 	"time"
 )
@@ -20,7 +19,6 @@ const (
 )
 
 type endpoint struct {
-	u         *url.URL
 	fails5xx  int       // retryable 5xx answers in a row
 	ejections int       // ejections in a row (probes that failed)
 	until     time.Time // out of the rotation until then; zero: in it
@@ -37,10 +35,11 @@ type balancer struct {
 	now  func() time.Time
 }
 
-func newBalancer(urls []*url.URL) *balancer {
-	b := &balancer{now: time.Now}
-	for _, u := range urls {
-		b.eps = append(b.eps, &endpoint{u: u})
+// newBalancer spreads attempts over n urls, by index.
+func newBalancer(n int) *balancer {
+	b := &balancer{now: time.Now, eps: make([]*endpoint, n)}
+	for i := range b.eps {
+		b.eps[i] = &endpoint{}
 	}
 	return b
 }
@@ -128,18 +127,6 @@ func (b *balancer) report(i int, probe bool, o outcome) {
 	e.ejections++
 	wait := time.Duration(float64(ejectBase) * math.Pow(2, float64(e.ejections-1)))
 	e.until = b.now().Add(min(wait, ejectMax))
-}
-
-// healthy lists, for the admin API and tests, whether each url is in the
-// rotation now.
-func (b *balancer) healthy() []bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	out := make([]bool, len(b.eps))
-	for i, e := range b.eps {
-		out[i] = e.until.IsZero()
-	}
-	return out
 }
 
 // outcome is what an attempt says about the url it went to.

@@ -2,18 +2,12 @@ package workers
 
 import (
 	"fmt"
-	"net/url"
 	"testing"
 	"time"
 )
 
 func testBalancer(n int) (*balancer, *time.Time) {
-	var urls []*url.URL
-	for i := range n {
-		u, _ := url.Parse(fmt.Sprintf("http://u%d/", i))
-		urls = append(urls, u)
-	}
-	b := newBalancer(urls)
+	b := newBalancer(n)
 	now := time.Unix(1000, 0)
 	b.now = func() time.Time { return now }
 	return b, &now
@@ -122,4 +116,15 @@ func TestBalancerAllEjected(t *testing.T) {
 	if !b.eps[1].until.Equal(until) {
 		t.Fatal("a late failure extended the ejection")
 	}
+}
+
+// healthy lists whether each url is in the rotation now.
+func (b *balancer) healthy() []bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]bool, len(b.eps))
+	for i, e := range b.eps {
+		out[i] = e.until.IsZero()
+	}
+	return out
 }

@@ -94,16 +94,6 @@ func describe(err error) string {
 	}
 }
 
-// connFailure reports a category that says the url itself is not answering
-// (as opposed to an answer the backend chose).
-func connFailure(category string) bool {
-	switch category {
-	case ErrTimeout, ErrRefused, ErrDNS, ErrTLS, ErrReset, ErrClosed, ErrNetwork, ErrUnreached:
-		return true
-	}
-	return false
-}
-
 // retryAfter reads a Retry-After header, seconds or an HTTP date, capped at
 // limit: a backend cannot park a request for longer than max_backoff.
 func retryAfter(h http.Header, now time.Time, limit time.Duration) time.Duration {

@@ -87,7 +87,7 @@ func NewPool(b config.Backend, br Broker, log zerolog.Logger, drain time.Duratio
 		u, _ := url.Parse(raw) // validated by config
 		p.urls = append(p.urls, u)
 	}
-	p.bal = newBalancer(p.urls)
+	p.bal = newBalancer(len(p.urls))
 	p.client = &http.Client{
 		Transport: &http.Transport{
 			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,

@@ -174,15 +174,6 @@ func awaitAll(t *testing.T, base string, ids []string, d time.Duration) {
 	}
 }
 
-func procConfig(t *testing.T, dir, backendURL, extra string) string {
-	return writeConfig(t, dir, `
-log: { level: info }
-shutdown_timeout: 10s
-routes: [{ name: r, path: /r, backend: b }]
-backends:
-`+backendCfg("b", backendURL, extra))
-}
-
 // TestKill9LosesNothing: SIGKILL mid-stream, restart on the same data: every
 // id that got a 202 is delivered and succeeds.
 func TestKill9LosesNothing(t *testing.T) {
