@@ -36,7 +36,9 @@ const (
 // Terminal reports whether s is a final status.
 func (s Status) Terminal() bool { return s == Succeeded || s == Failed }
 
-func (s Status) rank() int {
+// Rank orders the statuses of one attempt the way Record.Apply does:
+// queued, in_flight, retrying, then the terminal ones.
+func (s Status) Rank() int {
 	switch s {
 	case InFlight:
 		return 1
@@ -355,7 +357,7 @@ func (r *Record) Apply(e *Event) bool {
 			return false
 		}
 		if e.Gen < r.Gen || (e.Gen == r.Gen && (e.Attempts < r.Attempts ||
-			(e.Attempts == r.Attempts && e.Status.rank() <= r.Status.rank()))) {
+			(e.Attempts == r.Attempts && e.Status.Rank() <= r.Status.Rank()))) {
 			return false
 		}
 	}

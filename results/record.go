@@ -25,7 +25,7 @@ type storedRecord struct {
 // instead of the six of "\u003c", so stored bodies keep their size.
 func encodeRecord(r *job.Record) ([]byte, error) {
 	return job.Marshal(storedRecord{
-		Merge:  &[3]int{r.Gen, r.Attempts, rank(r.Status)},
+		Merge:  &[3]int{r.Gen, r.Attempts, r.Status.Rank()},
 		Record: r, Client: r.Client, Gen: r.Gen,
 	})
 }
@@ -37,21 +37,6 @@ func decodeRecord(v []byte) (*job.Record, error) {
 	}
 	sr.Record.Client, sr.Record.Gen = sr.Client, sr.Gen
 	return sr.Record, nil
-}
-
-// rank orders the statuses of one attempt the way job.Record.Apply does
-// (job keeps its own unexported); TestRankMatchesApply holds the two
-// together. The Redis merge script and stored merge keys use it.
-func rank(s job.Status) int {
-	switch s {
-	case job.InFlight:
-		return 1
-	case job.Retrying:
-		return 2
-	case job.Succeeded, job.Failed:
-		return 3
-	}
-	return 0
 }
 
 // project is the record an event makes on its own: what a record becomes

@@ -17,8 +17,8 @@ func TestRankMatchesApply(t *testing.T) {
 		for _, b := range all {
 			r := project(&job.Event{ID: "x", Status: a, Attempts: 1})
 			moved := r.Apply(&job.Event{ID: "x", Status: b, Attempts: 1})
-			if moved != (rank(b) > rank(a)) {
-				t.Errorf("%s then %s: Apply moved=%v, rank says %v", a, b, moved, rank(b) > rank(a))
+			if moved != (b.Rank() > a.Rank()) {
+				t.Errorf("%s then %s: Apply moved=%v, rank says %v", a, b, moved, b.Rank() > a.Rank())
 			}
 		}
 	}

@@ -270,7 +270,7 @@ func (s *Redis) Apply(ctx context.Context, events []*job.Event) error {
 			if err != nil {
 				return fmt.Errorf("encode record %s: %w", id, err)
 			}
-			args = append(args, e.Gen, e.Attempts, rank(e.Status), v)
+			args = append(args, e.Gen, e.Attempts, e.Status.Rank(), v)
 			size += len(v)
 		}
 		calls = append(calls, applyCall{id, args})
