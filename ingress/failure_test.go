@@ -316,7 +316,7 @@ func TestFreshIDReadAgain(t *testing.T) {
 	st.mu.Lock()
 	st.gets = 0
 	st.mu.Unlock()
-	if c := call(s, "GET", "/v1/requests/"+newID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 2*time.Second {
+	if c := call(s, "GET", "/v1/requests/"+job.NewID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 2*time.Second {
 		t.Fatalf("unknown id: %d after %v", c.Response.StatusCode(), time.Since(start))
 	}
 	st.mu.Lock()
@@ -328,14 +328,14 @@ func TestFreshIDReadAgain(t *testing.T) {
 	// Past max_long_polls the re-reads stop: 404 at once.
 	s.cfg.MaxLongPolls = 0
 	start = time.Now()
-	if c := call(s, "GET", "/v1/requests/"+newID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 100*time.Millisecond {
+	if c := call(s, "GET", "/v1/requests/"+job.NewID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 100*time.Millisecond {
 		t.Fatalf("over the long-poll limit: %d after %v", c.Response.StatusCode(), time.Since(start))
 	}
 	s.cfg.MaxLongPolls = 4096
 	// A single-process store holds every record it accepted: 404 at once.
 	s.sharedStore = false
 	start = time.Now()
-	if c := call(s, "GET", "/v1/requests/"+newID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 100*time.Millisecond {
+	if c := call(s, "GET", "/v1/requests/"+job.NewID()[:23]+"A", "", nil); c.Response.StatusCode() != 404 || time.Since(start) > 100*time.Millisecond {
 		t.Fatalf("embedded store: %d after %v", c.Response.StatusCode(), time.Since(start))
 	}
 	s.sharedStore = true

@@ -2,8 +2,6 @@ package ingress
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"math"
 	"net"
@@ -227,20 +225,6 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	s.submit(ctx, r, rest)
 }
 
-// newID returns a URL-safe id of 144 bits: the time in milliseconds (48
-// bits, so stores that key by the decoded id append instead of scattering
-// writes) and 96 random bits, which make it unguessable.
-func newID() string {
-	var b [18]byte
-	ms := uint64(time.Now().UnixMilli())
-	for i := 5; i >= 0; i-- {
-		b[i] = byte(ms)
-		ms >>= 8
-	}
-	_, _ = rand.Read(b[6:]) // never fails (crypto/rand)
-	return base64.RawURLEncoding.EncodeToString(b[:])
-}
-
 // estimate is how long a request queued now for r's backend waits: its
 // backlog over the measured drain rate, else over the configured rate, else
 // one request per slot and second (broker.Monitor.Estimate).
@@ -296,7 +280,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		return
 	}
 
-	id := newID()
+	id := job.NewID()
 	client := "" // set by authentication once it exists
 	idemKey := string(ctx.Request.Header.Peek("Idempotency-Key"))
 	reqCtx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout.D())

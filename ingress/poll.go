@@ -2,7 +2,6 @@ package ingress
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"strconv"
 	"strings"
@@ -87,26 +86,13 @@ const (
 	freshReads = 6 // 10 ms, doubling: about 630 ms in all
 )
 
-// issuedAt reads the acceptance time an id made by newID starts with.
-func issuedAt(id string) (time.Time, bool) {
-	b, err := base64.RawURLEncoding.DecodeString(id)
-	if err != nil || len(b) != 18 {
-		return time.Time{}, false
-	}
-	var ms int64
-	for _, c := range b[:6] {
-		ms = ms<<8 | int64(c)
-	}
-	return time.UnixMilli(ms), true
-}
-
 // get reads id's record, again for a fresh id with a shared store.
 func (s *Server) get(ctx context.Context, id string) (*job.Record, error) {
 	rec, err := s.store.Get(ctx, id)
 	if !errors.Is(err, job.ErrNotFound) || !s.sharedStore {
 		return rec, err
 	}
-	at, ok := issuedAt(id)
+	at, ok := job.IssuedAt(id)
 	if age := time.Since(at); !ok || age > freshFor || age < -freshFor {
 		return rec, err
 	}

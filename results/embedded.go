@@ -155,18 +155,6 @@ func recordKey(id string) []byte {
 	return []byte(id)
 }
 
-// acceptedMillis reads the acceptance time an ingress id starts with.
-func acceptedMillis(key []byte) (int64, bool) {
-	if len(key) < 18 {
-		return 0, false
-	}
-	var ms int64
-	for _, b := range key[:6] {
-		ms = ms<<8 | int64(b)
-	}
-	return ms, true
-}
-
 // put writes r.
 func (s *Embedded) put(tx *bolt.Tx, r *job.Record) error {
 	v, err := encodeRecord(r)
@@ -348,9 +336,9 @@ func (s *Embedded) Release(_ context.Context, client, key, id string, queued boo
 // now-ttl need a look, oldest first. Close interrupts it between chunks.
 func (s *Embedded) Sweep() {
 	now := s.now()
-	cutoff := now.Add(-s.ttl).UnixMilli()
+	cutoff := now.Add(-s.ttl)
 	s.sweepBucket(bucketRecords, func(k, v []byte) (dead, stop bool) {
-		if ms, ok := acceptedMillis(k); ok && ms > cutoff {
+		if at, ok := job.IssuedAtRaw(k); ok && at.After(cutoff) {
 			return false, true
 		}
 		r, err := decodeRecord(v)

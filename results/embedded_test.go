@@ -3,7 +3,6 @@ package results
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -99,28 +98,16 @@ func TestApplyOrderAndWatch(t *testing.T) {
 	}
 }
 
-// ingressID builds an id the way ingress does: acceptance millis + random.
-func ingressID(at time.Time, n byte) string {
-	var b [18]byte
-	ms := uint64(at.UnixMilli())
-	for i := 5; i >= 0; i-- {
-		b[i] = byte(ms)
-		ms >>= 8
-	}
-	b[17] = n
-	return base64.RawURLEncoding.EncodeToString(b[:])
-}
-
 func TestExpiry(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, t.TempDir(), time.Minute)
 	defer s.Close()
 	now := time.Now()
 	s.now = func() time.Time { return now }
-	old := ingressID(now.Add(-3*time.Minute), 1)
+	old := job.NewIDAt(now.Add(-3 * time.Minute))
 	// Accepted long ago, but updated recently: it lives ttl past its update.
-	slow := ingressID(now.Add(-3*time.Minute), 2)
-	fresh := ingressID(now, 3)
+	slow := job.NewIDAt(now.Add(-3 * time.Minute))
+	fresh := job.NewIDAt(now)
 	_ = s.Accept(ctx, accepted(old, now.Add(-3*time.Minute)))
 	_ = s.Accept(ctx, accepted(slow, now.Add(-3*time.Minute)))
 	_ = s.Accept(ctx, accepted(fresh, now))
@@ -251,12 +238,12 @@ func TestSweepInChunks(t *testing.T) {
 	old := now.Add(-3 * time.Minute)
 	for i := range expired { // distinct acceptance millis make distinct ids
 		at := old.Add(time.Duration(i) * time.Millisecond)
-		s.queue.put(accepted(ingressID(at, 0), at))
+		s.queue.put(accepted(job.NewIDAt(at), at))
 	}
 	if err := s.flush(); err != nil {
 		t.Fatal(err)
 	}
-	live := ingressID(now, 1)
+	live := job.NewIDAt(now)
 	_ = s.Accept(ctx, accepted(live, now))
 
 	var chunks []int

@@ -2,8 +2,6 @@ package storetest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,17 +54,6 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 }
 
 // newID makes an id the way ingress does: acceptance millis, then random.
-func newID() string {
-	var b [18]byte
-	ms := uint64(time.Now().UnixMilli())
-	for i := 5; i >= 0; i-- {
-		b[i] = byte(ms)
-		ms >>= 8
-	}
-	_, _ = rand.Read(b[6:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
-}
-
 func accepted(id string) *job.Record {
 	now := time.Now().UTC()
 	return &job.Record{ID: id, Route: "logs", Backend: "logstore", Client: "team-a",
@@ -158,7 +145,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 func testAcceptThenGet(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
 	ctx := ctxT(t, 10*time.Second)
-	rec := accepted(newID())
+	rec := accepted(job.NewID())
 	if err := a.Accept(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +156,7 @@ func testAcceptThenGet(t *testing.T, open Factory) {
 		r, err := b.Get(ctx, rec.ID)
 		return err == nil && same(r, rec) == ""
 	})
-	if _, err := a.Get(ctx, newID()); !errors.Is(err, results.ErrNotFound) {
+	if _, err := a.Get(ctx, job.NewID()); !errors.Is(err, results.ErrNotFound) {
 		t.Fatalf("unknown id: %v, want ErrNotFound", err)
 	}
 }
@@ -181,7 +168,7 @@ func testAcceptStress(t *testing.T, open Factory) {
 	a, _ := open(t, time.Hour)
 	ctx := ctxT(t, 60*time.Second)
 	for i := range 1000 {
-		rec := accepted(newID())
+		rec := accepted(job.NewID())
 		_ = a.Accept(ctx, rec)
 		if _, err := a.Get(ctx, rec.ID); err != nil {
 			t.Fatalf("poll %d right after accept: %v", i, err)
@@ -192,7 +179,7 @@ func testAcceptStress(t *testing.T, open Factory) {
 func testApply(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
 	ctx := ctxT(t, 10*time.Second)
-	id := newID()
+	id := job.NewID()
 	_ = a.Accept(ctx, accepted(id))
 	evs := lifeEvents(id)
 	for i, e := range evs[1:5] { // the first delivery, in order
@@ -217,7 +204,7 @@ func testApply(t *testing.T, open Factory) {
 func testApplyBeforeWritten(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
 	ctx := ctxT(t, 10*time.Second)
-	id := newID()
+	id := job.NewID()
 	_ = a.Accept(ctx, accepted(id))
 	e := event(id, 0, job.InFlight, 1, time.Now().UTC())
 	mustApply(t, a, e)
@@ -227,7 +214,7 @@ func testApplyBeforeWritten(t *testing.T, open Factory) {
 		}
 	}
 	// An event older than the accepted record leaves it as it is.
-	id2 := newID()
+	id2 := job.NewID()
 	rec := accepted(id2)
 	_ = a.Accept(ctx, rec)
 	old := event(id2, 0, job.Queued, 0, rec.UpdatedAt)
@@ -265,7 +252,7 @@ func testAnyOrder(t *testing.T, open Factory, oneBatch bool) {
 	ids := make([]string, len(perms))
 	lives := make([][]*job.Event, len(perms))
 	for i := range perms {
-		ids[i] = newID()
+		ids[i] = job.NewID()
 		lives[i] = lifeEvents(ids[i])
 	}
 	if oneBatch {
@@ -295,7 +282,7 @@ func testAnyOrder(t *testing.T, open Factory, oneBatch bool) {
 
 func testLateStale(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
-	id := newID()
+	id := job.NewID()
 	evs := lifeEvents(id)
 	mustApply(t, a, evs[1], evs[4]) // in_flight@1, succeeded@2
 	want := projection(evs[4])
@@ -325,7 +312,7 @@ func testConcurrentApplies(t *testing.T, open Factory) {
 	work := make(chan []*job.Event, records*7)
 	perms := permutations(7)
 	for i := range records {
-		ids[i] = newID()
+		ids[i] = job.NewID()
 		lives[i] = lifeEvents(ids[i])
 		p := perms[(i*7919)%len(perms)]
 		for k := 0; k < len(p); {
@@ -375,7 +362,7 @@ func testConcurrentApplies(t *testing.T, open Factory) {
 // testResponse stores a response full of characters JSON may escape.
 func testResponse(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
-	id := newID()
+	id := job.NewID()
 	e := event(id, 0, job.Succeeded, 1, time.Now().UTC())
 	e.Response.Body = strings.Repeat(`<a href="x?a=1&b=2">é ☃ 𝄞</a>`+"\n\t\u2028", 100)
 	e.Response.Truncated = true
@@ -387,7 +374,7 @@ func testResponse(t *testing.T, open Factory) {
 
 func testWatch(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
-	id := newID()
+	id := job.NewID()
 	ctx := ctxT(t, 10*time.Second)
 	_ = a.Accept(ctx, accepted(id))
 	for i, pair := range [][2]results.Store{{a, a}, {a, b}} {
@@ -418,7 +405,7 @@ func testTTL(t *testing.T, open Factory) {
 	const ttl = time.Second
 	a, b := open(t, ttl)
 	ctx := ctxT(t, 20*time.Second)
-	acc, applied := newID(), newID()
+	acc, applied := job.NewID(), job.NewID()
 	_ = a.Accept(ctx, accepted(acc))
 	mustApply(t, b, event(applied, 0, job.Succeeded, 1, time.Now().UTC()))
 	start := time.Now()
@@ -441,7 +428,7 @@ func testTTLRefresh(t *testing.T, open Factory) {
 	const ttl = 2 * time.Second
 	a, b := open(t, ttl)
 	ctx := ctxT(t, 20*time.Second)
-	id := newID()
+	id := job.NewID()
 	_ = a.Accept(ctx, accepted(id))
 	end := time.Now().Add(ttl + ttl/2)
 	for n := 1; time.Now().Before(end); n++ {
@@ -479,23 +466,23 @@ func wantClaim(t *testing.T, what string, got results.Claim, id string, st resul
 func testClaimStates(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
 	const lease = time.Hour
-	id1 := newID()
+	id1 := job.NewID()
 	wantClaim(t, "free key", claim(t, a, "c", "k", id1, lease), id1, results.ClaimOwned)
-	wantClaim(t, "while the owner writes", claim(t, b, "c", "k", newID(), lease), id1, results.ClaimPending)
-	idC2 := newID()
+	wantClaim(t, "while the owner writes", claim(t, b, "c", "k", job.NewID(), lease), id1, results.ClaimPending)
+	idC2 := job.NewID()
 	wantClaim(t, "same key, other client", claim(t, b, "c2", "k", idC2, lease), idC2, results.ClaimOwned)
-	idK2 := newID()
+	idK2 := job.NewID()
 	wantClaim(t, "same client, other key", claim(t, a, "c", "k2", idK2, lease), idK2, results.ClaimOwned)
 
-	release(t, b, "c", "k", newID(), true) // not the owner: no effect
-	wantClaim(t, "after a stranger's release", claim(t, a, "c", "k", newID(), lease), id1, results.ClaimPending)
+	release(t, b, "c", "k", job.NewID(), true) // not the owner: no effect
+	wantClaim(t, "after a stranger's release", claim(t, a, "c", "k", job.NewID(), lease), id1, results.ClaimPending)
 
 	release(t, b, "c", "k", id1, true)
-	wantClaim(t, "queued", claim(t, a, "c", "k", newID(), lease), id1, results.ClaimQueued)
-	wantClaim(t, "queued, other handle", claim(t, b, "c", "k", newID(), lease), id1, results.ClaimQueued)
+	wantClaim(t, "queued", claim(t, a, "c", "k", job.NewID(), lease), id1, results.ClaimQueued)
+	wantClaim(t, "queued, other handle", claim(t, b, "c", "k", job.NewID(), lease), id1, results.ClaimQueued)
 	release(t, a, "c", "k", id1, false) // no longer owned: no effect
-	wantClaim(t, "queued after a late release", claim(t, b, "c", "k", newID(), lease), id1, results.ClaimQueued)
-	wantClaim(t, "other client's key untouched", claim(t, a, "c2", "k", newID(), lease), idC2, results.ClaimPending)
+	wantClaim(t, "queued after a late release", claim(t, b, "c", "k", job.NewID(), lease), id1, results.ClaimQueued)
+	wantClaim(t, "other client's key untouched", claim(t, a, "c2", "k", job.NewID(), lease), idC2, results.ClaimPending)
 }
 
 // testClaimReleased: a publish that failed (or timed out) hands the key,
@@ -503,13 +490,13 @@ func testClaimStates(t *testing.T, open Factory) {
 func testClaimReleased(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
 	const lease = time.Hour
-	id1 := newID()
+	id1 := job.NewID()
 	wantClaim(t, "free key", claim(t, a, "c", "k", id1, lease), id1, results.ClaimOwned)
 	release(t, a, "c", "k", id1, false)
-	wantClaim(t, "after a failed publish", claim(t, b, "c", "k", newID(), lease), id1, results.ClaimOwned)
-	wantClaim(t, "while the retry writes", claim(t, a, "c", "k", newID(), lease), id1, results.ClaimPending)
+	wantClaim(t, "after a failed publish", claim(t, b, "c", "k", job.NewID(), lease), id1, results.ClaimOwned)
+	wantClaim(t, "while the retry writes", claim(t, a, "c", "k", job.NewID(), lease), id1, results.ClaimPending)
 	release(t, b, "c", "k", id1, true)
-	wantClaim(t, "after the retry queued", claim(t, a, "c", "k", newID(), lease), id1, results.ClaimQueued)
+	wantClaim(t, "after the retry queued", claim(t, a, "c", "k", job.NewID(), lease), id1, results.ClaimQueued)
 }
 
 // testClaimLease: an owner that dies (or hangs) is replaced once its lease
@@ -517,21 +504,21 @@ func testClaimReleased(t *testing.T, open Factory) {
 func testClaimLease(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
 	const lease = 300 * time.Millisecond
-	id1 := newID()
+	id1 := job.NewID()
 	start := time.Now()
 	wantClaim(t, "free key", claim(t, a, "c", "k", id1, lease), id1, results.ClaimOwned)
-	c := claim(t, b, "c", "k", newID(), time.Hour)
+	c := claim(t, b, "c", "k", job.NewID(), time.Hour)
 	if time.Since(start) < lease {
 		wantClaim(t, "within the lease", c, id1, results.ClaimPending)
 	}
 	eventually(t, 10*time.Second, "lease taken over", func() bool {
-		c = claim(t, b, "c", "k", newID(), time.Hour)
+		c = claim(t, b, "c", "k", job.NewID(), time.Hour)
 		return c.State != results.ClaimPending
 	})
 	wantClaim(t, "after the lease", c, id1, results.ClaimOwned)
-	wantClaim(t, "the new owner's lease", claim(t, a, "c", "k", newID(), time.Hour), id1, results.ClaimPending)
+	wantClaim(t, "the new owner's lease", claim(t, a, "c", "k", job.NewID(), time.Hour), id1, results.ClaimPending)
 	release(t, b, "c", "k", id1, true)
-	wantClaim(t, "queued by the new owner", claim(t, a, "c", "k", newID(), time.Hour), id1, results.ClaimQueued)
+	wantClaim(t, "queued by the new owner", claim(t, a, "c", "k", job.NewID(), time.Hour), id1, results.ClaimQueued)
 }
 
 // testClaimConcurrent has many submits with one key claim it at once,
@@ -550,7 +537,7 @@ func testClaimConcurrent(t *testing.T, open Factory) {
 			h := []results.Store{a, b}[i%2]
 			wg.Go(func() {
 				<-start
-				out[i], errs[i] = h.Claim(ctx, "c", key, newID(), time.Hour)
+				out[i], errs[i] = h.Claim(ctx, "c", key, job.NewID(), time.Hour)
 			})
 		}
 		close(start)
@@ -593,23 +580,23 @@ func testClaimConcurrent(t *testing.T, open Factory) {
 func testClaimExpiry(t *testing.T, open Factory) {
 	const ttl = time.Second
 	a, b := open(t, ttl)
-	id1 := newID()
+	id1 := job.NewID()
 	wantClaim(t, "free key", claim(t, a, "c", "k", id1, time.Hour), id1, results.ClaimOwned)
 	release(t, a, "c", "k", id1, true)
-	if c := claim(t, b, "c", "k", newID(), time.Hour); c.State != results.ClaimQueued && c.State != results.ClaimOwned {
+	if c := claim(t, b, "c", "k", job.NewID(), time.Hour); c.State != results.ClaimQueued && c.State != results.ClaimOwned {
 		t.Fatalf("claim of a queued key: %+v", c)
 	}
 	var c results.Claim
-	id2 := newID()
+	id2 := job.NewID()
 	eventually(t, 10*time.Second, "key free after the ttl", func() bool {
 		c = claim(t, b, "c", "k", id2, time.Hour)
 		return c.State == results.ClaimOwned
 	})
 	wantClaim(t, "expired key", c, id2, results.ClaimOwned)
 	// An owner that never released is gone after the ttl too.
-	id3 := newID()
+	id3 := job.NewID()
 	wantClaim(t, "owned key", claim(t, a, "c", "k3", id3, time.Hour), id3, results.ClaimOwned)
-	id4 := newID()
+	id4 := job.NewID()
 	eventually(t, 10*time.Second, "owned key free after the ttl", func() bool {
 		c = claim(t, b, "c", "k3", id4, time.Hour)
 		return c.State == results.ClaimOwned
@@ -624,7 +611,7 @@ func testAdmit(t *testing.T, open Factory) {
 		if err := a.Admit(); err != nil {
 			t.Fatalf("admit %d on a healthy store: %v", i, err)
 		}
-		_ = a.Accept(ctx, accepted(newID()))
+		_ = a.Accept(ctx, accepted(job.NewID()))
 	}
 	if err := b.Admit(); err != nil {
 		t.Fatalf("admit on the other handle: %v", err)
