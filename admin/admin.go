@@ -97,11 +97,10 @@ func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 }
 
 func writeJSON(rw http.ResponseWriter, status int, v any) {
+	b, _ := job.Marshal(v) // the API's own types always encode
 	rw.Header().Set("Content-Type", "application/json")
 	rw.WriteHeader(status)
-	enc := json.NewEncoder(rw)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(v)
+	_, _ = rw.Write(append(b, '\n'))
 }
 
 func (h *Handler) readyz(rw http.ResponseWriter, r *http.Request) {

@@ -4,9 +4,9 @@
 package problem
 
 import (
-	"bytes"
-	"encoding/json"
 	"net/http"
+
+	"github.com/sluice-gw/sluice/job"
 )
 
 // ContentType is the media type of a problem.
@@ -46,11 +46,8 @@ func New(status int, detail string) Details {
 
 // JSON encodes d.
 func (d Details) JSON() []byte {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(d) // plain struct always encodes
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	b, _ := job.Marshal(d) // plain struct always encodes
+	return b
 }
 
 // Write writes the problem of status with detail to w (net/http).

@@ -8,8 +8,8 @@ import (
 	"github.com/sluice-gw/sluice/job"
 )
 
-// TestRankMatchesApply holds rank (which the Redis merge script and the
-// stored merge keys use) to job.Record.Apply: within one generation and
+// TestRankMatchesApply holds job.Status.Rank (which the Redis merge script
+// and the stored merge keys use) to job.Record.Apply: within one generation and
 // attempt, a record moves from status a to b exactly when b ranks higher.
 func TestRankMatchesApply(t *testing.T) {
 	all := []job.Status{job.Queued, job.InFlight, job.Retrying, job.Succeeded, job.Failed, "unknown"}

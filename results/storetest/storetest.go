@@ -53,7 +53,6 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// newID makes an id the way ingress does: acceptance millis, then random.
 func accepted(id string) *job.Record {
 	now := time.Now().UTC()
 	return &job.Record{ID: id, Route: "logs", Backend: "logstore", Client: "team-a",
