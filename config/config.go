@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/sluice-gw/sluice/broker"
 	"gopkg.in/yaml.v3"
 )
 
@@ -347,7 +348,7 @@ func (c *Config) ApplyDefaults() {
 			k.Partitions = 6
 		}
 		if k.MaxMessageBytes == 0 {
-			k.MaxMessageBytes = Size(max(4<<20, c.maxBody()+Overhead))
+			k.MaxMessageBytes = Size(max(4<<20, c.maxBody()+broker.Overhead))
 		}
 		if k.Retention == 0 {
 			k.Retention = Duration(720 * time.Hour)
@@ -434,11 +435,6 @@ func (c *Config) ApplyDefaults() {
 		}
 	}
 }
-
-// Overhead is the room a request message needs beside its body: sluice's
-// headers, the client's forwarded headers and the broker's framing. It is
-// broker.Overhead (config is a leaf and cannot import it).
-const Overhead = 128 << 10
 
 // EmbeddedMaxMessageBytes is the largest message the embedded broker carries.
 const EmbeddedMaxMessageBytes = 64 << 20

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/broker"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -167,7 +169,7 @@ backends: [{name: b, urls: ["http://127.0.0.1:1/"]}]
 		t.Fatal(err)
 	}
 	k := c.Broker.Kafka
-	if int64(k.MaxMessageBytes) != 6<<20+Overhead || k.Retention.D() != 720*time.Hour || k.DeadLetterRetention != 0 {
+	if int64(k.MaxMessageBytes) != 6<<20+broker.Overhead || k.Retention.D() != 720*time.Hour || k.DeadLetterRetention != 0 {
 		t.Fatalf("kafka defaults: %+v", k)
 	}
 	if c.Broker.Embedded.Sync != "1s" || c.MaxConnections != 10000 || c.MaxLongPolls != 4096 {

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/schemas"
 )
 
@@ -135,8 +136,8 @@ func (c *Config) Validate() error {
 		if strings.ContainsAny(k.TopicPrefix, " /\\") {
 			bad("broker.kafka.topic_prefix", "must be a valid Kafka topic name prefix, got %q", k.TopicPrefix)
 		}
-		if k.MaxMessageBytes < 2*Overhead {
-			bad("broker.kafka.max_message_bytes", "must be at least %s", humanSize(2*Overhead))
+		if k.MaxMessageBytes < 2*broker.Overhead {
+			bad("broker.kafka.max_message_bytes", "must be at least %s", humanSize(2*broker.Overhead))
 		}
 		if k.ReplicationFactor < 0 {
 			bad("broker.kafka.replication_factor", "must be >= 1 (0: min(3, brokers))")
@@ -158,8 +159,8 @@ func (c *Config) Validate() error {
 		if u, err := url.Parse(r.URL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
 			bad("broker.rabbitmq.url", "must be an amqp:// or amqps:// url")
 		}
-		if r.MaxMessageBytes < 2*Overhead {
-			bad("broker.rabbitmq.max_message_bytes", "must be at least %s", humanSize(2*Overhead))
+		if r.MaxMessageBytes < 2*broker.Overhead {
+			bad("broker.rabbitmq.max_message_bytes", "must be at least %s", humanSize(2*broker.Overhead))
 		}
 		if r.DeliveryLimit < 0 {
 			bad("broker.rabbitmq.delivery_limit", "must be >= 1")
@@ -292,12 +293,12 @@ func (c *Config) Validate() error {
 		switch limit := c.MaxMessageBytes(); {
 		case r.MaxBody < 0:
 			bad(key+".max_body", "must be > 0")
-		case int64(r.MaxBody)+Overhead > limit && brokerKey != "":
+		case int64(r.MaxBody)+broker.Overhead > limit && brokerKey != "":
 			bad(key+".max_body", "%s does not fit in a message of %s, the most %s lets the broker take with sluice's %s of headers; lower max_body or raise %s",
-				humanSize(int64(r.MaxBody)), humanSize(limit), brokerKey, humanSize(Overhead), brokerKey)
-		case int64(r.MaxBody)+Overhead > limit:
+				humanSize(int64(r.MaxBody)), humanSize(limit), brokerKey, humanSize(broker.Overhead), brokerKey)
+		case int64(r.MaxBody)+broker.Overhead > limit:
 			bad(key+".max_body", "%s does not fit in a message of the embedded broker, which carries at most %s with sluice's %s of headers",
-				humanSize(int64(r.MaxBody)), humanSize(limit), humanSize(Overhead))
+				humanSize(int64(r.MaxBody)), humanSize(limit), humanSize(broker.Overhead))
 		}
 		if r.Schema != "" {
 			if _, err := schemas.Compile(c.Path(r.Schema)); err != nil {
