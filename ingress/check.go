@@ -7,22 +7,31 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sluice-gw/sluice/job"
 )
 
-// badHeaders explains the first header a backend request could not carry:
-// a name that is not an RFC 9110 token, or a value with control
-// characters. Refusing it here keeps it from ever failing an attempt (and
-// counting against the backend's breaker). Empty: all good.
-func badHeaders(h *fasthttp.RequestHeader) string {
+// forwarded returns the client's headers a backend gets (job.Forwardable),
+// in order, or why one of them cannot be carried: a name that is not an
+// RFC 9110 token, or a value with control characters. Refusing it here
+// keeps it from ever failing an attempt (and counting against the
+// backend's breaker). One pass over the headers does both.
+func forwarded(h *fasthttp.RequestHeader) ([][2]string, string) {
+	conn := string(h.Peek("Connection"))
+	var out [][2]string
 	for k, v := range h.All() {
-		if !httpguts.ValidHeaderFieldName(string(k)) {
-			return "header name " + strconv.Quote(string(k)) + " is not a valid token (RFC 9110)"
+		name, value := string(k), string(v)
+		if !httpguts.ValidHeaderFieldName(name) {
+			return nil, "header name " + strconv.Quote(name) + " is not a valid token (RFC 9110)"
 		}
-		if !httpguts.ValidHeaderFieldValue(string(v)) {
-			return "header " + strconv.Quote(string(k)) + " has a control character in its value"
+		if !httpguts.ValidHeaderFieldValue(value) {
+			return nil, "header " + strconv.Quote(name) + " has a control character in its value"
+		}
+		if job.Forwardable(name, conn) {
+			out = append(out, [2]string{name, value})
 		}
 	}
-	return ""
+	return out, ""
 }
 
 // badPath explains why the rest of a prefix route's path must not reach the

@@ -253,7 +253,8 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		problem(ctx, 400, "the query "+why, 0)
 		return
 	}
-	if why := badHeaders(&ctx.Request.Header); why != "" {
+	header, why := forwarded(&ctx.Request.Header)
+	if why != "" {
 		problem(ctx, 400, why, 0)
 		return
 	}
@@ -314,13 +315,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 	req := &job.Request{
 		ID: id, Route: r.cfg.Name, Backend: r.backend.Name, Client: client,
 		Method: string(ctx.Method()), Path: rest, Query: string(ctx.URI().QueryString()),
-		Body: append([]byte(nil), body...), AcceptedAt: time.Now().UTC(),
-	}
-	conn := string(ctx.Request.Header.Peek("Connection"))
-	for k, v := range ctx.Request.Header.All() {
-		if name := string(k); job.Forwardable(name, conn) {
-			req.Header = append(req.Header, [2]string{name, string(v)})
-		}
+		Header: header, Body: append([]byte(nil), body...), AcceptedAt: time.Now().UTC(),
 	}
 
 	if s.fast != nil {
