@@ -43,7 +43,7 @@ type Embedded struct {
 	closeErr  error
 	done      sync.WaitGroup
 
-	queue acceptQueue // accepted, not yet on disk
+	queue *acceptQueue // accepted, not yet on disk
 
 	// Test hooks, nil outside tests.
 	afterMiss    func()                   // Get: after the first miss on disk

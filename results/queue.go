@@ -3,6 +3,7 @@ package results
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-gw/sluice/job"
@@ -26,24 +27,22 @@ const flushChunk = 1000
 type acceptQueue struct {
 	mu  sync.Mutex
 	m   map[string]*job.Record
+	n   atomic.Int64 // len(m), for admit: every submit asks, none locks
 	max int
 }
 
-func newAcceptQueue(max int) acceptQueue {
+func newAcceptQueue(max int) *acceptQueue {
 	if max <= 0 {
 		max = DefaultMaxPending
 	}
-	return acceptQueue{m: map[string]*job.Record{}, max: max}
+	return &acceptQueue{m: map[string]*job.Record{}, max: max}
 }
 
 // admit reports ErrUnavailable once max records wait. Accept itself never
 // refuses: the request behind it is queued already, its record must be
 // kept. So the bound holds up to the submits admitted at the same moment.
 func (q *acceptQueue) admit() error {
-	q.mu.Lock()
-	n := len(q.m)
-	q.mu.Unlock()
-	if n >= q.max {
+	if n := q.n.Load(); n >= int64(q.max) {
 		return fmt.Errorf("%w: %d accepted records wait to be written", ErrUnavailable, n)
 	}
 	return nil
@@ -52,6 +51,7 @@ func (q *acceptQueue) admit() error {
 func (q *acceptQueue) put(r *job.Record) {
 	q.mu.Lock()
 	q.m[r.ID] = r
+	q.n.Store(int64(len(q.m)))
 	q.mu.Unlock()
 }
 
@@ -66,11 +66,7 @@ func (q *acceptQueue) get(id string) *job.Record {
 	return nil
 }
 
-func (q *acceptQueue) len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.m)
-}
+func (q *acceptQueue) len() int { return int(q.n.Load()) }
 
 // batch returns up to n queued records, still queued.
 func (q *acceptQueue) batch(n int) []*job.Record {
@@ -95,6 +91,7 @@ func (q *acceptQueue) written(batch []*job.Record) {
 			delete(q.m, r.ID)
 		}
 	}
+	q.n.Store(int64(len(q.m)))
 	q.mu.Unlock()
 }
 
@@ -104,6 +101,7 @@ func (q *acceptQueue) forget(ids []string) {
 	for _, id := range ids {
 		delete(q.m, id)
 	}
+	q.n.Store(int64(len(q.m)))
 	q.mu.Unlock()
 }
 

@@ -50,7 +50,7 @@ type Redis struct {
 	closeOnce sync.Once
 	closeErr  error
 	done      sync.WaitGroup
-	queue     acceptQueue
+	queue     *acceptQueue
 
 	afterMiss func() // test hook: Get, after the first miss in Redis
 }

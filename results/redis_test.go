@@ -234,6 +234,7 @@ func TestRedisFlushInChunks(t *testing.T) {
 		r := accepted(fmt.Sprintf("r%d", i), time.Now())
 		s.queue.m[r.ID] = r
 	}
+	s.queue.n.Store(int64(len(s.queue.m)))
 	s.queue.mu.Unlock()
 	deadline := time.Now().Add(20 * time.Second)
 	for s.queue.len() > 0 {
