@@ -312,16 +312,10 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 		<-published
 	}
 	verdict := Classify(res.status, res.err, p.cfg.Retry.OnStatus)
-	var category string
-	if res.err != nil {
-		category = describe(res.err)
-	}
 	switch {
-	case errors.Is(res.err, errBuild):
-		// Sluice's fault, not the backend's: no breaker, no outlier.
-		permit.Release()
-		p.bal.report(res.url, res.probe, outcomeNeutral)
-	case ctx.Err() != nil:
+	case errors.Is(res.err, errBuild), ctx.Err() != nil:
+		// Sluice's fault or a shutdown, not the backend's: no breaker,
+		// no outlier.
 		permit.Release()
 		p.bal.report(res.url, res.probe, outcomeNeutral)
 	default:
@@ -342,7 +336,7 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 
 	var lastErr string
 	if res.err != nil {
-		lastErr = category
+		lastErr = describe(res.err)
 	} else if verdict != Success {
 		lastErr = strconv.Itoa(res.status) + " " + http.StatusText(res.status)
 	}
