@@ -84,7 +84,20 @@ func fetchKeys(t *testing.T, sub broker.Subscription, n int, d time.Duration, ac
 	return keys
 }
 
-func expectNothing(t *testing.T, sub broker.Subscription, d time.Duration) {
+// FetchOne fetches one message within d, failing t otherwise.
+func FetchOne(t *testing.T, sub broker.Subscription, d time.Duration) broker.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	ds, err := sub.Fetch(ctx, 1)
+	if err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	return ds[0]
+}
+
+// ExpectNothing fails t if sub hands out a message within d.
+func ExpectNothing(t *testing.T, sub broker.Subscription, d time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
@@ -130,7 +143,7 @@ func testPublishFetchAck(t *testing.T, open Factory) {
 	if len(seen) != 50 {
 		t.Fatalf("got %d distinct messages, want 50", len(seen))
 	}
-	expectNothing(t, sub, 500*time.Millisecond)
+	ExpectNothing(t, sub, 500*time.Millisecond)
 }
 
 func testNack(t *testing.T, open Factory) {
@@ -506,7 +519,7 @@ func testSettleThenClose(t *testing.T, open Factory) {
 			t.Fatalf("%s was acknowledged before Close and came again", k)
 		}
 	}
-	expectNothing(t, sub2, time.Second)
+	ExpectNothing(t, sub2, time.Second)
 }
 
 func testSeparate(t *testing.T, open Factory) {
@@ -523,7 +536,7 @@ func testSeparate(t *testing.T, open Factory) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	expectNothing(t, sub, 300*time.Millisecond)
+	ExpectNothing(t, sub, 300*time.Millisecond)
 	res, err := b.Subscribe(ctx, broker.ResultTopic, broker.SubscribeOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -153,25 +153,6 @@ func setTopicConfig(t *testing.T, addrs []string, name, key, value string) {
 	}
 }
 
-// fetchOne fetches one message within d.
-func fetchOne(t *testing.T, sub broker.Subscription, d time.Duration) broker.Delivery {
-	t.Helper()
-	ds, err := sub.Fetch(ctxT(t, d), 1)
-	if err != nil {
-		t.Fatalf("fetch: %v", err)
-	}
-	return ds[0]
-}
-
-func expectNothing(t *testing.T, sub broker.Subscription, d time.Duration) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	if ds, err := sub.Fetch(ctx, 10); err == nil {
-		t.Fatalf("expected no message, got %d (first %q)", len(ds), ds[0].Message().Key)
-	}
-}
-
 func subscribe(t *testing.T, b *Broker, topic string) broker.Subscription {
 	t.Helper()
 	sub, err := b.Subscribe(ctxT(t, 10*time.Second), topic, broker.SubscribeOptions{Prefetch: 4})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/brokertest"
 )
 
 // TestLargeMessages sends a 3 MiB message through every path a message
@@ -37,7 +38,7 @@ func TestLargeMessages(t *testing.T) {
 	sub := subscribe(t, b, topic)
 	got := map[string]bool{}
 	for len(got) < 2 {
-		d := fetchOne(t, sub, 30*time.Second)
+		d := brokertest.FetchOne(t, sub, 30*time.Second)
 		m := d.Message()
 		if !bytes.Equal(m.Body, body) || m.Headers["h"] != "v" {
 			t.Fatalf("%s came back changed: %d bytes, headers %v", m.Key, len(m.Body), m.Headers)
@@ -90,11 +91,11 @@ func TestTooLarge(t *testing.T) {
 		t.Fatalf("one byte over the limit: %v, want ErrTooLarge", err)
 	}
 	sub := subscribe(t, b, topic)
-	d := fetchOne(t, sub, 10*time.Second)
+	d := brokertest.FetchOne(t, sub, 10*time.Second)
 	if err := d.Nack(ctx, 200*time.Millisecond); err != nil {
 		t.Fatalf("nack at the limit: %v", err)
 	}
-	if d := fetchOne(t, sub, 10*time.Second); d.Message().Key != "at" || len(d.Message().Body) != len(at.Body) {
+	if d := brokertest.FetchOne(t, sub, 10*time.Second); d.Message().Key != "at" || len(d.Message().Body) != len(at.Body) {
 		t.Fatalf("got %q (%d bytes) back, want the nacked one", d.Message().Key, len(d.Message().Body))
 	} else {
 		_ = d.Ack(ctx)
@@ -115,7 +116,7 @@ func TestTooLarge(t *testing.T) {
 	if err := b.Publish(ctx, broker.ResultTopic, mid); err != nil {
 		t.Fatalf("publish to a topic that takes it: %v", err)
 	}
-	if d := fetchOne(t, sub, 10*time.Second); d.Message().Key != "small" {
+	if d := brokertest.FetchOne(t, sub, 10*time.Second); d.Message().Key != "small" {
 		t.Fatalf("got %q, want small", d.Message().Key)
 	}
 }
@@ -137,7 +138,7 @@ func TestForwarderPassesOverOversized(t *testing.T) {
 	if err := b.Publish(ctx, topic, early); err != nil {
 		t.Fatal(err)
 	}
-	d := fetchOne(t, sub, 15*time.Second)
+	d := brokertest.FetchOne(t, sub, 15*time.Second)
 	if d.Message().Headers["n"] != "early" {
 		t.Fatalf("got %v, want the one that could not wait in the smaller tier", d.Message().Headers)
 	}
@@ -153,10 +154,10 @@ func TestForwarderPassesOverOversized(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	d = fetchOne(t, sub, 15*time.Second)
+	d = brokertest.FetchOne(t, sub, 15*time.Second)
 	if d.Message().Headers["n"] != "1" {
 		t.Fatalf("got %v, want the small one behind the refused one", d.Message().Headers)
 	}
 	_ = d.Ack(ctx)
-	expectNothing(t, sub, 500*time.Millisecond)
+	brokertest.ExpectNothing(t, sub, 500*time.Millisecond)
 }

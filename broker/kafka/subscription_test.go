@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/brokertest"
 )
 
 // refuseProduce makes Kafka refuse every write to Kafka topic name (""
@@ -32,14 +33,14 @@ func TestNackCopyLandsLater(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub := subscribe(t, b, topic)
-	d := fetchOne(t, sub, 10*time.Second)
+	d := brokertest.FetchOne(t, sub, 10*time.Second)
 	lift, _ := refuseProduce(c, b.name(tierTopic(100*time.Millisecond)))
 	if err := d.Nack(ctx, 300*time.Millisecond); !errors.Is(err, broker.ErrUnavailable) {
 		lift()
 		t.Fatalf("nack while Kafka refuses the copy: %v, want ErrUnavailable", err)
 	}
 	lift()
-	again := fetchOne(t, sub, 20*time.Second)
+	again := brokertest.FetchOne(t, sub, 20*time.Second)
 	if again.Message().Key != "k" {
 		t.Fatalf("got %q, want the copy of k", again.Message().Key)
 	}
@@ -47,7 +48,7 @@ func TestNackCopyLandsLater(t *testing.T) {
 	_ = sub.Close()
 
 	sub2 := subscribe(t, b, topic)
-	expectNothing(t, sub2, 2*time.Second)
+	brokertest.ExpectNothing(t, sub2, 2*time.Second)
 }
 
 // TestCloseStopsRepublisher: Close stops and waits for a Nack's background
@@ -65,7 +66,7 @@ func TestCloseStopsRepublisher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := fetchOne(t, sub, 10*time.Second)
+	d := brokertest.FetchOne(t, sub, 10*time.Second)
 	// Every topic: the copy goes straight to its own topic once its delay
 	// has passed.
 	lift, hits := refuseProduce(c, "")
@@ -96,12 +97,12 @@ func TestCloseStopsRepublisher(t *testing.T) {
 	lift()
 
 	sub2 := subscribe(t, b, topic)
-	if d := fetchOne(t, sub2, 20*time.Second); d.Message().Key != "k" {
+	if d := brokertest.FetchOne(t, sub2, 20*time.Second); d.Message().Key != "k" {
 		t.Fatalf("got %q, want the original k again", d.Message().Key)
 	} else {
 		_ = d.Ack(ctx)
 	}
-	expectNothing(t, sub2, 1500*time.Millisecond)
+	brokertest.ExpectNothing(t, sub2, 1500*time.Millisecond)
 
 	_ = sub2.Close()
 	if err := b.Close(); err != nil {
@@ -125,17 +126,17 @@ func TestNackTooLarge(t *testing.T) {
 	}
 	setTopicConfig(t, addrs, b.name(tierTopic(100*time.Millisecond)), "max.message.bytes", "4096")
 	sub := subscribe(t, b, topic)
-	d := fetchOne(t, sub, 10*time.Second)
+	d := brokertest.FetchOne(t, sub, 10*time.Second)
 	err := d.Nack(ctx, 300*time.Millisecond)
 	if !errors.Is(err, broker.ErrTooLarge) || errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("nack with a copy too large for its tier: %v, want only ErrTooLarge", err)
 	}
 	noneOf(t, "republish")
-	expectNothing(t, sub, time.Second)
+	brokertest.ExpectNothing(t, sub, time.Second)
 	if err := d.Ack(ctx); err != nil {
 		t.Fatal(err)
 	}
 	_ = sub.Close()
 	sub2 := subscribe(t, b, topic)
-	expectNothing(t, sub2, 2*time.Second)
+	brokertest.ExpectNothing(t, sub2, 2*time.Second)
 }

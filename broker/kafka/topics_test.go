@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/brokertest"
 )
 
 // metadata returns Kafka topic name's partition count and replication
@@ -179,7 +180,7 @@ func TestOpenBeforeKafka(t *testing.T) {
 	if err := b.Publish(ctxT(t, 10*time.Second), broker.RequestTopic("a"), broker.Message{Key: "k"}); err != nil {
 		t.Fatalf("publish once Kafka is up: %v", err)
 	}
-	if d := fetchOne(t, sub, 30*time.Second); d.Message().Key != "k" {
+	if d := brokertest.FetchOne(t, sub, 30*time.Second); d.Message().Key != "k" {
 		t.Fatalf("got %q", d.Message().Key)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/brokertest"
 	"github.com/sluice-gw/sluice/internal/stacks"
 )
 
@@ -38,17 +39,6 @@ func blockPublishing(t *testing.T, b *Broker) (unblock func()) {
 	}
 }
 
-func fetchOne(t *testing.T, sub broker.Subscription, d time.Duration) broker.Delivery {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	ds, err := sub.Fetch(ctx, 1)
-	if err != nil {
-		t.Fatalf("fetch: %v", err)
-	}
-	return ds[0]
-}
-
 // TestNackWithDelayIsBounded nacks with a delay while no publish can go
 // through, with a context that never ends (as the consume path and
 // shutdown hand-backs do): Nack returns within the broker's own bound and
@@ -63,7 +53,7 @@ func TestNackWithDelayIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	d := fetchOne(t, sub, 10*time.Second)
+	d := brokertest.FetchOne(t, sub, 10*time.Second)
 	unblock := blockPublishing(t, b)
 	defer unblock()
 	done := make(chan error, 1)
@@ -74,7 +64,7 @@ func TestNackWithDelayIsBounded(t *testing.T) {
 		t.Fatal("Nack with a delay blocked on a publish that cannot go through")
 	}
 	unblock()
-	if k := fetchOne(t, sub, 10*time.Second).Message().Key; k != deadMsg(1).Key {
+	if k := brokertest.FetchOne(t, sub, 10*time.Second).Message().Key; k != deadMsg(1).Key {
 		t.Fatalf("got %q back", k)
 	}
 }
@@ -249,7 +239,7 @@ func TestPauseHandsBack(t *testing.T) {
 	}
 	defer sub.Close()
 	eventually(t, 10*time.Second, "the consumer holds all five", func() bool { return b.held(topic).Load() == 5 })
-	first := fetchOne(t, sub, 5*time.Second)
+	first := brokertest.FetchOne(t, sub, 5*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := first.Ack(ctx); err != nil {
@@ -272,7 +262,7 @@ func TestPauseHandsBack(t *testing.T) {
 	}
 	got := map[string]bool{first.Message().Key: true}
 	for len(got) < 5 {
-		d := fetchOne(t, sub, 10*time.Second)
+		d := brokertest.FetchOne(t, sub, 10*time.Second)
 		got[d.Message().Key] = true
 		_ = d.Ack(ctx)
 	}

@@ -12,6 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/brokertest"
 )
 
 // TestTopology checks what Open declares: request queues with an explicit
@@ -351,7 +352,7 @@ func TestOldDelayQueueMigrates(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	d := fetchOne(t, sub, 20*time.Second)
+	d := brokertest.FetchOne(t, sub, 20*time.Second)
 	if d.Message().Key != "held" {
 		t.Fatalf("got %q", d.Message().Key)
 	}
