@@ -46,7 +46,6 @@ type Embedded struct {
 	queue *acceptQueue // accepted, not yet on disk
 
 	// Test hooks, nil outside tests.
-	afterMiss    func()                   // Get: after the first miss on disk
 	afterSweepTx func(examined, gone int) // Sweep: after each committed chunk
 }
 
@@ -186,15 +185,7 @@ func (s *Embedded) read(id string) (*job.Record, error) {
 // between the two looks: so a miss in memory is followed by a second look
 // on disk, else a poll right after the 202 could answer 404.
 func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
-	rec, err := s.read(id)
-	if err == nil && rec == nil {
-		if s.afterMiss != nil {
-			s.afterMiss()
-		}
-		if rec = s.queue.get(id); rec == nil {
-			rec, err = s.read(id)
-		}
-	}
+	rec, err := s.queue.lookup(id, func() (*job.Record, error) { return s.read(id) })
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}

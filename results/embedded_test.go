@@ -165,7 +165,7 @@ func TestEmbeddedGetWhileFlushing(t *testing.T) {
 	s := openStore(t, t.TempDir(), time.Hour)
 	defer s.Close()
 	var once sync.Once
-	s.afterMiss = func() {
+	s.queue.afterMiss = func() {
 		once.Do(func() {
 			if err := s.flush(); err != nil {
 				t.Error(err)

@@ -29,6 +29,8 @@ type acceptQueue struct {
 	m   map[string]*job.Record
 	n   atomic.Int64 // len(m), for admit: every submit asks, none locks
 	max int
+
+	afterMiss func() // test hook: lookup, between the first read and the queue
 }
 
 func newAcceptQueue(max int) *acceptQueue {
@@ -53,6 +55,24 @@ func (q *acceptQueue) put(r *job.Record) {
 	q.m[r.ID] = r
 	q.n.Store(int64(len(q.m)))
 	q.mu.Unlock()
+}
+
+// lookup finds id's record: read from the store, else in the queue, else
+// read again — a flush may write it and leave the queue between the first
+// two looks, and the record must never seem gone. read returns nil for an
+// id it does not hold.
+func (q *acceptQueue) lookup(id string, read func() (*job.Record, error)) (*job.Record, error) {
+	rec, err := read()
+	if err != nil || rec != nil {
+		return rec, err
+	}
+	if q.afterMiss != nil {
+		q.afterMiss()
+	}
+	if rec = q.get(id); rec != nil {
+		return rec, nil
+	}
+	return read()
 }
 
 // get returns a copy of id's queued record, or nil.

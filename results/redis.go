@@ -51,8 +51,6 @@ type Redis struct {
 	closeErr  error
 	done      sync.WaitGroup
 	queue     *acceptQueue
-
-	afterMiss func() // test hook: Get, after the first miss in Redis
 }
 
 var _ Store = (*Redis)(nil)
@@ -165,15 +163,7 @@ func (s *Redis) writeAccepted(ctx context.Context, batch []*job.Record) error {
 // the two looks: so a miss in memory is followed by a second look in
 // Redis, else a poll right after the 202 could answer 404.
 func (s *Redis) Get(ctx context.Context, id string) (*job.Record, error) {
-	r, err := s.read(ctx, id)
-	if err == nil && r == nil {
-		if s.afterMiss != nil {
-			s.afterMiss()
-		}
-		if r = s.queue.get(id); r == nil {
-			r, err = s.read(ctx, id)
-		}
-	}
+	r, err := s.queue.lookup(id, func() (*job.Record, error) { return s.read(ctx, id) })
 	if err != nil {
 		return nil, err
 	}

@@ -86,7 +86,7 @@ func TestRedisGetWhileFlushing(t *testing.T) {
 	s := openRedis(t, RedisOptions{KeyPrefix: testPrefix(t)})
 	ctx := context.Background()
 	var once sync.Once
-	s.afterMiss = func() { once.Do(func() { _ = s.flush(ctx, false) }) }
+	s.queue.afterMiss = func() { once.Do(func() { _ = s.flush(ctx, false) }) }
 	_ = s.Accept(ctx, accepted("x", time.Now()))
 	if r, err := s.Get(ctx, "x"); err != nil || r.Status != job.Queued {
 		t.Fatalf("poll while its record is being written: %v %v", r, err)
