@@ -46,7 +46,6 @@ type Redis struct {
 	hub       hub
 	ctx       context.Context // ends at Close: cuts short the loops' Redis calls
 	cancel    context.CancelFunc
-	stop      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
 	done      sync.WaitGroup
@@ -75,13 +74,13 @@ func OpenRedis(opts RedisOptions) *Redis {
 			DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
 			MaxRetries: 1}),
 		opts: opts, hub: hub{w: map[string][]chan struct{}{}}, ctx: ctx, cancel: cancel,
-		stop: make(chan struct{}), queue: newAcceptQueue(opts.MaxPending),
+		queue: newAcceptQueue(opts.MaxPending),
 	}
 	s.ps = s.rdb.Subscribe(ctx) // no channel yet: no connection either
 	s.done.Add(2)
 	go func() {
 		defer s.done.Done()
-		every(5*time.Millisecond, s.stop, func() { _ = s.flush(s.ctx, false) })
+		every(5*time.Millisecond, s.ctx.Done(), func() { _ = s.flush(s.ctx, false) })
 	}()
 	go func() { defer s.done.Done(); s.listen() }()
 	return s
@@ -467,7 +466,6 @@ func (s *Redis) Ping(ctx context.Context) error {
 // return the first call's result.
 func (s *Redis) Close() error {
 	s.closeOnce.Do(func() {
-		close(s.stop)
 		s.cancel()
 		_ = s.ps.Close() // ends the listener's pending read
 		s.done.Wait()
