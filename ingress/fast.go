@@ -38,6 +38,8 @@ type fastPublisher struct {
 	q      chan *job.Request
 	wg     sync.WaitGroup
 
+	startOnce sync.Once
+
 	abort      context.Context // canceled when no new write may start (shutdown)
 	abortCause context.CancelFunc
 
@@ -49,16 +51,22 @@ type fastPublisher struct {
 func newFastPublisher(pub broker.Publisher, store Store, log zerolog.Logger, capacity int, timeout time.Duration) *fastPublisher {
 	f := &fastPublisher{pub: pub, store: store, log: log, timeout: timeout, q: make(chan *job.Request, capacity)}
 	f.abort, f.abortCause = context.WithCancel(context.Background())
-	for range fastWorkers {
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			for req := range f.q {
-				f.publish(req)
-			}
-		}()
-	}
 	return f
+}
+
+// start starts the writers; close ends them.
+func (f *fastPublisher) start() {
+	f.startOnce.Do(func() {
+		for range fastWorkers {
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				for req := range f.q {
+					f.publish(req)
+				}
+			}()
+		}
+	})
 }
 
 // enqueue buffers req; it fails when the buffer is full or closing.

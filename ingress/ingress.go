@@ -90,7 +90,7 @@ type Server struct {
 // same Idempotency-Key to finish its write before answering 409.
 const claimWait = time.Second
 
-// New compiles the routes of cfg.
+// New compiles the routes of cfg. It starts nothing: Serve does.
 func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog, log zerolog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, pub: pub, store: store, backlog: backlog, log: log,
 		exact: map[string]*route{}, closing: make(chan struct{}), sharedStore: cfg.Results.Store == "redis"}
@@ -147,6 +147,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.lnMu.Lock()
 	s.lns = append(s.lns, l)
 	s.lnMu.Unlock()
+	if s.fast != nil {
+		s.fast.start() // Shutdown ends its writers
+	}
 	return s.srv.Serve(l)
 }
 

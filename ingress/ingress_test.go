@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/internal/stacks"
 	"github.com/sluice-gw/sluice/job"
 )
 
@@ -145,6 +147,9 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"], rate: 10 }]
 	s, err := New(cfg, &fakePublisher{PublishFn: pub}, st, &fakeBacklog{}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.fast != nil {
+		s.fast.start() // as Serve does: these tests call the handler directly
 	}
 	return s, st
 }
@@ -318,5 +323,53 @@ func TestMaxInflight(t *testing.T) {
 		if st := <-done; st != 202 {
 			t.Fatalf("pending submit ended %d", st)
 		}
+	}
+}
+
+// TestNewStartsNothing: the constructor wires; Serve starts the ack: fast
+// writers and Shutdown ends them.
+func TestNewStartsNothing(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+ack: fast
+routes: [{ name: r, path: /r, backend: b }]
+backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
+`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(cfg, &fakePublisher{}, newFakeStore(), &fakeBacklog{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := stacks.Running("sluice/ingress"); len(g) > 0 {
+		t.Fatalf("New started %d goroutines, e.g.\n%s", len(g), g[0])
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	waitFor(t, "the ack: fast writers to start", func() bool { return len(stacks.Running("sluice/ingress.(*fastPublisher)")) > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every ingress goroutine to end", func() bool { return len(stacks.Running("sluice/ingress")) == 0 })
+}
+
+// waitFor polls cond until it holds, failing after 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/sluice-gw/sluice/gateway"
 )
 
 func flagSet() *flag.FlagSet { return flag.NewFlagSet("test", flag.ContinueOnError) }
@@ -113,7 +114,7 @@ func TestComposeFile(t *testing.T) {
 
 	type process struct {
 		name   string
-		roles  []string
+		roles  []gateway.Role
 		cfg    string // its config inside the container
 		source string // the mounted file
 	}
@@ -139,9 +140,9 @@ func TestComposeFile(t *testing.T) {
 		}
 		switch s.Command[0] {
 		case "serve":
-			proc := process{name: s.Name, roles: allRoles, cfg: argValue(s.Command, "config")}
+			proc := process{name: s.Name, roles: gateway.AllRoles, cfg: argValue(s.Command, "config")}
 			if r := argValue(s.Command, "roles"); r != "" {
-				if proc.roles, err = parseRoles(r); err != nil {
+				if proc.roles, err = gateway.ParseRoles(r); err != nil {
 					t.Errorf("service %s: %v", s.Name, err)
 				}
 			}
@@ -166,7 +167,7 @@ func TestComposeFile(t *testing.T) {
 	}
 
 	used := map[string]bool{} // services some sluice process uses
-	var roles []string
+	var roles []gateway.Role
 	for _, proc := range sluices {
 		s := p.Services[proc.name]
 		// The container's environment: the service's, none of this test's.
@@ -224,7 +225,7 @@ func TestComposeFile(t *testing.T) {
 		if cfg.Results.Store == "redis" {
 			need("results.redis.addr", cfg.Results.Redis.Addr)
 		}
-		if slices.Contains(proc.roles, "worker") {
+		if slices.Contains(proc.roles, gateway.Worker) {
 			for _, b := range cfg.Backends {
 				for _, raw := range b.URLs {
 					u, err := url.Parse(raw)
@@ -261,7 +262,7 @@ func TestComposeFile(t *testing.T) {
 		for target, pc := range published {
 			switch fmt.Sprint(target) {
 			case ingressPort:
-				if !slices.Contains(proc.roles, "ingress") {
+				if !slices.Contains(proc.roles, gateway.Ingress) {
 					t.Errorf("service %s publishes %d, but runs no ingress", s.Name, target)
 				}
 			case adminPort:
@@ -273,13 +274,13 @@ func TestComposeFile(t *testing.T) {
 					s.Name, target, cfg.Listen, cfg.AdminListen)
 			}
 		}
-		if slices.Contains(proc.roles, "ingress") {
+		if slices.Contains(proc.roles, gateway.Ingress) {
 			if _, ok := published[uint32(mustAtoi(t, ingressPort))]; !ok {
 				t.Errorf("service %s runs ingress, but does not publish its client port %s", s.Name, ingressPort)
 			}
 		}
 	}
-	for _, r := range allRoles {
+	for _, r := range gateway.AllRoles {
 		if !slices.Contains(roles, r) {
 			t.Errorf("no sluice service runs the %s role", r)
 		}

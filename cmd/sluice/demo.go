@@ -36,29 +36,17 @@ func demoFlags(fs *flag.FlagSet) *demo.Options {
 	return &o
 }
 
-// startDemoBackend binds listen (the value of flag) and serves the demo
-// backend on it. A port that cannot be bound is an error that says what to
-// do about it.
-func startDemoBackend(flag, listen string, o demo.Options) (*http.Server, net.Listener, error) {
-	ln, err := net.Listen("tcp", listen)
+// listenDemoBackend binds listen (the value of flag) for the demo backend.
+// A port that cannot be bound is an error that says what to do about it.
+func listenDemoBackend(flag, listen string, o demo.Options) (*demo.Server, error) {
+	srv, err := demo.Listen(listen, o)
 	if errors.Is(err, syscall.EADDRINUSE) {
-		return nil, nil, fmt.Errorf("the demo backend cannot listen on %s: the address is already in use by another program (stop it, or pass %s with a free address and point the config's backends[].urls at it)", listen, flag)
+		return nil, fmt.Errorf("the demo backend cannot listen on %s: the address is already in use by another program (stop it, or pass %s with a free address and point the config's backends[].urls at it)", listen, flag)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("the demo backend cannot listen: %w", err)
+		return nil, fmt.Errorf("the demo backend cannot listen: %w", err)
 	}
-	srv := &http.Server{Handler: demo.New(o), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	return srv, ln, nil
-}
-
-// stopDemoBackend lets requests in progress finish (bounded), then closes.
-func stopDemoBackend(srv *http.Server) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if srv.Shutdown(ctx) != nil {
-		_ = srv.Close()
-	}
+	return srv, nil
 }
 
 func demoBackend(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -68,14 +56,15 @@ func demoBackend(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	srv, ln, err := startDemoBackend("-listen", *listen, *o)
+	srv, err := listenDemoBackend("-listen", *listen, *o)
 	if err != nil {
 		return fmt.Errorf("demo-backend: %w", err)
 	}
 	fmt.Fprintf(stdout, "demo backend on http://%s (capacity %d, rate %g/s, latency %s+%s, fail rate %g); GET /stats for counts\n",
-		ln.Addr(), o.Capacity, o.Rate, o.Latency, o.Jitter, o.FailRate)
-	<-ctx.Done()
-	stopDemoBackend(srv)
+		srv.Addr(), o.Capacity, o.Rate, o.Latency, o.Jitter, o.FailRate)
+	if err := srv.Run(ctx); err != nil {
+		return fmt.Errorf("demo-backend: %w", err)
+	}
 	return nil
 }
 
@@ -100,11 +89,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, ready
 		printConfigErrors(stderr, *path, err)
 		return errConfig
 	}
-	backend, backendLn, err := startDemoBackend("-backend-listen", *backendListen, *o)
+	backend, err := listenDemoBackend("-backend-listen", *backendListen, *o)
 	if err != nil {
 		return fmt.Errorf("demo: %w; nothing was started", err)
 	}
-	defer stopDemoBackend(backend)
+	backendCtx, stopBackend := context.WithCancel(context.Background())
+	backendDone := make(chan struct{})
+	go func() { defer close(backendDone); _ = backend.Run(backendCtx) }()
+	defer func() { stopBackend(); <-backendDone }() // after sluice: its deliveries in flight finish
 
 	sctx, stopServe := context.WithCancel(ctx)
 	defer stopServe()
@@ -151,11 +143,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, ready
 	case err := <-served:
 		return cannotStart(err)
 	}
-	writeBanner(stdout, bannerFor(cfg, a[0], a[1], backendLn.Addr().String(), *o))
+	writeBanner(stdout, bannerFor(cfg, a[0], a[1], backend.Addr().String(), *o))
 	if ready != nil {
 		ready(a[0], a[1])
 	}
-	return <-served // until ctx ends; then the deferred stopDemoBackend
+	return <-served // until ctx ends; then the deferred stop of the backend
 }
 
 // awaitReady polls the admin API's /readyz until it answers 200, ctx ends or

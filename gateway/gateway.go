@@ -1,0 +1,316 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-gw/sluice/admin"
+	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/embedded"
+	"github.com/sluice-gw/sluice/broker/kafka"
+	"github.com/sluice-gw/sluice/broker/rabbitmq"
+	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/ingress"
+	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/workers"
+)
+
+// Role is one part of the gateway a process runs.
+type Role string
+
+// The roles. A process runs all three unless told otherwise; the embedded
+// broker lives inside one process, so it always does.
+const (
+	Ingress   Role = "ingress"   // the client port: submit and poll
+	Worker    Role = "worker"    // deliveries to the backends
+	Collector Role = "collector" // outcomes from the result queue into the store
+)
+
+// AllRoles is what a process runs by default.
+var AllRoles = []Role{Ingress, Worker, Collector}
+
+// ErrRoles is returned by ParseRoles and New for roles that cannot run.
+var ErrRoles = errors.New("roles")
+
+// ParseRoles reads a comma-separated list of roles.
+func ParseRoles(s string) ([]Role, error) {
+	var roles []Role
+	for _, r := range strings.Split(s, ",") {
+		r := Role(strings.TrimSpace(r))
+		if !slices.Contains(AllRoles, r) {
+			return nil, fmt.Errorf("%w: unknown role %q (want ingress, worker, collector)", ErrRoles, r)
+		}
+		if !slices.Contains(roles, r) {
+			roles = append(roles, r)
+		}
+	}
+	return roles, nil
+}
+
+// Options are what New needs beyond the config.
+type Options struct {
+	Roles []Role // nil: AllRoles
+	Log   zerolog.Logger
+	// Ready, when set, is told the addresses Run bound (tests listen on
+	// port 0) once every part has started.
+	Ready func(ingress, admin string)
+}
+
+// Gateway is one sluice process. Create it with New, then Run it.
+type Gateway struct {
+	cfg   *config.Config
+	roles []Role
+	log   zerolog.Logger
+	ready func(ingress, admin string)
+}
+
+// New checks that the roles can run with cfg. It starts nothing and opens
+// nothing.
+func New(cfg *config.Config, opts Options) (*Gateway, error) {
+	roles := opts.Roles
+	if roles == nil {
+		roles = AllRoles
+	}
+	if len(roles) != len(AllRoles) {
+		switch {
+		case cfg.Broker.Kind == "embedded":
+			return nil, fmt.Errorf("%w: the embedded broker lives inside one process, so it runs all roles; use kafka or rabbitmq to split them", ErrRoles)
+		case cfg.Results.Store != "redis":
+			return nil, fmt.Errorf("%w: processes with separate roles share outcomes through results.store: redis", ErrRoles)
+		}
+	}
+	return &Gateway{cfg: cfg, roles: roles, log: opts.Log, ready: opts.Ready}, nil
+}
+
+func (g *Gateway) has(r Role) bool { return slices.Contains(g.roles, r) }
+
+// parts is what Run opened and built, for the shutdown to stop in order.
+type parts struct {
+	grp                         *group
+	broker                      broker.Broker
+	store                       results.Store
+	ingress                     *ingress.Server
+	manager                     *workers.Manager
+	admin                       *http.Server
+	monitor, workers, collector *proc
+	adminProc, ingressProc      *proc
+}
+
+// Run runs the gateway until ctx ends or a part stops by itself, then
+// shuts down in order within shutdown_timeout. Nothing that got a 202 is
+// lost by it.
+func (g *Gateway) Run(ctx context.Context) error {
+	cfg, log := g.cfg, g.log
+
+	// Bind the listeners first: a port in use fails before anything starts.
+	var ingLn, admLn net.Listener
+	var err error
+	if g.has(Ingress) {
+		if ingLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+		defer ingLn.Close()
+	}
+	if admLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+		return fmt.Errorf("admin_listen: %w", err)
+	}
+	defer admLn.Close()
+
+	p := &parts{grp: newGroup()}
+	defer p.grp.StopAll()
+	if p.broker, err = g.openBroker(ctx); err != nil {
+		return err
+	}
+	brokerClosed := false
+	defer func() {
+		if !brokerClosed {
+			_ = p.broker.Close()
+		}
+	}()
+	if p.store, err = g.openStore(); err != nil {
+		return err
+	}
+	defer p.store.Close()
+
+	topics := make([]string, len(cfg.Backends))
+	for i, b := range cfg.Backends {
+		topics[i] = broker.RequestTopic(b.Name)
+	}
+	monitor := broker.NewMonitor(p.broker, topics, 500*time.Millisecond)
+	p.manager = workers.NewManager(cfg, p.broker, log)
+	if g.has(Ingress) {
+		if p.ingress, err = ingress.New(cfg, p.broker, p.store, monitor, log); err != nil {
+			return err
+		}
+	}
+	p.admin = &http.Server{
+		Handler: admin.New(cfg.AdminToken, cfg.AdminPprof, p.manager, monitor, p.store, []admin.Check{
+			{Name: "broker", Ping: p.broker.Ping}, {Name: "results", Ping: p.store.Ping},
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+
+	// Start, in the reverse of the order of the stop.
+	monitor.Poll(ctx)
+	p.monitor = p.grp.Go("monitor", monitor.Run)
+	if g.has(Collector) {
+		p.collector = p.grp.Go("collector", (&results.Collector{Sub: p.broker, Store: p.store, Log: log}).Run)
+	}
+	if g.has(Worker) {
+		p.workers = p.grp.Go("worker", p.manager.Run)
+	}
+	p.adminProc = p.grp.Go("admin", func(ctx context.Context) error { return serveHTTP(ctx, p.admin, admLn) })
+	ingAddr := ""
+	if p.ingress != nil {
+		p.ingressProc = p.grp.Go("ingress", func(context.Context) error { return p.ingress.Serve(ingLn) })
+		ingAddr = ingLn.Addr().String()
+	}
+	log.Info().Str("listen", ingAddr).Str("admin", admLn.Addr().String()).
+		Strs("roles", roleNames(g.roles)).Str("broker", cfg.Broker.Kind).Str("ack", cfg.Ack).Msg("sluice is up")
+	if g.ready != nil {
+		g.ready(ingAddr, admLn.Addr().String())
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case q := <-p.grp.exited:
+		runErr = fmt.Errorf("%s: %w", q.name, orStopped(q.err))
+	}
+	g.stop(p)
+	brokerClosed = true
+	if err := p.broker.Close(); err != nil {
+		log.Error().Err(err).Msg("broker close")
+	}
+	log.Info().Msg("stopped")
+	return runErr
+}
+
+// stop is the order of the shutdown, under one deadline (SPEC: within
+// shutdown_timeout): intake and the ack: fast buffer get the first half,
+// deliveries in flight finish until three quarters, then the collector
+// stores the last outcomes and the rest stops.
+func (g *Gateway) stop(p *parts) {
+	log := g.log
+	log.Info().Msg("shutting down")
+	start := time.Now()
+	budget := g.cfg.ShutdownTimeout.D()
+	deadline := start.Add(budget)
+	sctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if p.ingress != nil {
+		ictx, icancel := context.WithDeadline(sctx, start.Add(budget/2))
+		if err := p.ingress.Shutdown(ictx); err != nil {
+			log.Error().Err(err).Msg("ingress shutdown")
+		}
+		icancel()
+		g.logStop(p.grp, p.ingressProc) // Serve has returned
+	}
+	p.manager.StopBy(start.Add(budget*3/4), deadline.Add(-time.Second))
+	g.logStop(p.grp, p.workers) // pools stop fetching, finish or hand back in-flight work
+	if p.collector != nil {
+		// Let the collector store the outcomes the workers just published.
+		for time.Now().Before(deadline.Add(-time.Second)) {
+			st, err := p.broker.Stats(sctx, broker.ResultTopic)
+			if err != nil || st.Depth == 0 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	g.logStop(p.grp, p.collector)
+	g.logStop(p.grp, p.monitor)
+	_ = p.admin.Shutdown(sctx)
+	g.logStop(p.grp, p.adminProc)
+}
+
+func (g *Gateway) logStop(grp *group, p *proc) {
+	if err := grp.Stop(p); err != nil {
+		g.log.Error().Err(err).Str("role", p.name).Msg("stopped with an error")
+	}
+}
+
+// serveHTTP serves srv on ln until ctx ends; the shutdown closes srv.
+func serveHTTP(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	err := make(chan error, 1)
+	go func() { err <- srv.Serve(ln) }()
+	select {
+	case e := <-err:
+		if errors.Is(e, http.ErrServerClosed) {
+			return nil // shut down by the gateway's stop
+		}
+		return e
+	case <-ctx.Done():
+		_ = srv.Close()
+		<-err
+		return nil
+	}
+}
+
+func orStopped(err error) error {
+	if err == nil {
+		return errors.New("stopped")
+	}
+	return err
+}
+
+func roleNames(roles []Role) []string {
+	s := make([]string, len(roles))
+	for i, r := range roles {
+		s[i] = string(r)
+	}
+	return s
+}
+
+// openBroker opens the configured broker. Kafka that is not reachable yet
+// does not stop the start: submits answer 503 until it is.
+func (g *Gateway) openBroker(ctx context.Context) (broker.Broker, error) {
+	cfg, log := g.cfg, g.log
+	backends := make([]string, len(cfg.Backends))
+	for i, b := range cfg.Backends {
+		backends[i] = b.Name
+	}
+	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	switch cfg.Broker.Kind {
+	case "rabbitmq":
+		r := cfg.Broker.RabbitMQ
+		return rabbitmq.Open(openCtx, rabbitmq.Options{URL: r.URL, QueuePrefix: r.QueuePrefix, Backends: backends,
+			MaxMessageBytes: int(r.MaxMessageBytes), DeliveryLimit: r.DeliveryLimit,
+			Logf: func(f string, a ...any) { log.Warn().Str("broker", "rabbitmq").Msgf(f, a...) }})
+	case "kafka":
+		k := cfg.Broker.Kafka
+		return kafka.Open(openCtx, kafka.Options{
+			Brokers: k.Brokers, TopicPrefix: k.TopicPrefix, Partitions: k.Partitions,
+			Backends: backends, NoForward: !g.has(Worker),
+			MaxMessageBytes: int(k.MaxMessageBytes), ReplicationFactor: k.ReplicationFactor,
+			MinInsyncReplicas: k.MinInsyncReplicas, Retention: k.Retention.D(),
+			DeadLetterRetention: k.DeadLetterRetention.D(),
+		})
+	default:
+		e := cfg.Broker.Embedded
+		return embedded.Open(openCtx, embedded.Options{
+			Dir: cfg.Path(e.Dir), Backends: backends,
+			AckWait: e.AckWait.D(), PublishWindow: cfg.MaxInflight,
+			MaxMessageBytes: int(cfg.MaxMessageBytes()), SyncAlways: e.SyncAlways(), SyncInterval: e.SyncInterval(),
+		})
+	}
+}
+
+func (g *Gateway) openStore() (results.Store, error) {
+	cfg := g.cfg
+	if cfg.Results.Store == "redis" {
+		r := cfg.Results.Redis
+		return results.OpenRedis(results.RedisOptions{Addr: r.Addr, Password: r.Password, DB: r.DB, MaxPending: r.MaxPending,
+			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()}), nil
+	}
+	return results.OpenEmbedded(cfg.Path(cfg.Results.Embedded.Dir), cfg.Results.TTL.D())
+}
