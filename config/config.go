@@ -44,7 +44,6 @@ type Config struct {
 
 	Broker   Broker    `yaml:"broker"`
 	Results  Results   `yaml:"results"`
-	Auth     *Auth     `yaml:"auth"`
 	Routes   []Route   `yaml:"routes"`
 	Backends []Backend `yaml:"backends"`
 
@@ -158,43 +157,14 @@ type Redis struct {
 	MaxPending int `yaml:"max_pending"`
 }
 
-// Auth configures client authentication.
-type Auth struct {
-	APIKeys []APIKey `yaml:"api_keys"`
-	JWT     *JWT     `yaml:"jwt"`
-}
-
-// APIKey is one client's key.
-type APIKey struct {
-	Client    string `yaml:"client"`
-	Key       string `yaml:"key"`
-	KeySHA256 string `yaml:"key_sha256"`
-}
-
-// JWT configures bearer-token verification.
-type JWT struct {
-	HS256Secret string `yaml:"hs256_secret"`
-	Issuer      string `yaml:"issuer"`
-	Audience    string `yaml:"audience"`
-	JWKSFile    string `yaml:"jwks_file"`
-}
-
 // Route maps a client-facing path to a backend.
 type Route struct {
-	Name      string     `yaml:"name"`
-	Path      string     `yaml:"path"`    // exact, or a prefix when it ends with "/"
-	Methods   []string   `yaml:"methods"` // default [POST]
-	Backend   string     `yaml:"backend"`
-	MaxBody   Size       `yaml:"max_body"` // default 1MiB
-	Schema    string     `yaml:"schema"`   // JSON Schema file for the body
-	Clients   []string   `yaml:"clients"`
-	RateLimit *RateLimit `yaml:"rate_limit"`
-}
-
-// RateLimit is a per-client token bucket.
-type RateLimit struct {
-	Rate  float64 `yaml:"rate"`
-	Burst int     `yaml:"burst"`
+	Name    string   `yaml:"name"`
+	Path    string   `yaml:"path"`    // exact, or a prefix when it ends with "/"
+	Methods []string `yaml:"methods"` // default [POST]
+	Backend string   `yaml:"backend"`
+	MaxBody Size     `yaml:"max_body"` // default 1MiB
+	Schema  string   `yaml:"schema"`   // JSON Schema file for the body
 }
 
 // Backend is one delivery target and how fast it may be driven.
@@ -204,7 +174,6 @@ type Backend struct {
 	Rate        float64  `yaml:"rate"`        // deliveries per second; 0 = unlimited
 	Burst       int      `yaml:"burst"`       // default max(1, rate/10)
 	Concurrency int      `yaml:"concurrency"` // default 16
-	Adaptive    bool     `yaml:"adaptive"`
 	MaxBacklog  int64    `yaml:"max_backlog"` // 0 = unbounded
 	Timeout     Duration `yaml:"timeout"`     // default 10s
 	Retry       Retry    `yaml:"retry"`

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -28,6 +29,22 @@ func decode(data []byte, c *Config) error {
 
 // errSyntax marks a document that is not YAML at all.
 var errSyntax = errors.New("config is not valid YAML")
+
+// notYet holds the keys SPEC names whose features this release lacks, by
+// key path with [] for any index. They have no field, so nothing can read
+// them; they are refused by name (an unset value, null or false, passes)
+// rather than as unknown keys, and leave this list as their features land.
+var notYet = map[string]bool{
+	"auth":                true,
+	"routes[].clients":    true,
+	"routes[].rate_limit": true,
+	"backends[].adaptive": true,
+}
+
+// notYetMark prefixes, in Config.zeros, the not-yet keys a file sets.
+const notYetMark = "\x00notyet:"
+
+var anyIndex = regexp.MustCompile(`\[\d+\]`)
 
 var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 
@@ -77,7 +94,13 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, zeros map[s
 			key := n.Content[i].Value
 			sub := join(path, key)
 			idx, ok := fields[key]
-			if !ok {
+			switch {
+			case !ok && notYet[anyIndex.ReplaceAllString(sub, "[]")]:
+				if val := n.Content[i+1]; val.Tag != "!!null" && !(val.Tag == "!!bool" && val.Value == "false") {
+					zeros[notYetMark+sub] = true // Validate reports it
+				}
+				continue
+			case !ok:
 				*errs = append(*errs, fmt.Errorf("%s: unknown key", sub))
 				continue
 			}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -36,9 +37,6 @@ func humanSize(n int64) string {
 	}
 	return fmt.Sprintf("%d B", n)
 }
-
-// notYet is the reason given for keys whose feature this release lacks.
-const notYet = "not supported yet in this release"
 
 // Validate reports every problem of an already defaulted config at once, one
 // error per problem, each starting with its key path.
@@ -189,8 +187,15 @@ func (c *Config) Validate() error {
 	if c.Results.TTL < 0 {
 		bad("results.ttl", "must be > 0")
 	}
-	if c.Auth != nil {
-		bad("auth", notYet)
+	var later []string
+	for k := range c.zeros {
+		if key, ok := strings.CutPrefix(k, notYetMark); ok {
+			later = append(later, key)
+		}
+	}
+	slices.Sort(later)
+	for _, key := range later {
+		bad(key, "not supported yet in this release")
 	}
 
 	backends := map[string]bool{}
@@ -223,9 +228,6 @@ func (c *Config) Validate() error {
 		}
 		if b.Concurrency < 0 {
 			bad(key+".concurrency", "must be >= 0")
-		}
-		if b.Adaptive {
-			bad(key+".adaptive", notYet)
 		}
 		if b.MaxBacklog < 0 {
 			bad(key+".max_backlog", "must be >= 0")
@@ -304,12 +306,6 @@ func (c *Config) Validate() error {
 			if _, err := schemas.Compile(c.Path(r.Schema)); err != nil {
 				bad(key+".schema", "%q: %v", r.Schema, err)
 			}
-		}
-		if r.Clients != nil {
-			bad(key+".clients", notYet)
-		}
-		if r.RateLimit != nil {
-			bad(key+".rate_limit", notYet)
 		}
 	}
 	return errors.Join(errs...)
