@@ -15,6 +15,7 @@ import (
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/wire"
 )
 
 type fakePublisher struct {
@@ -222,7 +223,7 @@ func TestPublishedMessage(t *testing.T) {
 	if ctx.Response.StatusCode() != 202 {
 		t.Fatalf("status %d", ctx.Response.StatusCode())
 	}
-	r, err := job.DecodeRequest(got)
+	r, err := wire.DecodeRequest(got)
 	if err != nil {
 		t.Fatal(err)
 	}
