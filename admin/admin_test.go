@@ -16,6 +16,7 @@ import (
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/wire"
 	"github.com/sluice-gw/sluice/workers"
 )
 
@@ -171,7 +172,7 @@ func TestDeadLettersAndReplay(t *testing.T) {
 	h, br := testHandler(t, "")
 	r := &job.Request{ID: "abc", Route: "r", Backend: "logs", Method: "POST", Body: []byte("{}"),
 		AcceptedAt: time.Now().UTC(), Attempts: 5, LastError: "503 Service Unavailable", DeadAt: time.Now().UTC()}
-	br.dead = []broker.DeadLetter{{Message: r.Message(), Pos: "1"}}
+	br.dead = []broker.DeadLetter{{Message: wire.EncodeRequest(r), Pos: "1"}}
 	_, body := serve(h, "GET", "/admin/dead-letters?backend=logs", "", nil)
 	if !strings.Contains(body, `"id":"abc"`) || !strings.Contains(body, `"attempts":5`) {
 		t.Fatalf("list: %s", body)

@@ -2,16 +2,15 @@ package ingress
 
 import (
 	"bytes"
+	"net/textproto"
 	"strconv"
 	"strings"
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http/httpguts"
-
-	"github.com/sluice-gw/sluice/job"
 )
 
-// forwarded returns the client's headers a backend gets (job.Forwardable),
+// forwarded returns the client's headers a backend gets (forwardable),
 // in order, or why one of them cannot be carried: a name that is not an
 // RFC 9110 token, or a value with control characters. Refusing it here
 // keeps it from ever failing an attempt (and counting against the
@@ -27,11 +26,36 @@ func forwarded(h *fasthttp.RequestHeader) ([][2]string, string) {
 		if !httpguts.ValidHeaderFieldValue(value) {
 			return nil, "header " + strconv.Quote(name) + " has a control character in its value"
 		}
-		if job.Forwardable(name, conn) {
+		if forwardable(name, conn) {
 			out = append(out, [2]string{name, value})
 		}
 	}
 	return out, ""
+}
+
+// hopByHop are the headers a proxy never forwards (RFC 9110 §7.6.1), plus
+// the ones the transport sets itself.
+var hopByHop = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
+	"Proxy-Connection": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Host": true, "Content-Length": true,
+}
+
+// forwardable reports whether a client header travels to the backend: not
+// hop-by-hop, not named by Connection, not the client's credentials. It is
+// decided once, at intake, so the request waits in its topic with only the
+// headers its backend gets; workers send them as they are.
+func forwardable(name string, connection string) bool {
+	c := textproto.CanonicalMIMEHeaderKey(name)
+	if hopByHop[c] || c == "Authorization" || c == "X-Api-Key" {
+		return false
+	}
+	for _, f := range strings.Split(connection, ",") {
+		if strings.EqualFold(strings.TrimSpace(f), name) {
+			return false
+		}
+	}
+	return true
 }
 
 // badPath explains why the rest of a prefix route's path must not reach the

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/wire"
 )
 
 // fastWorkers is how many publishes ack: fast keeps under way at once: the
@@ -95,7 +96,7 @@ func (f *fastPublisher) publish(req *job.Request) {
 		// Not bound to abort: a write under way runs to its timeout, which
 		// close leaves room for, so its outcome is known.
 		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-		err := f.pub.Publish(ctx, topic, req.Message())
+		err := f.pub.Publish(ctx, topic, wire.EncodeRequest(req))
 		timedOut = ctx.Err() != nil
 		cancel()
 		switch {

@@ -19,6 +19,7 @@ import (
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/schemas"
+	"github.com/sluice-gw/sluice/wire"
 )
 
 // Store is what ingress needs of the result store (results.Store).
@@ -327,7 +328,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 			problem(ctx, 503, "the in-memory buffer is full; try later", 1)
 			return
 		}
-	} else if err := s.pub.Publish(reqCtx, r.topic, req.Message()); err != nil {
+	} else if err := s.pub.Publish(reqCtx, r.topic, wire.EncodeRequest(req)); err != nil {
 		// Failed or timed out, maybe landed: the key keeps this id, so a
 		// retry writes it again instead of making a second request.
 		s.release(client, idemKey, id, false)

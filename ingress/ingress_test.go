@@ -17,6 +17,7 @@ import (
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/internal/stacks"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/wire"
 )
 
 type fakePublisher struct {
@@ -227,7 +228,7 @@ func TestPublishedMessage(t *testing.T) {
 	if ctx.Response.StatusCode() != 202 {
 		t.Fatalf("status %d", ctx.Response.StatusCode())
 	}
-	r, err := job.DecodeRequest(got)
+	r, err := wire.DecodeRequest(got)
 	if err != nil {
 		t.Fatal(err)
 	}

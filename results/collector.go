@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/wire"
 )
 
 // Collector moves status events from the result topic into a Store, in
@@ -52,7 +53,7 @@ func (c *Collector) Run(ctx context.Context) error {
 		events := make([]*job.Event, 0, len(ds))
 		keep := ds[:0]
 		for _, d := range ds {
-			e, err := job.DecodeEvent(d.Message())
+			e, err := wire.DecodeEvent(d.Message())
 			if err != nil {
 				c.Log.Error().Err(err).Msg("dropping undecodable status event")
 				_ = d.Ack(ctx)

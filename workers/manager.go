@@ -12,6 +12,7 @@ import (
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/wire"
 )
 
 // ErrUnknownBackend reports a backend name that is not configured.
@@ -97,7 +98,7 @@ func (m *Manager) deadByID(ctx context.Context, backend string) ([]*deadEntry, e
 	byID := map[string]*deadEntry{}
 	var out []*deadEntry
 	for _, d := range list {
-		r, err := job.DecodeRequest(d.Message)
+		r, err := wire.DecodeRequest(d.Message)
 		if err != nil {
 			continue
 		}
@@ -137,7 +138,7 @@ func (m *Manager) DeadLetters(ctx context.Context, backend string, limit int) ([
 		if r.DeadAt.IsZero() {
 			ev := job.EventFor(r, job.Failed, r.Attempts+1) // the attempt it died in
 			ev.LastError, ev.DeadLettered = ErrDeliveryLimit, true
-			_ = m.broker.Publish(ctx, broker.ResultTopic, ev.Message()) // idempotent; next listing tries again
+			_ = m.broker.Publish(ctx, broker.ResultTopic, wire.EncodeEvent(ev)) // idempotent; next listing tries again
 			r.LastError = ErrDeliveryLimit
 		}
 		out = append(out, DeadLetter{ID: r.ID, Backend: backend, Route: r.Route, Attempts: r.Attempts,
@@ -197,19 +198,19 @@ func (m *Manager) Replay(ctx context.Context, backend string, ids []string) ([]*
 			if !ok {
 				continue // taken meanwhile (another replay)
 			}
-			r, err := job.DecodeRequest(d.Message)
+			r, err := wire.DecodeRequest(d.Message)
 			if err != nil {
 				continue
 			}
 			r.Attempts, r.LastError, r.DeadAt, r.AvoidURL = 0, "", time.Time{}, 0
 			r.Gen++
-			if perr = m.broker.Publish(ctx, broker.RequestTopic(backend), r.Message()); perr != nil {
+			if perr = m.broker.Publish(ctx, broker.RequestTopic(backend), wire.EncodeRequest(r)); perr != nil {
 				break
 			}
 			taken = append(taken, e.pos...)
 			ev := job.EventFor(r, job.Queued, 0)
 			events = append(events, ev)
-			if perr = m.broker.Publish(ctx, broker.ResultTopic, ev.Message()); perr != nil {
+			if perr = m.broker.Publish(ctx, broker.ResultTopic, wire.EncodeEvent(ev)); perr != nil {
 				break // the request is written: its worker's events follow
 			}
 		}

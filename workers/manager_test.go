@@ -13,6 +13,7 @@ import (
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/wire"
 )
 
 // fakeDLQ is a broker with a dead-letter topic a test fills.
@@ -56,7 +57,7 @@ func (f *fakeDLQ) Ping(context.Context) error { return nil }
 func (f *fakeDLQ) Close() error               { return nil }
 
 func (f *fakeDLQ) add(r *job.Request) {
-	f.dead = append(f.dead, broker.DeadLetter{Message: r.Message(), Pos: strconv.Itoa(len(f.dead))})
+	f.dead = append(f.dead, broker.DeadLetter{Message: wire.EncodeRequest(r), Pos: strconv.Itoa(len(f.dead))})
 }
 
 func testManager(t *testing.T, br broker.Broker) *Manager {

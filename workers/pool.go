@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/wire"
 )
 
 // idleFetch is how long an idle dispatcher waits for a message while
@@ -280,7 +281,7 @@ func (p *Pool) followShare(ctx context.Context, sh broker.Sharer) {
 }
 
 func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
-	req, err := job.DecodeRequest(d.Message())
+	req, err := wire.DecodeRequest(d.Message())
 	if err != nil {
 		permit.Release()
 		p.log.Error().Err(err).Msg("dropping undecodable request message")
@@ -304,7 +305,7 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 		defer close(published)
 		ectx, cancel := context.WithTimeout(ctx, eventTimeout)
 		defer cancel()
-		_ = p.broker.Publish(ectx, broker.ResultTopic, inflight.Message())
+		_ = p.broker.Publish(ectx, broker.ResultTopic, wire.EncodeEvent(inflight))
 	})
 
 	res := p.attempt(ctx, req, attempt)
@@ -350,7 +351,7 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 		}
 		next := *req
 		next.Attempts, next.LastError, next.AvoidURL = attempt, lastErr, res.url+1
-		msg := next.Message()
+		msg := wire.EncodeRequest(&next)
 		msg.NotBefore = now.Add(wait)
 		ev := job.EventFor(req, job.Retrying, attempt)
 		ev.LastError = lastErr
@@ -365,7 +366,7 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 		if res.err == nil {
 			ev.Response = job.NewResponse(res.status, res.header, res.body, res.cut)
 		}
-		if p.settle(ctx, d, ev, broker.DeadLetterTopic(p.cfg.Name), dead.Message()) {
+		if p.settle(ctx, d, ev, broker.DeadLetterTopic(p.cfg.Name), wire.EncodeRequest(&dead)) {
 			p.Counter.DeadLettered.Add(1)
 			p.Counter.Failed.Add(1)
 		}
@@ -445,7 +446,7 @@ func (p *Pool) settle(ctx context.Context, d broker.Delivery, ev *job.Event, top
 // failures until ctx ends; otherwise the first one is returned.
 func (p *Pool) publishEvent(ctx context.Context, ev *job.Event, persist bool) error {
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		err := p.broker.Publish(ctx, broker.ResultTopic, ev.Message())
+		err := p.broker.Publish(ctx, broker.ResultTopic, wire.EncodeEvent(ev))
 		switch {
 		case err == nil:
 			return nil

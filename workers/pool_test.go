@@ -2,7 +2,6 @@ package workers
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/wire"
 )
 
 // fakeBroker is a broker whose publishes a test scripts and records.
@@ -65,7 +65,7 @@ func (f *fakeBroker) events(t *testing.T) []*job.Event {
 	var out []*job.Event
 	for _, p := range f.sent() {
 		if p.topic == broker.ResultTopic {
-			e, err := job.DecodeEvent(p.msg)
+			e, err := wire.DecodeEvent(p.msg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,9 +148,9 @@ func TestSettleCopyThenEventFails(t *testing.T) {
 		return nil
 	}}
 	p := newTestPool(testBackend(`"http://127.0.0.1:1"`), br)
-	d := &fakeDelivery{msg: request("a").Message(), log: &actionLog{}}
+	d := &fakeDelivery{msg: wire.EncodeRequest(request("a")), log: &actionLog{}}
 	ev := job.EventFor(request("a"), job.Retrying, 1)
-	if !p.settle(context.Background(), d, ev, broker.RequestTopic("b"), request("a").Message()) {
+	if !p.settle(context.Background(), d, ev, broker.RequestTopic("b"), wire.EncodeRequest(request("a"))) {
 		t.Fatal("settle reported the delivery not acknowledged")
 	}
 	if d.acks != 1 || d.nacks != 0 {
@@ -166,7 +166,7 @@ func TestSettleCopyThenEventFails(t *testing.T) {
 func TestSettleWithoutCopyEventFails(t *testing.T) {
 	br := &fakeBroker{publish: func(string, broker.Message) error { return errDown }}
 	p := newTestPool(testBackend(`"http://127.0.0.1:1"`), br)
-	d := &fakeDelivery{msg: request("a").Message(), log: &actionLog{}}
+	d := &fakeDelivery{msg: wire.EncodeRequest(request("a")), log: &actionLog{}}
 	if p.settle(context.Background(), d, job.EventFor(request("a"), job.Succeeded, 1), "", broker.Message{}) {
 		t.Fatal("settle acknowledged an outcome that was not stored")
 	}
@@ -185,7 +185,7 @@ func TestSettleEventTooLarge(t *testing.T) {
 		return nil
 	}}
 	p := newTestPool(testBackend(`"http://127.0.0.1:1"`), br)
-	d := &fakeDelivery{msg: request("a").Message(), log: &actionLog{}}
+	d := &fakeDelivery{msg: wire.EncodeRequest(request("a")), log: &actionLog{}}
 	ev := job.EventFor(request("a"), job.Succeeded, 1)
 	ev.Response = job.NewResponse(200, http.Header{"Content-Type": {"text/html"}, "Content-Length": {"100000"}},
 		[]byte(strings.Repeat("<", 100000)), false)
@@ -212,9 +212,9 @@ func TestSettleCopyTooLarge(t *testing.T) {
 		return nil
 	}}
 	p := newTestPool(testBackend(`"http://127.0.0.1:1"`), br)
-	d := &fakeDelivery{msg: request("a").Message(), log: &actionLog{}}
+	d := &fakeDelivery{msg: wire.EncodeRequest(request("a")), log: &actionLog{}}
 	ev := job.EventFor(request("a"), job.Retrying, 1)
-	if !p.settle(context.Background(), d, ev, broker.RequestTopic("b"), request("a").Message()) || d.acks != 1 {
+	if !p.settle(context.Background(), d, ev, broker.RequestTopic("b"), wire.EncodeRequest(request("a"))) || d.acks != 1 {
 		t.Fatalf("acks %d nacks %d", d.acks, d.nacks)
 	}
 	evs := br.events(t)
@@ -232,13 +232,13 @@ func TestInFlightEventBeforeOutcome(t *testing.T) {
 	}))
 	defer srv.Close()
 	br := &fakeBroker{publish: func(topic string, msg broker.Message) error {
-		if e, _ := job.DecodeEvent(msg); e != nil && e.Status == job.InFlight {
+		if e, _ := wire.DecodeEvent(msg); e != nil && e.Status == job.InFlight {
 			time.Sleep(150 * time.Millisecond) // a slow broker: still publishing when the answer comes
 		}
 		return nil
 	}}
 	p := newTestPool(testBackend(`"`+srv.URL+`"`), br)
-	d := &fakeDelivery{msg: request("a").Message(), log: &actionLog{}}
+	d := &fakeDelivery{msg: wire.EncodeRequest(request("a")), log: &actionLog{}}
 	permit, _ := p.lim.Acquire(context.Background())
 	p.deliver(context.Background(), d, permit)
 	evs := br.events(t)
@@ -264,7 +264,7 @@ func TestBadHeaderIsTerminalAndNeutral(t *testing.T) {
 	for _, h := range [][2]string{{"Bad Name", "v"}, {"X-Ok", "a\x00b"}, {"X-Ok", "line\nbreak"}} {
 		req := request("a")
 		req.Header = [][2]string{h}
-		d := &fakeDelivery{msg: req.Message(), log: &actionLog{}}
+		d := &fakeDelivery{msg: wire.EncodeRequest(req), log: &actionLog{}}
 		permit, _ := p.lim.Acquire(context.Background())
 		p.deliver(context.Background(), d, permit)
 		if d.acks != 1 {
@@ -319,7 +319,7 @@ func TestStopSettlesBeforeClose(t *testing.T) {
 	log := &actionLog{}
 	sub := &fakeSub{log: log}
 	for i := range 3 {
-		sub.ds = append(sub.ds, &fakeDelivery{msg: request(fmt.Sprint("r", i)).Message(), log: log})
+		sub.ds = append(sub.ds, &fakeDelivery{msg: wire.EncodeRequest(request(fmt.Sprint("r", i))), log: log})
 	}
 	br := &fakeBroker{subscribe: func() (broker.Subscription, error) { return sub, nil }}
 	p := newTestPool(testBackend(`"`+srv.URL+`"`), br)
@@ -368,7 +368,7 @@ func TestStopDrainTimeoutHandsBack(t *testing.T) {
 			defer srv.Close()
 			defer close(release)
 			log := &actionLog{}
-			sub := &fakeSub{log: log, ds: []broker.Delivery{&fakeDelivery{msg: request("slow").Message(), log: log}}}
+			sub := &fakeSub{log: log, ds: []broker.Delivery{&fakeDelivery{msg: wire.EncodeRequest(request("slow")), log: log}}}
 			br := &fakeBroker{subscribe: func() (broker.Subscription, error) { return sub, nil }}
 			p := newTestPool(testBackend(`"`+srv.URL+`"`), br)
 			p.drain = c.drain
@@ -463,12 +463,12 @@ func TestResponseTruncationFitsBroker(t *testing.T) {
 			body = body[:job.MaxStoredBody]
 		}
 		ev.Response = job.NewResponse(200, http.Header{"Content-Length": {"1"}}, body, cut)
-		b, _ := job.Marshal(ev)
+		b := wire.EncodeEvent(ev).Body
 		if len(b) > job.MaxEncodedBody+job.MaxStoredHeaders+4096 {
 			t.Errorf("%s: event of %d bytes", name, len(b))
 		}
-		var back job.Event
-		if err := json.Unmarshal(b, &back); err != nil {
+		back, err := wire.DecodeEvent(broker.Message{Key: ev.ID, Body: b})
+		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		if back.Response.BodyEncoding == "utf8" && strings.Contains(back.Response.Body, "\ufffd") && name != "binary" {
@@ -488,10 +488,10 @@ func TestSettleDeadLetterEventFails(t *testing.T) {
 		return nil
 	}}
 	p := newTestPool(testBackend(`"http://127.0.0.1:1"`), br)
-	d := &fakeDelivery{msg: request("a").Message(), log: &actionLog{}}
+	d := &fakeDelivery{msg: wire.EncodeRequest(request("a")), log: &actionLog{}}
 	ev := job.EventFor(request("a"), job.Failed, 3)
 	ev.DeadLettered = true
-	if p.settle(context.Background(), d, ev, broker.DeadLetterTopic("b"), request("a").Message()) {
+	if p.settle(context.Background(), d, ev, broker.DeadLetterTopic("b"), wire.EncodeRequest(request("a"))) {
 		t.Fatal("acknowledged a dead letter whose outcome was not stored")
 	}
 	if d.acks != 0 || d.nacks != 1 {

@@ -1,0 +1,47 @@
+package ingress
+
+import (
+	"testing"
+	"time"
+
+	"github.com/sluice-gw/sluice/job"
+)
+
+// TestRenderGolden pins what a poll answers: the bytes are the ones sluice
+// wrote before the client shape moved out of job.
+func TestRenderGolden(t *testing.T) {
+	at := time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
+	done := at.Add(2 * time.Minute)
+	for name, c := range map[string]struct {
+		rec  *job.Record
+		want string
+	}{
+		"terminal": {
+			&job.Record{
+				ID: "AY9XqX1xRxYtR9m2c0Jg3kqJ", Route: "orders", Backend: "store", Status: job.Failed, Attempts: 3,
+				AcceptedAt: at, UpdatedAt: done, CompletedAt: &done, LastError: "<b>500</b> & more", DeadLettered: true,
+				Response: &job.Response{
+					Status: 500, Headers: map[string]string{"Content-Type": "text/html", "X-Multi": "a, b"},
+					Body: "<p>oops</p>\n", BodyEncoding: "utf8",
+				},
+				Client: "team-a", Gen: 1,
+			},
+			`{"id":"AY9XqX1xRxYtR9m2c0Jg3kqJ","route":"orders","backend":"store","status":"failed","attempts":3,"accepted_at":"2024-05-06T07:08:09.123456789Z","updated_at":"2024-05-06T07:10:09.123456789Z","completed_at":"2024-05-06T07:10:09.123456789Z","last_error":"<b>500</b> & more","response":{"status":500,"headers":{"Content-Type":"text/html","X-Multi":"a, b"},"body":"<p>oops</p>\n","body_encoding":"utf8"},"dead_lettered":true}`,
+		},
+		"in flight": {
+			&job.Record{ID: "x", Route: "r", Backend: "b", Status: job.InFlight, Attempts: 1, AcceptedAt: at, UpdatedAt: at},
+			`{"id":"x","route":"r","backend":"b","status":"in_flight","attempts":1,"accepted_at":"2024-05-06T07:08:09.123456789Z","updated_at":"2024-05-06T07:08:09.123456789Z","dead_lettered":false}`,
+		},
+		"truncated": {
+			&job.Record{
+				ID: "y", Route: "r", Backend: "b", Status: job.Succeeded, Attempts: 1, AcceptedAt: at, UpdatedAt: at, CompletedAt: &at,
+				Response: &job.Response{Status: 200, Headers: map[string]string{}, Body: "//4=", BodyEncoding: "base64", Truncated: true},
+			},
+			`{"id":"y","route":"r","backend":"b","status":"succeeded","attempts":1,"accepted_at":"2024-05-06T07:08:09.123456789Z","updated_at":"2024-05-06T07:08:09.123456789Z","completed_at":"2024-05-06T07:08:09.123456789Z","response":{"status":200,"headers":{},"body":"//4=","body_encoding":"base64","truncated":true},"dead_lettered":false}`,
+		},
+	} {
+		if got := string(render(c.rec)); got != c.want {
+			t.Errorf("%s:\n got %s\nwant %s", name, got, c.want)
+		}
+	}
+}
