@@ -11,6 +11,7 @@ import (
 // answer is problem+json with type, title, status and detail, and leaks no
 // internals.
 func TestBadInput(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes:

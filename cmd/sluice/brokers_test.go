@@ -10,6 +10,7 @@ import (
 // TestBrokerPath runs the full path through each external broker:
 // deliveries with retries, a dead letter, and its replay.
 func TestBrokerPath(t *testing.T) {
+	integration(t)
 	eachBroker(t, []string{"kafka", "rabbitmq"}, []string{"flaky", "dead"}, func(t *testing.T, kind, brokerCfg, _ string) {
 		brokerPath(t, brokerCfg, kind == "rabbitmq")
 	})

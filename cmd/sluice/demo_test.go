@@ -89,6 +89,7 @@ func assertFree(t *testing.T, addrs ...string) {
 // stats and admin lines answer. A banner that cannot be pasted, or a demo
 // that does not deliver, fails here.
 func TestDemoBanner(t *testing.T) {
+	integration(t)
 	for _, tool := range []string{"bash", "curl", "sed"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s is not installed: %v", tool, err)
@@ -238,6 +239,7 @@ func slicesReplace(s []string, old, new string) []string {
 // is a Redis nobody runs) no banner is printed; after the wait `sluice demo`
 // stops, says why, and leaves nothing running.
 func TestDemoBannerOnlyOnceReady(t *testing.T) {
+	integration(t)
 	old := demoReadyTimeout
 	demoReadyTimeout = 1500 * time.Millisecond
 	t.Cleanup(func() { demoReadyTimeout = old })
@@ -270,6 +272,7 @@ results: { store: redis, redis: { addr: %q } }
 // port, print no banner, and leave nothing running — in particular never
 // serve with the port's holder as its backend.
 func TestDemoCannotStart(t *testing.T) {
+	integration(t)
 	bin := sluiceBinary(t)
 	cases := []struct {
 		name string

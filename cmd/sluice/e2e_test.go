@@ -10,6 +10,7 @@ import (
 )
 
 func TestSubmitDeliverPoll(t *testing.T) {
+	integration(t)
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
 		return 201, map[string]string{"Content-Type": "application/json", "X-Backend": "yes"}, `{"stored":"` + h.Path + `"}`
 	})
@@ -75,6 +76,7 @@ backends:
 }
 
 func TestPollHeadersAndLongPoll(t *testing.T) {
+	integration(t)
 	release := make(chan struct{})
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
 		<-release
@@ -117,6 +119,7 @@ backends:
 }
 
 func TestRetriesThenSuccess(t *testing.T) {
+	integration(t)
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
 		if n < 3 {
 			return 503, nil, "busy"
@@ -147,6 +150,7 @@ backends:
 }
 
 func TestNonRetryableFailure(t *testing.T) {
+	integration(t)
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) { return 422, nil, "bad record" })
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -165,6 +169,7 @@ backends:
 }
 
 func TestDeadLetterAndReplay(t *testing.T) {
+	integration(t)
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) { return 500, nil, "down" })
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -230,6 +235,7 @@ backends:
 // max_backoff, and no further: 999999999 seconds would park a request for
 // decades (and overflowed the wait).
 func Test429RetryAfterSpacing(t *testing.T) {
+	integration(t)
 	for _, c := range []struct {
 		retryAfter, maxBackoff string
 		min, max               time.Duration
@@ -264,6 +270,7 @@ backends:
 // TestHangingBackendIsolation: a backend that hangs holds its own pool, not
 // the healthy backend's deliveries.
 func TestHangingBackendIsolation(t *testing.T) {
+	integration(t)
 	hang := make(chan struct{})
 	defer close(hang)
 	slow := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
@@ -301,6 +308,7 @@ backends:
 }
 
 func TestIdempotencyKey(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -321,6 +329,7 @@ backends:
 }
 
 func TestAdminBackendsAndPause(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -397,6 +406,7 @@ backends:
 // TestRetryAfterEstimate: the 202's Retry-After follows the backlog over the
 // drain rate.
 func TestRetryAfterEstimate(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -416,6 +426,7 @@ backends:
 }
 
 func TestAdminToken(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 admin_token: s3cret
@@ -434,6 +445,7 @@ backends:
 }
 
 func TestConcurrentSubmitsAllDelivered(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]

@@ -18,6 +18,7 @@ import (
 // request is not delivered again and again while its outcome cannot be
 // written.
 func TestLargeBodiesOnKafka(t *testing.T) {
+	integration(t)
 	big := strings.Repeat("<", 800<<10)
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
 		return 200, map[string]string{"Content-Type": "text/html"}, big
@@ -50,6 +51,7 @@ backends:
 // the replay carries a Content-Length that matches what it sends, not the
 // original's, and says it is truncated.
 func TestTruncatedResponse(t *testing.T) {
+	integration(t)
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
 		return 200, map[string]string{"Content-Type": "text/plain", "ETag": `"v1"`}, strings.Repeat("z", 1536<<10)
 	})
@@ -83,6 +85,7 @@ backends:
 // fails puts every one of them back in the list, once each; none is lost
 // by the take that follows the replay.
 func TestReplayThatFailsAgain(t *testing.T) {
+	integration(t)
 	eachBroker(t, allBrokers, []string{"b"}, func(t *testing.T, _, brokerCfg, _ string) {
 		replayFailsAgain(t, brokerCfg)
 	})
@@ -153,6 +156,7 @@ backends:
 // connections, no request is dead-lettered, a retry goes to the other url,
 // and once the dead url is out, requests take about one attempt each.
 func TestDeadURLLeavesRotation(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -195,6 +199,7 @@ backends:
 // TestErrorTextHidesBackend: network errors read as categories, never the
 // backend's address.
 func TestErrorTextHidesBackend(t *testing.T) {
+	integration(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -226,6 +231,7 @@ backends:
 // gets 400 from ingress instead of failing attempts (four such requests
 // used to open the breaker for everyone).
 func TestBadHeaderRefusedAtTheDoor(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -256,6 +262,7 @@ backends:
 
 // TestImmediatePoll: an id polled right after its 202 is never unknown.
 func TestImmediatePoll(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -309,6 +316,7 @@ func immediatePolls(t *testing.T, submitBase, pollBase string) {
 // reaches another ingress process right after the 202 finds the id too
 // (Redis shared store).
 func TestImmediatePollAcrossProcesses(t *testing.T) {
+	integration(t)
 	be := newBackend(t, nil)
 	addrs, prefix := kafkaBrokers(t)
 	cfg := splitConfig(t, t.TempDir(), kafkaCfg(addrs, prefix), prefix, be.URL, "")

@@ -363,3 +363,12 @@ func (s *stream) end() []string {
 	defer s.mu.Unlock()
 	return slices.Clone(s.ids)
 }
+
+// integration skips t under -short (the unit-test loop): it runs the
+// gateway against a broker, or a subprocess.
+func integration(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: runs the gateway; go test without -short")
+	}
+}

@@ -42,6 +42,7 @@ func freePort(t *testing.T) int {
 // get 503 while it is down, delivery resumes by itself after it is back,
 // and every id that got a 202 succeeds.
 func TestKafkaKilledMidStream(t *testing.T) {
+	integration(t)
 	if testing.Short() || os.Getenv("KAFKA_BROKERS") != "" {
 		t.Skip("runs its own kfake process")
 	}
@@ -80,6 +81,7 @@ backends:
 // TestStartedBeforeKafka: sluice starts while Kafka is not there yet,
 // answers 503 with Retry-After, and recovers by itself when Kafka comes up.
 func TestStartedBeforeKafka(t *testing.T) {
+	integration(t)
 	if testing.Short() || os.Getenv("KAFKA_BROKERS") != "" {
 		t.Skip("runs its own kfake process")
 	}

@@ -177,6 +177,7 @@ func awaitAll(t *testing.T, base string, ids []string, d time.Duration) {
 // TestKill9LosesNothing: SIGKILL mid-stream, restart on the same data: every
 // id that got a 202 is delivered and succeeds.
 func TestKill9LosesNothing(t *testing.T) {
+	integration(t)
 	eachBroker(t, []string{"embedded", "rabbitmq"}, []string{"b"}, func(t *testing.T, _, brokerCfg, _ string) {
 		kill9(t, brokerCfg)
 	})
@@ -230,6 +231,7 @@ backends:
 // RabbitMQ hand every in-flight request out again, and Kafka stop
 // committing).
 func TestSIGTERMDrains(t *testing.T) {
+	integration(t)
 	eachBroker(t, allBrokers, []string{"b"}, func(t *testing.T, _, brokerCfg, _ string) {
 		sigtermDrains(t, brokerCfg)
 	})

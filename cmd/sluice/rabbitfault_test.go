@@ -14,6 +14,7 @@ import (
 // stream of submits: 503s while it is away, delivery resumes by itself,
 // every id that got a 202 succeeds.
 func TestRabbitMQRestartsMidStream(t *testing.T) {
+	integration(t)
 	if testing.Short() || os.Getenv("RABBITMQ_URL") != "" {
 		t.Skip("restarts the local RabbitMQ")
 	}

@@ -20,6 +20,7 @@ func startRoles(t *testing.T, cfgPath, roles string) *proc {
 // rate: the backend sees rate/s in total, not twice it — on Kafka (shares
 // by assigned partitions) and RabbitMQ (competing consumers).
 func TestScaleOutRateHoldsInTotal(t *testing.T) {
+	integration(t)
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
@@ -79,6 +80,7 @@ func redisAddrForTests() string {
 // mid-stream: the other takes over its partitions and every request that
 // got a 202 succeeds.
 func TestWorkerKilledPartitionsMove(t *testing.T) {
+	integration(t)
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
