@@ -30,24 +30,33 @@ type Check struct {
 	Ping func(context.Context) error
 }
 
-// Recorder applies status events to the result store.
-type Recorder interface {
-	Apply(ctx context.Context, events []*job.Event) error
+// Backends reports and tunes the backends' worker pools (workers.Manager).
+type Backends interface {
+	Names() []string
+	Status(name string) (workers.Status, bool)
+	Tune(name string, change func(*workers.Settings)) bool
+}
+
+// DeadLetters lists and replays dead letters (workers.DeadLetters); both
+// answer workers.ErrUnknownBackend for a name that is not configured.
+type DeadLetters interface {
+	List(ctx context.Context, backend string, limit int) ([]workers.DeadLetter, error)
+	Replay(ctx context.Context, backend string, ids []string) (int, error)
 }
 
 // Handler serves the admin API.
 type Handler struct {
-	Token   string
-	Workers *workers.Manager
-	Backlog Backlog
-	Results Recorder // optional: replays reset records at once
-	Ready   []Check
-	mux     *http.ServeMux
+	Token    string
+	Backends Backends
+	Dead     DeadLetters
+	Backlog  Backlog
+	Ready    []Check
+	mux      *http.ServeMux
 }
 
 // New builds the handler. pprof serves Go's profiles under /debug/pprof/.
-func New(token string, pprofOn bool, w *workers.Manager, backlog Backlog, results Recorder, ready []Check) *Handler {
-	h := &Handler{Token: token, Workers: w, Backlog: backlog, Results: results, Ready: ready, mux: http.NewServeMux()}
+func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlog Backlog, ready []Check) *Handler {
+	h := &Handler{Token: token, Backends: backends, Dead: dead, Backlog: backlog, Ready: ready, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
 		writeJSON(rw, 200, map[string]string{"status": "ok"})
 	})
@@ -145,28 +154,26 @@ type Backend struct {
 }
 
 func (h *Handler) backend(name string) (Backend, bool) {
-	p := h.Workers.Pool(name)
-	if p == nil {
+	st, ok := h.Backends.Status(name)
+	if !ok {
 		return Backend{}, false
 	}
-	set, st := p.Limiter().Settings(), p.Limiter().State()
-	est := h.Backlog.Estimate(broker.RequestTopic(name), set.Rate, set.Concurrency)
+	est := h.Backlog.Estimate(broker.RequestTopic(name), st.Rate, st.Concurrency)
 	depth, drain, backlog := est.Depth, est.Drain, math.Round(est.Wait.Seconds()*10)/10
-	c := &p.Counter
 	return Backend{
-		Name: name, Rate: set.Rate, Burst: set.Burst, Concurrency: set.Concurrency, Paused: set.Paused,
+		Name: name, Rate: st.Rate, Burst: st.Burst, Concurrency: st.Concurrency, Paused: st.Paused,
 		Stats: Stats{
-			InFlight: int(p.Counter.InFlight.Load()), QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
+			InFlight: st.InFlight, QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
 			BacklogSeconds: backlog, Stalled: est.Stalled, Breaker: st.Breaker, Share: math.Round(st.Share*1000) / 1000,
-			Attempts: c.Attempts.Load(), Succeeded: c.Succeeded.Load(), Failed: c.Failed.Load(),
-			Retried: c.Retried.Load(), DeadLettered: c.DeadLettered.Load(),
+			Attempts: st.Attempts, Succeeded: st.Succeeded, Failed: st.Failed,
+			Retried: st.Retried, DeadLettered: st.DeadLettered,
 		},
 	}, true
 }
 
 func (h *Handler) listBackends(rw http.ResponseWriter, _ *http.Request) {
 	out := []Backend{}
-	for _, n := range h.Workers.Names() {
+	for _, n := range h.Backends.Names() {
 		b, _ := h.backend(n)
 		out = append(out, b)
 	}
@@ -211,8 +218,7 @@ func (p Patch) Validate() error {
 
 func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	pool := h.Workers.Pool(name)
-	if pool == nil {
+	if _, ok := h.Backends.Status(name); !ok {
 		problem.Write(rw, 404, fmt.Sprintf("unknown backend %q", name))
 		return
 	}
@@ -227,20 +233,20 @@ func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 		problem.Write(rw, 400, strings.ReplaceAll(err.Error(), "\n", "; "))
 		return
 	}
-	set := pool.Limiter().Settings()
-	if p.Rate != nil {
-		set.Rate = *p.Rate
-	}
-	if p.Burst != nil {
-		set.Burst = *p.Burst
-	}
-	if p.Concurrency != nil {
-		set.Concurrency = *p.Concurrency
-	}
-	if p.Paused != nil {
-		set.Paused = *p.Paused
-	}
-	pool.Limiter().Set(set)
+	h.Backends.Tune(name, func(set *workers.Settings) {
+		if p.Rate != nil {
+			set.Rate = *p.Rate
+		}
+		if p.Burst != nil {
+			set.Burst = *p.Burst
+		}
+		if p.Concurrency != nil {
+			set.Concurrency = *p.Concurrency
+		}
+		if p.Paused != nil {
+			set.Paused = *p.Paused
+		}
+	})
 	b, _ := h.backend(name)
 	writeJSON(rw, 200, b)
 }
@@ -256,7 +262,7 @@ func (h *Handler) listDead(rw http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	names := h.Workers.Names()
+	names := h.Backends.Names()
 	if b := q.Get("backend"); b != "" {
 		names = []string{b}
 	}
@@ -265,7 +271,7 @@ func (h *Handler) listDead(rw http.ResponseWriter, r *http.Request) {
 		if len(items) >= limit {
 			break
 		}
-		got, err := h.Workers.DeadLetters(r.Context(), n, limit-len(items))
+		got, err := h.Dead.List(r.Context(), n, limit-len(items))
 		if errors.Is(err, workers.ErrUnknownBackend) {
 			problem.Write(rw, 404, fmt.Sprintf("unknown backend %q", n))
 			return
@@ -293,11 +299,7 @@ func (h *Handler) replay(rw http.ResponseWriter, r *http.Request) {
 	// A client that hangs up does not cut a replay half way.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
 	defer cancel()
-	events, err := h.Workers.Replay(ctx, body.Backend, body.IDs)
-	n := len(events)
-	if h.Results != nil && n > 0 {
-		_ = h.Results.Apply(ctx, events) // the collector applies them too
-	}
+	n, err := h.Dead.Replay(ctx, body.Backend, body.IDs)
 	switch {
 	case errors.Is(err, workers.ErrUnknownBackend):
 		problem.Write(rw, 404, fmt.Sprintf("unknown backend %q", body.Backend))

@@ -71,8 +71,9 @@ backends: [{name: logs, urls: ["http://127.0.0.1:1/"], rate: 20, concurrency: 8}
 	}
 	br := &fakeBroker{}
 	m := workers.NewManager(cfg, br, zerolog.Nop())
+	dead := workers.NewDeadLetters(br, m.Names(), nil, zerolog.Nop())
 	est := broker.Estimate{Depth: 12, Drain: 4, Wait: 3250 * time.Millisecond}
-	return New(token, false, m, fakeBacklog{est}, nil, []Check{{Name: "broker", Ping: br.Ping}}), br
+	return New(token, false, m, dead, fakeBacklog{est}, []Check{{Name: "broker", Ping: br.Ping}}), br
 }
 
 func serve(h http.Handler, method, path, body string, hdr map[string]string) (*http.Response, string) {
@@ -163,7 +164,7 @@ func TestBackends(t *testing.T) {
 	if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Rate != 5 || !got.Paused || got.Concurrency != 8 {
 		t.Fatalf("patch: %d %s", resp.StatusCode, body)
 	}
-	if s := h.Workers.Pool("logs").Limiter().Settings(); s.Rate != 5 || !s.Paused {
+	if s := h.Backends.(*workers.Manager).Pool("logs").Limiter().Settings(); s.Rate != 5 || !s.Paused {
 		t.Fatalf("limiter after patch: %+v", s)
 	}
 }

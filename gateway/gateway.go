@@ -152,9 +152,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}
 	}
 	p.admin = &http.Server{
-		Handler: admin.New(cfg.AdminToken, cfg.AdminPprof, p.manager, monitor, p.store, []admin.Check{
-			{Name: "broker", Ping: p.broker.Ping}, {Name: "results", Ping: p.store.Ping},
-		}),
+		Handler: admin.New(cfg.AdminToken, cfg.AdminPprof, p.manager,
+			workers.NewDeadLetters(p.broker, p.manager.Names(), p.store, log), monitor, []admin.Check{
+				{Name: "broker", Ping: p.broker.Ping}, {Name: "results", Ping: p.store.Ping},
+			}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 

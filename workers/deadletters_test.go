@@ -11,7 +11,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-gw/sluice/broker"
-	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/wire"
 )
@@ -60,15 +59,19 @@ func (f *fakeDLQ) add(r *job.Request) {
 	f.dead = append(f.dead, broker.DeadLetter{Message: wire.EncodeRequest(r), Pos: strconv.Itoa(len(f.dead))})
 }
 
-func testManager(t *testing.T, br broker.Broker) *Manager {
-	cfg, err := config.Parse([]byte(`
-routes: [{name: r, path: /r, backend: b}]
-backends: [{name: b, urls: ["http://127.0.0.1:1/"]}]
-`), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return NewManager(cfg, br, zerolog.Nop())
+// recorder is a result store that keeps what it is given.
+type recorder struct{ applied []*job.Event }
+
+func (r *recorder) Apply(_ context.Context, events []*job.Event) error {
+	r.applied = append(r.applied, events...)
+	return nil
+}
+
+var _ Recorder = (*recorder)(nil)
+
+func testDeadLetters(br broker.Broker) (*DeadLetters, *recorder) {
+	store := &recorder{}
+	return NewDeadLetters(br, []string{"b"}, store, zerolog.Nop()), store
 }
 
 // TestDeadLettersOncePerID: copies of one request (a replay that failed
@@ -85,16 +88,17 @@ func TestDeadLettersOncePerID(t *testing.T) {
 	br.add(b0)
 	br.add(a1)
 	br.add(a1)
-	m := testManager(t, br)
-	list, err := m.DeadLetters(context.Background(), "b", 0)
+	d, store := testDeadLetters(br)
+	list, err := d.List(context.Background(), "b", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(list) != 2 || list[0].ID != "a" || list[0].LastError != a1.LastError || list[1].ID != "b" {
 		t.Fatalf("listed %+v", list)
 	}
-	events, err := m.Replay(context.Background(), "b", []string{"a"})
-	if err != nil || len(events) != 1 || events[0].Gen != 2 {
+	n, err := d.Replay(context.Background(), "b", []string{"a"})
+	events := store.applied
+	if err != nil || n != 1 || len(events) != 1 || events[0].Gen != 2 {
 		t.Fatalf("replay: %v %+v", err, events)
 	}
 	if len(br.taken) != 3 {
@@ -122,8 +126,8 @@ func TestDeadLetteredByTheBroker(t *testing.T) {
 	r := request("poison")
 	r.Attempts = 2
 	br.add(r)
-	m := testManager(t, br)
-	list, err := m.DeadLetters(context.Background(), "b", 10)
+	d, _ := testDeadLetters(br)
+	list, err := d.List(context.Background(), "b", 10)
 	if err != nil || len(list) != 1 || list[0].LastError != ErrDeliveryLimit {
 		t.Fatalf("listed %+v, %v", list, err)
 	}
@@ -151,9 +155,10 @@ func TestReplayWritesTheRequestFirst(t *testing.T) {
 	r := request("a")
 	r.DeadAt = time.Now()
 	br.add(r)
-	m := testManager(t, br)
-	events, err := m.Replay(context.Background(), "b", nil)
-	if err == nil || len(events) != 0 || len(br.events(t)) != 0 || len(br.taken) != 0 {
+	d, store := testDeadLetters(br)
+	n, err := d.Replay(context.Background(), "b", nil)
+	events := store.applied
+	if err == nil || n != 0 || len(events) != 0 || len(br.events(t)) != 0 || len(br.taken) != 0 {
 		t.Fatalf("replay with the request refused: err %v, %d events returned, %d published, taken %v",
 			err, len(events), len(br.events(t)), br.taken)
 	}
