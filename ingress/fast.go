@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -88,37 +89,45 @@ func (f *fastPublisher) enqueue(req *job.Request) error {
 func (f *fastPublisher) publish(req *job.Request) {
 	topic := broker.RequestTopic(req.Backend)
 	timedOut := false // the last write timed out: it may have landed
-	for try, wait := 1, 100*time.Millisecond; ; try, wait = try+1, min(2*wait, 2*time.Second) {
-		if f.abort.Err() != nil {
-			f.addLost(req, timedOut)
-			return
+	try := 0
+	_, err := backoff.Retry(f.abort, func() (struct{}, error) {
+		if err := f.abort.Err(); err != nil {
+			return struct{}{}, backoff.Permanent(err)
 		}
+		try++
 		// Not bound to abort: a write under way runs to its timeout, which
 		// close leaves room for, so its outcome is known.
 		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 		err := f.pub.Publish(ctx, topic, wire.EncodeRequest(req))
 		timedOut = ctx.Err() != nil
 		cancel()
-		switch {
-		case err == nil:
-			return
-		case errors.Is(err, broker.ErrTooLarge):
-			f.fail([]*job.Request{req}, "the queue refused it: too large")
-			f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
-			return
-		case !errors.Is(err, broker.ErrUnavailable):
-			f.fail([]*job.Request{req}, "the queue refused it")
-			f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
-			return
+		if err != nil && !errors.Is(err, broker.ErrUnavailable) {
+			return struct{}{}, backoff.Permanent(err)
 		}
-		if try%10 == 1 {
+		if err != nil && try%10 == 1 {
 			f.log.Warn().Err(err).Str("id", req.ID).Int("try", try).Msg("ack: fast publish failed; retrying")
 		}
-		select {
-		case <-f.abort.Done():
-		case <-time.After(wait):
-		}
+		return struct{}{}, err
+	}, backoff.WithBackOff(fastRetry()), backoff.WithMaxElapsedTime(0))
+	switch {
+	case err == nil:
+	case f.abort.Err() != nil:
+		f.addLost(req, timedOut)
+	case errors.Is(err, broker.ErrTooLarge):
+		f.fail([]*job.Request{req}, "the queue refused it: too large")
+		f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
+	default:
+		f.fail([]*job.Request{req}, "the queue refused it")
+		f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
 	}
+}
+
+// fastRetry spaces the writes of a request while the broker is away: from
+// 100 ms, doubling, up to 2 s.
+func fastRetry() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.Multiplier, b.MaxInterval = 100*time.Millisecond, 2, 2*time.Second
+	return b
 }
 
 func (f *fastPublisher) addLost(req *job.Request, unsure bool) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -351,7 +352,9 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 	}
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
-	waitFor(t, "the ack: fast writers to start", func() bool { return len(stacks.Running("sluice/ingress.(*fastPublisher)")) > 0 })
+	waitFor(t, "the ack: fast writers to start", func() bool {
+		return len(stacks.Matching(func(g string) bool { return strings.Contains(g, "(*fastPublisher).start") })) > 0
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := s.Shutdown(ctx); err != nil {
