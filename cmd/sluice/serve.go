@@ -24,6 +24,9 @@ import (
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/results/bolt"
+	"github.com/sluice-gw/sluice/results/collector"
+	redisstore "github.com/sluice-gw/sluice/results/redis"
 	"github.com/sluice-gw/sluice/workers"
 )
 
@@ -136,7 +139,18 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	// The store runs until the end, after the collector stored the last
+	// outcomes: its Run writes what is still queued, then it closes.
+	storeCtx, stopStore := context.WithCancel(context.Background())
+	storeDone := make(chan error, 1)
+	go func() { storeDone <- store.Run(storeCtx) }()
+	defer func() {
+		stopStore()
+		if err := <-storeDone; err != nil {
+			log.Error().Err(err).Msg("result store")
+		}
+		_ = store.Close()
+	}()
 
 	monitor := broker.NewMonitor(br, topics, 500*time.Millisecond)
 	monitor.Poll(ctx)
@@ -157,8 +171,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	var monWG, workWG, collWG sync.WaitGroup
 	stopMonitor := bg(&monWG, "monitor", monitor.Run)
 	stopWorkers, stopCollector := context.CancelFunc(func() {}), context.CancelFunc(func() {})
+	coll := collector.New(br, store, log, collector.Options{})
 	if has("collector") {
-		stopCollector = bg(&collWG, "collector", (&results.Collector{Sub: br, Store: store, Log: log}).Run)
+		stopCollector = bg(&collWG, "collector", coll.Run)
 	}
 	if has("worker") {
 		stopWorkers = bg(&workWG, "worker", manager.Run)
@@ -220,14 +235,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	manager.StopBy(start.Add(budget*3/4), deadline.Add(-time.Second))
 	stopWorkers() // pools stop fetching, finish or hand back in-flight work
 	workWG.Wait()
-	// Let the collector store the outcomes the workers just published.
-	for time.Now().Before(deadline.Add(-time.Second)) {
-		st, err := br.Stats(sctx, broker.ResultTopic)
-		if err != nil || st.Depth == 0 || !has("collector") {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The collector stores the outcomes the workers just published.
+	coll.StopBy(deadline.Add(-time.Second))
 	stopCollector()
 	collWG.Wait()
 	stopMonitor()
@@ -275,8 +284,8 @@ func openBroker(ctx context.Context, cfg *config.Config, backends []string, work
 func openStore(cfg *config.Config) (results.Store, error) {
 	if cfg.Results.Store == "redis" {
 		r := cfg.Results.Redis
-		return results.OpenRedis(results.RedisOptions{Addr: r.Addr, Password: r.Password, DB: r.DB, MaxPending: r.MaxPending,
-			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()}), nil
+		return redisstore.Open(redisstore.Options{Addr: r.Addr, Password: r.Password, DB: r.DB, MaxPending: r.MaxPending,
+			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()})
 	}
-	return results.OpenEmbedded(cfg.Path(cfg.Results.Embedded.Dir), cfg.Results.TTL.D())
+	return bolt.Open(bolt.Options{Dir: cfg.Path(cfg.Results.Embedded.Dir), TTL: cfg.Results.TTL.D()})
 }
