@@ -135,12 +135,11 @@ func (s *Store) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.listen(ctx) })
 	t := time.NewTicker(flushInterval)
-	for loop := true; loop; {
+	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
-			loop = false
 		case <-t.C:
-			_ = s.flush(ctx, false)
+			_ = s.flush(ctx, false) // what fails stays queued for the next tick
 		}
 	}
 	t.Stop()
