@@ -10,6 +10,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/results"
 	"gopkg.in/yaml.v3"
 )
 
@@ -137,7 +138,7 @@ type Results struct {
 	Store    string          `yaml:"store"` // embedded (default) | redis
 	Embedded ResultsEmbedded `yaml:"embedded"`
 	Redis    *Redis          `yaml:"redis"`
-	TTL      Duration        `yaml:"ttl"` // default 24h
+	TTL      Duration        `yaml:"ttl"` // default 24h (results.DefaultTTL)
 }
 
 // ResultsEmbedded configures the on-disk result store.
@@ -147,13 +148,15 @@ type ResultsEmbedded struct {
 
 // Redis configures the Redis result store.
 type Redis struct {
-	Addr      string `yaml:"addr"` // default 127.0.0.1:6379
-	Password  string `yaml:"password"`
-	DB        int    `yaml:"db"`
-	KeyPrefix string `yaml:"key_prefix"` // default "sluice:"
+	Addr     string `yaml:"addr"` // default 127.0.0.1:6379
+	Password string `yaml:"password"`
+	DB       int    `yaml:"db"`
+	// KeyPrefix starts every key of the store. Zero: the store's default,
+	// "sluice:" (results/redis.Options).
+	KeyPrefix string `yaml:"key_prefix"`
 	// MaxPending bounds accepted records waiting in memory to be written
-	// while Redis is slow or away; past it, submits answer 503. Default
-	// 100000.
+	// while Redis is slow or away; past it, submits answer 503. Zero: the
+	// store's default, 100000 (results.DefaultMaxPending).
 	MaxPending int `yaml:"max_pending"`
 }
 
@@ -347,18 +350,12 @@ func (c *Config) ApplyDefaults() {
 		if r.Addr == "" {
 			r.Addr = "127.0.0.1:6379"
 		}
-		if r.KeyPrefix == "" {
-			r.KeyPrefix = "sluice:"
-		}
-		if r.MaxPending == 0 {
-			r.MaxPending = 100000
-		}
 	}
 	if c.Broker.Embedded.AckWait == 0 {
 		c.Broker.Embedded.AckWait = Duration(5 * time.Minute)
 	}
 	if c.Results.TTL == 0 {
-		c.Results.TTL = Duration(24 * time.Hour)
+		c.Results.TTL = Duration(results.DefaultTTL)
 	}
 	for i := range c.Routes {
 		r := &c.Routes[i]

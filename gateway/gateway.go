@@ -20,6 +20,9 @@ import (
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/results/bolt"
+	"github.com/sluice-gw/sluice/results/collector"
+	redisstore "github.com/sluice-gw/sluice/results/redis"
 	"github.com/sluice-gw/sluice/workers"
 )
 
@@ -94,14 +97,16 @@ func (g *Gateway) has(r Role) bool { return slices.Contains(g.roles, r) }
 
 // parts is what Run opened and built, for the shutdown to stop in order.
 type parts struct {
-	grp                         *group
-	broker                      broker.Broker
-	store                       results.Store
-	ingress                     *ingress.Server
-	manager                     *workers.Manager
-	admin                       *http.Server
-	monitor, workers, collector *proc
-	adminProc, ingressProc      *proc
+	grp                       *group
+	broker                    broker.Broker
+	store                     results.Store
+	ingress                   *ingress.Server
+	manager                   *workers.Manager
+	admin                     *http.Server
+	collector                 *collector.Collector
+	monitor, workers, collect *proc
+	adminProc, ingressProc    *proc
+	storeProc                 *proc
 }
 
 // Run runs the gateway until ctx ends or a part stops by itself, then
@@ -159,11 +164,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 
+	p.collector = collector.New(p.broker, p.store, log, collector.Options{})
+
 	// Start, in the reverse of the order of the stop.
+	p.storeProc = p.grp.Go("results", p.store.Run)
 	monitor.Poll(ctx)
 	p.monitor = p.grp.Go("monitor", monitor.Run)
 	if g.has(Collector) {
-		p.collector = p.grp.Go("collector", (&results.Collector{Sub: p.broker, Store: p.store, Log: log}).Run)
+		p.collect = p.grp.Go("collector", p.collector.Run)
 	}
 	if g.has(Worker) {
 		p.workers = p.grp.Go("worker", p.manager.Run)
@@ -216,25 +224,17 @@ func (g *Gateway) stop(p *parts) {
 		g.logStop(p.grp, p.ingressProc) // Serve has returned
 	}
 	p.manager.StopBy(start.Add(budget*3/4), deadline.Add(-time.Second))
-	g.logStop(p.grp, p.workers) // pools stop fetching, finish or hand back in-flight work
-	if p.collector != nil {
-		// Let the collector store the outcomes the workers just published.
-		for time.Now().Before(deadline.Add(-time.Second)) {
-			st, err := p.broker.Stats(sctx, broker.ResultTopic)
-			if err != nil || st.Depth == 0 {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	g.logStop(p.grp, p.collector)
+	g.logStop(p.grp, p.workers)                    // pools stop fetching, finish or hand back in-flight work
+	p.collector.StopBy(deadline.Add(-time.Second)) // it stores the outcomes the workers just published
+	g.logStop(p.grp, p.collect)
 	g.logStop(p.grp, p.monitor)
 	_ = p.admin.Shutdown(sctx)
 	g.logStop(p.grp, p.adminProc)
+	g.logStop(p.grp, p.storeProc) // writes what it still holds
 }
 
 func (g *Gateway) logStop(grp *group, p *proc) {
-	if err := grp.Stop(p); err != nil {
+	if err := grp.Stop(p); err != nil && p != nil {
 		g.log.Error().Err(err).Str("role", p.name).Msg("stopped with an error")
 	}
 }
@@ -310,8 +310,8 @@ func (g *Gateway) openStore() (results.Store, error) {
 	cfg := g.cfg
 	if cfg.Results.Store == "redis" {
 		r := cfg.Results.Redis
-		return results.OpenRedis(results.RedisOptions{Addr: r.Addr, Password: r.Password, DB: r.DB, MaxPending: r.MaxPending,
-			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()}), nil
+		return redisstore.Open(redisstore.Options{Addr: r.Addr, Password: r.Password, DB: r.DB, MaxPending: r.MaxPending,
+			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()})
 	}
-	return results.OpenEmbedded(cfg.Path(cfg.Results.Embedded.Dir), cfg.Results.TTL.D())
+	return bolt.Open(bolt.Options{Dir: cfg.Path(cfg.Results.Embedded.Dir), TTL: cfg.Results.TTL.D()})
 }

@@ -1,8 +1,9 @@
-// Package results keeps the outcome of every accepted request: the Store
-// port that ingress polls and collectors write, its two adapters —
-// Embedded, a bbolt file for one process, and Redis, shared by every
-// process — and the Collector that moves status events from the result
-// topic into a Store.
+// Package results keeps the outcome of every accepted request. It is the
+// port: the Store interface that ingress polls and collectors write, its
+// errors and claim types. The adapters live beside it — results/bolt, a
+// bbolt file for one process, and results/redis, shared by every process
+// — and results/collector moves status events from the result topic into
+// a Store. Importing results pulls in neither bbolt nor go-redis.
 //
 // Both stores keep the same promises, which the conformance suite in
 // results/storetest holds them to:
@@ -24,7 +25,9 @@
 //     claimant to publish the same id again.
 //   - Records are stored as JSON without HTML escaping (job.Marshal), so
 //     a body keeps its size.
-//   - OpenEmbedded and OpenRedis start the store's goroutines (flush loop,
-//     sweeper or change listener); Close stops them, waits for them and
-//     writes what is still in memory, for a bounded time with Redis.
+//   - A store's constructor opens it and starts nothing. Run starts its
+//     goroutines (flush loop, sweeper or change listener) and owns them:
+//     when its ctx ends they stop, the records still in memory are
+//     written (for a bounded time with Redis), and Run returns. Close
+//     then releases the file or the connections.
 package results

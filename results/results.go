@@ -14,6 +14,15 @@ var ErrNotFound = job.ErrNotFound
 // ErrUnavailable reports a store that cannot answer right now.
 var ErrUnavailable = errors.New("result store unavailable")
 
+// The defaults both stores take for a zero option.
+const (
+	// DefaultTTL is how long a record lives after its last update.
+	DefaultTTL = 24 * time.Hour
+	// DefaultMaxPending is how many accepted records may wait in memory to
+	// be written before Admit refuses more.
+	DefaultMaxPending = 100000
+)
+
 // Claim and its states are job's (ingress reads them without importing
 // results).
 type (
@@ -30,7 +39,19 @@ const (
 
 // Store holds records by id. All methods are safe for concurrent use, also
 // from several processes sharing one store.
+//
+// Its life: an adapter's constructor opens it and starts nothing; Run
+// starts the background work (writing accepted records, expiry, change
+// announcements) and owns it until its ctx ends; Close releases the
+// store once Run has returned. Before Run every method answers, but
+// accepted records only wait in memory (Get finds them there) and Watch
+// may miss changes other processes make.
 type Store interface {
+	// Run does the store's background work until ctx ends, then writes the
+	// accepted records still in memory (bounded in time by the adapter)
+	// and returns. It returns an error wrapping ErrUnavailable when some
+	// could not be written. It is called once.
+	Run(ctx context.Context) error
 	// Admit reports whether Accept can take one more record now; it
 	// returns an error wrapping ErrUnavailable when too many accepted
 	// records wait to be written (the store is slow or away). Ingress asks
@@ -60,5 +81,8 @@ type Store interface {
 	Release(ctx context.Context, client, key, id string, queued bool) error
 	// Ping reports whether the store is reachable.
 	Ping(ctx context.Context) error
+	// Close releases the store (file, connections). Call it after Run
+	// returned, or when Run was never called; it writes nothing. Later
+	// calls return the first call's result.
 	Close() error
 }

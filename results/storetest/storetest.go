@@ -18,7 +18,7 @@ import (
 // handles on it, as two processes sharing it would hold. A kind that allows
 // one opener per store (a bbolt file) returns the same handle twice; the
 // suite's concurrent cases then run as goroutines on that handle. The
-// factory closes the handles at t's cleanup.
+// factory runs the handles (Running) and closes them at t's cleanup.
 type Factory func(t *testing.T, ttl time.Duration) (a, b results.Store)
 
 // Run runs the suite. Its cases run in parallel, each on a store of its
@@ -615,4 +615,23 @@ func testAdmit(t *testing.T, open Factory) {
 	if err := b.Admit(); err != nil {
 		t.Fatalf("admit on the other handle: %v", err)
 	}
+}
+
+// Running runs s until t ends: t's cleanup ends Run's context, waits for
+// Run to return, then closes s, reporting an error of either. Factories
+// call it for every handle they return.
+func Running(t *testing.T, s results.Store) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
 }

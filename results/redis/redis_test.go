@@ -1,4 +1,4 @@
-package results
+package redis
 
 import (
 	"context"
@@ -8,20 +8,29 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/results/internal/accept"
+	"github.com/sluice-gw/sluice/results/internal/record"
 )
 
 // redisAddr is the Redis the tests use: REDIS_ADDR, else 127.0.0.1:6379
-// (make test starts one there). It is a failure, not a skip, when absent.
-func redisAddr() string {
+// (make test starts one there). Tests that need it skip under -short; it
+// is a failure, not a skip, when absent otherwise.
+func redisAddr(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs Redis; skipped with -short")
+	}
 	if a := os.Getenv("REDIS_ADDR"); a != "" {
 		return a
 	}
@@ -33,9 +42,10 @@ var testPrefixes atomic.Int64
 // testPrefix returns a key prefix of t's own, whose keys are deleted once
 // t's stores are closed.
 func testPrefix(t *testing.T) string {
+	addr := redisAddr(t)
 	prefix := fmt.Sprintf("sluice-test-%d-%d:", time.Now().UnixNano(), testPrefixes.Add(1))
 	t.Cleanup(func() { // registered first, so it runs after the stores' Close
-		rdb := redis.NewClient(&redis.Options{Addr: redisAddr()})
+		rdb := goredis.NewClient(&goredis.Options{Addr: addr})
 		defer rdb.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -50,26 +60,56 @@ func testPrefix(t *testing.T) string {
 	return prefix
 }
 
-func openRedis(t *testing.T, opts RedisOptions) *Redis {
+// open opens a store without running it; t's cleanup closes it.
+func open(t *testing.T, opts Options) *Store {
+	t.Helper()
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// run starts s.Run; stop ends it, waits for it and returns its error.
+// t's cleanup stops it, before the store is closed.
+func run(t *testing.T, s *Store) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+// openRedis opens a store on the test Redis (opts.Addr unless set), runs
+// it until t ends, and checks that Redis answers.
+func openRedis(t *testing.T, opts Options) *Store {
 	t.Helper()
 	if opts.Addr == "" {
-		opts.Addr = redisAddr()
+		opts.Addr = redisAddr(t)
 	}
 	if opts.TTL == 0 {
 		opts.TTL = time.Minute
 	}
-	s := OpenRedis(opts)
-	t.Cleanup(func() { _ = s.Close() })
+	s := open(t, opts)
+	run(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if err := s.Ping(ctx); err != nil {
-		t.Fatalf("no Redis at %s (make test starts one): %v", redisAddr(), err)
+		t.Fatalf("no Redis at %s (make test starts one): %v", opts.Addr, err)
 	}
 	return s
 }
 
 func TestRedisRecordTTL(t *testing.T) {
-	s := openRedis(t, RedisOptions{KeyPrefix: testPrefix(t)})
+	s := openRedis(t, Options{KeyPrefix: testPrefix(t)})
 	ctx := context.Background()
 	if err := s.Apply(ctx, []*job.Event{ev("x", job.InFlight, 1, 0)}); err != nil {
 		t.Fatal(err)
@@ -83,10 +123,10 @@ func TestRedisRecordTTL(t *testing.T) {
 // memory between Get's look in Redis and its look in memory — the window
 // that made an immediate poll 404 about once in 150.
 func TestRedisGetWhileFlushing(t *testing.T) {
-	s := openRedis(t, RedisOptions{KeyPrefix: testPrefix(t)})
+	s := openRedis(t, Options{KeyPrefix: testPrefix(t)})
 	ctx := context.Background()
 	var once sync.Once
-	s.queue.afterMiss = func() { once.Do(func() { _ = s.flush(ctx, false) }) }
+	s.queue.AfterMiss = func() { once.Do(func() { _ = s.flush(ctx, false) }) }
 	_ = s.Accept(ctx, accepted("x", time.Now()))
 	if r, err := s.Get(ctx, "x"); err != nil || r.Status != job.Queued {
 		t.Fatalf("poll while its record is being written: %v %v", r, err)
@@ -95,7 +135,7 @@ func TestRedisGetWhileFlushing(t *testing.T) {
 
 // TestRedisStoresUnescaped: a body full of "<" is stored one byte per "<".
 func TestRedisStoresUnescaped(t *testing.T) {
-	s := openRedis(t, RedisOptions{KeyPrefix: testPrefix(t)})
+	s := openRedis(t, Options{KeyPrefix: testPrefix(t)})
 	ctx := context.Background()
 	e := ev("x", job.Succeeded, 1, 0)
 	body := strings.Repeat("<>&", 10000)
@@ -124,10 +164,10 @@ func TestRedisStoresUnescaped(t *testing.T) {
 // TestRedisReadsLegacyRecords: records written before merge keys existed
 // (plain json.Marshal) are still read, and merged by the same rule.
 func TestRedisReadsLegacyRecords(t *testing.T) {
-	s := openRedis(t, RedisOptions{KeyPrefix: testPrefix(t)})
+	s := openRedis(t, Options{KeyPrefix: testPrefix(t)})
 	ctx := context.Background()
 	legacy := func(id string, e *job.Event) {
-		r := project(e)
+		r := record.Project(e)
 		v, _ := json.Marshal(struct {
 			*job.Record
 			Client string `json:"client,omitempty"`
@@ -171,12 +211,12 @@ func TestRedisReadsLegacyRecords(t *testing.T) {
 // TestRedisLegacyClaim reads a binding written before claims had states (a
 // bare id, SET NX): it bound a queued request.
 func TestRedisLegacyClaim(t *testing.T) {
-	s := openRedis(t, RedisOptions{KeyPrefix: testPrefix(t)})
+	s := openRedis(t, Options{KeyPrefix: testPrefix(t)})
 	ctx := context.Background()
 	if err := s.rdb.Set(ctx, s.idemKey("c", "k"), "old", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if c, err := s.Claim(ctx, "c", "k", "new", time.Minute); err != nil || c != (Claim{ID: "old", State: ClaimQueued}) {
+	if c, err := s.Claim(ctx, "c", "k", "new", time.Minute); err != nil || c != (results.Claim{ID: "old", State: results.ClaimQueued}) {
 		t.Fatalf("legacy binding: %+v %v", c, err)
 	}
 }
@@ -184,7 +224,7 @@ func TestRedisLegacyClaim(t *testing.T) {
 // TestRedisApplyAfterScriptFlush: Apply loads its script again when Redis
 // lost it (restart, SCRIPT FLUSH).
 func TestRedisApplyAfterScriptFlush(t *testing.T) {
-	s := openRedis(t, RedisOptions{KeyPrefix: testPrefix(t)})
+	s := openRedis(t, Options{KeyPrefix: testPrefix(t)})
 	ctx := context.Background()
 	if err := s.rdb.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
@@ -210,10 +250,10 @@ type pipelineSizes struct {
 	sizes []int
 }
 
-func (p *pipelineSizes) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (p *pipelineSizes) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-func (p *pipelineSizes) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
+func (p *pipelineSizes) DialHook(next goredis.DialHook) goredis.DialHook          { return next }
+func (p *pipelineSizes) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook { return next }
+func (p *pipelineSizes) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
 		p.mu.Lock()
 		p.sizes = append(p.sizes, len(cmds))
 		p.mu.Unlock()
@@ -222,33 +262,31 @@ func (p *pipelineSizes) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 }
 
 // TestRedisFlushInChunks: a backlog of accepted records goes out in
-// pipelines of at most flushChunk, not as one that may outlast its timeout.
+// pipelines of at most accept.Chunk, not as one that may outlast its timeout.
 func TestRedisFlushInChunks(t *testing.T) {
-	s := openRedis(t, RedisOptions{KeyPrefix: testPrefix(t)})
+	s := open(t, Options{Addr: redisAddr(t), KeyPrefix: testPrefix(t), TTL: time.Minute})
 	sizes := &pipelineSizes{}
 	s.rdb.AddHook(sizes)
 	ctx := context.Background()
 	const n = 5000
-	s.queue.mu.Lock() // all at once, as after an outage
-	for i := range n {
-		r := accepted(fmt.Sprintf("r%d", i), time.Now())
-		s.queue.m[r.ID] = r
+	for i := range n { // all queued when Run starts, as after an outage
+		_ = s.Accept(ctx, accepted(fmt.Sprintf("r%d", i), time.Now()))
 	}
-	s.queue.n.Store(int64(len(s.queue.m)))
-	s.queue.mu.Unlock()
+	run(t, s)
 	deadline := time.Now().Add(20 * time.Second)
-	for s.queue.len() > 0 {
+	for s.queue.Len() > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d accepted records still unwritten", s.queue.len())
+			t.Fatalf("%d accepted records still unwritten", s.queue.Len())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	sizes.mu.Lock()
-	defer sizes.mu.Unlock()
+	seen := slices.Clone(sizes.sizes)
+	sizes.mu.Unlock() // the hook takes it again for a connection Get may dial
 	total := 0
-	for _, n := range sizes.sizes {
-		if n > flushChunk+2 { // MULTI/EXEC-free pipeline: only the SETs
-			t.Fatalf("pipeline of %d commands (sizes %v)", n, sizes.sizes)
+	for _, n := range seen {
+		if n > accept.Chunk+2 { // MULTI/EXEC-free pipeline: only the SETs
+			t.Fatalf("pipeline of %d commands (sizes %v)", n, seen)
 		}
 		total += n
 	}
@@ -262,12 +300,12 @@ func TestRedisFlushInChunks(t *testing.T) {
 
 // TestRedisDown: while Redis is away submits never wait, Admit refuses
 // past MaxPending (Accept still takes the records of admitted requests),
-// polls answer ErrUnavailable, and Close gives up writing after
-// CloseTimeout instead of hanging.
+// polls answer ErrUnavailable, and Run, once stopped, gives up writing
+// after StopTimeout instead of hanging.
 func TestRedisDown(t *testing.T) {
-	s := OpenRedis(RedisOptions{Addr: "127.0.0.1:1", TTL: time.Minute, MaxPending: 10,
-		CloseTimeout: 300 * time.Millisecond})
-	defer s.Close()
+	s := open(t, Options{Addr: "127.0.0.1:1", TTL: time.Minute, MaxPending: 10,
+		StopTimeout: 300 * time.Millisecond})
+	stop := run(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for i := range 10 {
@@ -279,46 +317,51 @@ func TestRedisDown(t *testing.T) {
 			t.Fatalf("accept with Redis down: %v after %v (submits must not wait on Redis)", err, time.Since(start))
 		}
 	}
-	if err := s.Admit(); !errors.Is(err, ErrUnavailable) {
+	if err := s.Admit(); !errors.Is(err, results.ErrUnavailable) {
 		t.Fatalf("admit with MaxPending records waiting: %v, want ErrUnavailable", err)
 	}
 	if err := s.Accept(ctx, accepted("late", time.Now())); err != nil {
 		t.Fatalf("accept past MaxPending: %v (it never fails)", err)
 	}
-	if r, err := s.Get(ctx, "y3"); err == nil || errors.Is(err, ErrNotFound) {
+	if r, err := s.Get(ctx, "y3"); err == nil || errors.Is(err, results.ErrNotFound) {
 		t.Fatalf("poll with Redis down: %v %v, want ErrUnavailable", r, err)
 	}
 	if err := s.Ping(ctx); err == nil {
 		t.Fatal("ping with Redis down succeeded")
 	}
-	closed := make(chan error, 1)
-	go func() { closed <- s.Close() }()
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
 	select {
-	case err := <-closed:
-		if !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("close with unwritten records: %v, want ErrUnavailable", err)
+	case err := <-stopped:
+		if !errors.Is(err, results.ErrUnavailable) {
+			t.Fatalf("run stopped with unwritten records: %v, want ErrUnavailable", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Close hangs while Redis is down")
+		t.Fatal("Run hangs at its end while Redis is down")
 	}
-	if err := s.Close(); err == nil {
-		t.Fatal("second Close forgot the first one's result")
+	first := s.Close()
+	if err := s.Close(); err != first {
+		t.Fatalf("second Close forgot the first one's result: %v, then %v", first, err)
 	}
 }
 
-// TestRedisCloseFlushes: what was accepted just before Close is in Redis
-// after it.
-func TestRedisCloseFlushes(t *testing.T) {
+// TestRedisStopFlushes: what was accepted just before Run's end is in
+// Redis after Run returned.
+func TestRedisStopFlushes(t *testing.T) {
 	prefix := testPrefix(t)
-	s := openRedis(t, RedisOptions{KeyPrefix: prefix})
+	s := open(t, Options{Addr: redisAddr(t), KeyPrefix: prefix, TTL: time.Minute})
+	stop := run(t, s)
 	ctx := context.Background()
 	for i := range 3000 {
 		_ = s.Accept(ctx, accepted(fmt.Sprintf("c%d", i), time.Now()))
 	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	other := openRedis(t, RedisOptions{KeyPrefix: prefix})
+	other := openRedis(t, Options{KeyPrefix: prefix})
 	for i := range 3000 {
 		if _, err := other.read(ctx, fmt.Sprintf("c%d", i)); err != nil {
 			t.Fatal(err)
@@ -395,10 +438,10 @@ func (p *flakyProxy) cut(down bool) {
 // out their ?wait.
 func TestRedisWatchSurvivesOutage(t *testing.T) {
 	prefix := testPrefix(t)
-	proxy := newFlakyProxy(t, redisAddr())
-	cut := OpenRedis(RedisOptions{Addr: proxy.ln.Addr().String(), KeyPrefix: prefix, TTL: time.Minute})
-	t.Cleanup(func() { _ = cut.Close() })
-	other := openRedis(t, RedisOptions{KeyPrefix: prefix})
+	proxy := newFlakyProxy(t, redisAddr(t))
+	cut := open(t, Options{Addr: proxy.ln.Addr().String(), KeyPrefix: prefix, TTL: time.Minute})
+	run(t, cut)
+	other := openRedis(t, Options{KeyPrefix: prefix})
 	ctx := context.Background()
 	// The subscription is up once an announcement gets through.
 	deadline := time.Now().Add(10 * time.Second)
@@ -433,5 +476,30 @@ func TestRedisWatchSurvivesOutage(t *testing.T) {
 	}
 	if r, err := cut.Get(ctx, "y"); err != nil || r.Status != job.Succeeded {
 		t.Fatalf("after the outage: %+v %v", r, err)
+	}
+}
+
+func accepted(id string, at time.Time) *job.Record {
+	return &job.Record{ID: id, Route: "r", Backend: "b", Status: job.Queued, AcceptedAt: at, UpdatedAt: at}
+}
+
+func ev(id string, st job.Status, attempts, gen int) *job.Event {
+	return &job.Event{ID: id, Route: "r", Backend: "b", Status: st, Attempts: attempts, Gen: gen, At: time.Now()}
+}
+
+// TestOptionDefaults: zero options take the documented defaults; negative
+// ones are refused.
+func TestOptionDefaults(t *testing.T) {
+	s := open(t, Options{})
+	want := Options{Addr: DefaultAddr, KeyPrefix: DefaultKeyPrefix, TTL: results.DefaultTTL,
+		MaxPending: results.DefaultMaxPending, StopTimeout: 5 * time.Second}
+	if s.opts != want {
+		t.Errorf("defaults %+v, want %+v", s.opts, want)
+	}
+	for _, o := range []Options{{TTL: -time.Second}, {MaxPending: -1}, {DB: -1}} {
+		if s, err := Open(o); err == nil {
+			s.Close()
+			t.Errorf("Open(%+v) took it", o)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package results
+package bolt
 
 import (
 	"bytes"
@@ -10,11 +10,16 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/bbolt"
 
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/results/internal/accept"
+	"github.com/sluice-gw/sluice/results/internal/record"
+	"github.com/sluice-gw/sluice/results/internal/watch"
 )
 
 var (
@@ -27,29 +32,76 @@ var (
 // flush, Claim) and collectors (Apply) wait at most one chunk behind it.
 const sweepChunk = 1000
 
-// Embedded is a Store in a bbolt file on local disk, for one process.
-// Records expire ttl after their last update. New requests (Accept) are
-// kept in memory and written in batches every few milliseconds; events
-// (Apply) are committed before Apply returns. OpenEmbedded starts a flush
-// loop and an hourly-ish sweeper; Close stops both, waits for them and
-// writes what is still queued.
-type Embedded struct {
-	db        *bolt.DB
+// Options configure the bbolt store. Zero values mean the documented
+// defaults.
+type Options struct {
+	// Dir is the folder of the store's file, results.db; it is created if
+	// missing. Required.
+	Dir string
+	// TTL is how long a record lives after its last update; an
+	// idempotency key lives as long. Default results.DefaultTTL (24h).
+	TTL time.Duration
+	// MaxPending bounds the accepted records waiting in memory to be
+	// written; past it Admit refuses. Default results.DefaultMaxPending.
+	MaxPending int
+	// FlushInterval is how often accepted records are written. Default
+	// 50ms.
+	FlushInterval time.Duration
+	// SweepInterval is how often expired records and idempotency keys are
+	// deleted. Default one minute.
+	SweepInterval time.Duration
+}
+
+// withDefaults fills the zero options and reports invalid ones.
+func (o Options) withDefaults() (Options, error) {
+	if o.Dir == "" {
+		return o, errors.New("open result store: no dir")
+	}
+	if o.TTL < 0 || o.MaxPending < 0 || o.FlushInterval < 0 || o.SweepInterval < 0 {
+		return o, fmt.Errorf("open result store: negative option in %+v", o)
+	}
+	if o.TTL == 0 {
+		o.TTL = results.DefaultTTL
+	}
+	if o.MaxPending == 0 {
+		o.MaxPending = results.DefaultMaxPending
+	}
+	if o.FlushInterval == 0 {
+		o.FlushInterval = 50 * time.Millisecond
+	}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = time.Minute
+	}
+	return o, nil
+}
+
+// Store is a results.Store in a bbolt file on local disk, for one
+// process. Records expire TTL after their last update. New requests
+// (Accept) are kept in memory and written in batches every FlushInterval
+// by Run; events (Apply) are committed before Apply returns.
+//
+// Open starts nothing. Before Run, Accept queues and Get finds the queued
+// records, Apply, Claim and Release write to the file at once, but
+// nothing accepted is written and nothing expires. Run flushes every
+// FlushInterval and sweeps every SweepInterval until its ctx ends, then
+// writes what is still queued and returns; Close closes the file after.
+type Store struct {
+	db        *bbolt.DB
+	opts      Options
 	ttl       time.Duration
-	hub       hub
+	hub       watch.Hub
 	now       func() time.Time
-	stop      chan struct{}
+	ran       atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
-	done      sync.WaitGroup
 
-	queue *acceptQueue // accepted, not yet on disk
+	queue *accept.Queue // accepted, not yet on disk
 
 	// Test hooks, nil outside tests.
 	afterSweepTx func(examined, gone int) // Sweep: after each committed chunk
 }
 
-var _ Store = (*Embedded)(nil)
+var _ results.Store = (*Store)(nil)
 
 // storedClaim is an idempotency key's binding on disk. State is "owned"
 // (Lease says until when), "released" (the owner's publish failed or its
@@ -69,18 +121,23 @@ const (
 	claimQueued   = "queued"
 )
 
-// OpenEmbedded opens (or creates) the store in dir.
-func OpenEmbedded(dir string, ttl time.Duration) (*Embedded, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// Open opens (or creates) the store in opts.Dir. It starts nothing (see
+// Store).
+func Open(opts Options) (*Store, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("result store: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, "results.db"), 0o644, &bolt.Options{
+	db, err := bbolt.Open(filepath.Join(opts.Dir, "results.db"), 0o644, &bbolt.Options{
 		Timeout: 5 * time.Second, NoFreelistSync: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("result store: %w", err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketRecords, bucketIdem} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -96,35 +153,62 @@ func OpenEmbedded(dir string, ttl time.Duration) (*Embedded, error) {
 	// ones together; bbolt's default wait of 10ms for company would add
 	// that much to every submit with an Idempotency-Key.
 	db.MaxBatchDelay = 2 * time.Millisecond
-	s := &Embedded{db: db, ttl: ttl, now: time.Now, stop: make(chan struct{}),
-		queue: newAcceptQueue(DefaultMaxPending), hub: hub{w: map[string][]chan struct{}{}}}
-	s.done.Add(2)
-	go func() { defer s.done.Done(); every(50*time.Millisecond, s.stop, func() { _ = s.flush() }) }()
-	go func() { defer s.done.Done(); every(time.Minute, s.stop, s.Sweep) }()
-	return s, nil
+	return &Store{db: db, opts: opts, ttl: opts.TTL, now: time.Now, queue: accept.New(opts.MaxPending)}, nil
 }
 
-// Admit implements Store: it refuses once DefaultMaxPending accepted
+// Run writes accepted records every FlushInterval and sweeps expired ones
+// every SweepInterval until ctx ends (a sweep under way stops between
+// chunks), then writes the accepted records still in memory and returns.
+// A failed final write returns an error wrapping results.ErrUnavailable.
+func (s *Store) Run(ctx context.Context) error {
+	if s.ran.Swap(true) {
+		return errors.New("result store: Run called twice")
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { every(ctx, s.opts.SweepInterval, func() { s.Sweep(ctx) }) })
+	every(ctx, s.opts.FlushInterval, func() { _ = s.flush() })
+	wg.Wait()
+	if err := s.flush(); err != nil {
+		return fmt.Errorf("result store: write %d accepted records: %w: %v", s.queue.Len(), results.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// every calls f each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, f func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}
+
+// Admit implements results.Store: it refuses once MaxPending accepted
 // records wait for the disk.
-func (s *Embedded) Admit() error { return s.queue.admit() }
+func (s *Store) Admit() error { return s.queue.Admit() }
 
 // Accept keeps rec in memory until the next flush.
-func (s *Embedded) Accept(_ context.Context, rec *job.Record) error {
-	s.queue.put(rec)
+func (s *Store) Accept(_ context.Context, rec *job.Record) error {
+	s.queue.Put(rec)
 	return nil
 }
 
 // flush writes the queued accepted records that have no record on disk
-// yet, flushChunk per transaction. It writes at most what was queued when
+// yet, accept.Chunk per transaction. It writes at most what was queued when
 // it began, so a steady stream of submits cannot keep it from returning.
 // Records whose write failed stay queued for the next flush.
-func (s *Embedded) flush() error {
-	for left := s.queue.len(); left > 0; left -= flushChunk {
-		batch := s.queue.batch(flushChunk)
+func (s *Store) flush() error {
+	for left := s.queue.Len(); left > 0; left -= accept.Chunk {
+		batch := s.queue.Batch(accept.Chunk)
 		if len(batch) == 0 {
 			return nil
 		}
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(func(tx *bbolt.Tx) error {
 			recs := tx.Bucket(bucketRecords)
 			for _, r := range batch {
 				if recs.Get(recordKey(r.ID)) != nil {
@@ -139,7 +223,7 @@ func (s *Embedded) flush() error {
 		if err != nil {
 			return err
 		}
-		s.queue.written(batch)
+		s.queue.Written(batch)
 	}
 	return nil
 }
@@ -155,8 +239,8 @@ func recordKey(id string) []byte {
 }
 
 // put writes r.
-func (s *Embedded) put(tx *bolt.Tx, r *job.Record) error {
-	v, err := encodeRecord(r)
+func (s *Store) put(tx *bbolt.Tx, r *job.Record) error {
+	v, err := record.Encode(r)
 	if err != nil {
 		return err
 	}
@@ -166,14 +250,14 @@ func (s *Embedded) put(tx *bolt.Tx, r *job.Record) error {
 }
 
 // read returns id's record on disk, or nil.
-func (s *Embedded) read(id string) (*job.Record, error) {
+func (s *Store) read(id string) (*job.Record, error) {
 	var rec *job.Record
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.db.View(func(tx *bbolt.Tx) error {
 		v := tx.Bucket(bucketRecords).Get(recordKey(id))
 		if v == nil {
 			return nil
 		}
-		r, err := decodeRecord(v)
+		r, err := record.Decode(v)
 		rec = r
 		return err
 	})
@@ -184,13 +268,13 @@ func (s *Embedded) read(id string) (*job.Record, error) {
 // A record leaves memory only after it is on disk, but it may do so
 // between the two looks: so a miss in memory is followed by a second look
 // on disk, else a poll right after the 202 could answer 404.
-func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
-	rec, err := s.queue.lookup(id, func() (*job.Record, error) { return s.read(id) })
+func (s *Store) Get(_ context.Context, id string) (*job.Record, error) {
+	rec, err := s.queue.Lookup(id, func() (*job.Record, error) { return s.read(id) })
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %v", results.ErrUnavailable, err)
 	}
 	if rec == nil || s.now().After(rec.UpdatedAt.Add(s.ttl)) {
-		return nil, ErrNotFound
+		return nil, results.ErrNotFound
 	}
 	return rec, nil
 }
@@ -198,25 +282,25 @@ func (s *Embedded) Get(_ context.Context, id string) (*job.Record, error) {
 // Apply merges events in one transaction, then wakes the watchers of every
 // record that changed. bbolt has one writer at a time, so the read, merge
 // and write of a record cannot interleave with another Apply.
-func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
+func (s *Store) Apply(_ context.Context, events []*job.Event) error {
 	// Grouped by id, so a record with several events in the batch (in_flight
 	// then succeeded, typically) is read and written once.
-	order, byID := groupByID(events)
+	order, byID := record.GroupByID(events)
 	changed := make([]string, 0, len(order))
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		changed = changed[:0]
 		recs := tx.Bucket(bucketRecords)
 		for _, id := range order {
 			var old *job.Record
 			onDisk := false
 			if v := recs.Get(recordKey(id)); v != nil {
-				r, err := decodeRecord(v)
+				r, err := record.Decode(v)
 				if err != nil {
 					return err
 				}
 				old, onDisk = r, true
 			} else {
-				old = s.queue.get(id)
+				old = s.queue.Get(id)
 			}
 			var cur job.Record
 			if old != nil {
@@ -242,32 +326,32 @@ func (s *Embedded) Apply(_ context.Context, events []*job.Event) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return fmt.Errorf("%w: %v", results.ErrUnavailable, err)
 	}
-	s.queue.forget(order)
+	s.queue.Forget(order)
 	for _, id := range changed {
-		s.hub.notify(id)
+		s.hub.Notify(id)
 	}
 	return nil
 }
 
-// Watch implements Store.
-func (s *Embedded) Watch(id string) (<-chan struct{}, func()) { return s.hub.watch(id) }
+// Watch implements results.Store.
+func (s *Store) Watch(id string) (<-chan struct{}, func()) { return s.hub.Watch(id) }
 
 func claimKey(client, key string) []byte { return []byte(client + "\x00" + key) }
 
-// Claim implements Store in one write transaction: bbolt's single writer
+// Claim implements results.Store in one write transaction: bbolt's single writer
 // makes the read and the binding one step.
-func (s *Embedded) Claim(_ context.Context, client, key, id string, lease time.Duration) (Claim, error) {
+func (s *Store) Claim(_ context.Context, client, key, id string, lease time.Duration) (results.Claim, error) {
 	k := claimKey(client, key)
-	var out Claim
+	var out results.Claim
 	// Batch may run the function again on its own after a failed batch, so
 	// it sets out from scratch each time.
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketIdem)
 		now := s.now()
 		own := func(boundID string) error {
-			out = Claim{ID: boundID, State: ClaimOwned}
+			out = results.Claim{ID: boundID, State: results.ClaimOwned}
 			v, _ := json.Marshal(storedClaim{ID: boundID, State: claimOwned,
 				Lease: now.Add(lease), Expiry: now.Add(s.ttl)})
 			return b.Put(k, v)
@@ -278,10 +362,10 @@ func (s *Embedded) Claim(_ context.Context, client, key, id string, lease time.D
 		}
 		switch {
 		case c.State == claimQueued || c.State == "":
-			out = Claim{ID: c.ID, State: ClaimQueued}
+			out = results.Claim{ID: c.ID, State: results.ClaimQueued}
 			return nil
 		case c.State == claimOwned && now.Before(c.Lease):
-			out = Claim{ID: c.ID, State: ClaimPending}
+			out = results.Claim{ID: c.ID, State: results.ClaimPending}
 			return nil
 		}
 		// Released, or its owner's lease ran out: that id may have been
@@ -289,15 +373,15 @@ func (s *Embedded) Claim(_ context.Context, client, key, id string, lease time.D
 		return own(c.ID)
 	})
 	if err != nil {
-		return Claim{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return results.Claim{}, fmt.Errorf("%w: %v", results.ErrUnavailable, err)
 	}
 	return out, nil
 }
 
-// Release implements Store. It changes nothing unless id owns the key.
-func (s *Embedded) Release(_ context.Context, client, key, id string, queued bool) error {
+// Release implements results.Store. It changes nothing unless id owns the key.
+func (s *Store) Release(_ context.Context, client, key, id string, queued bool) error {
 	k := claimKey(client, key)
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketIdem)
 		now := s.now()
 		var c storedClaim
@@ -315,7 +399,7 @@ func (s *Embedded) Release(_ context.Context, client, key, id string, queued boo
 		return b.Put(k, v)
 	})
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return fmt.Errorf("%w: %v", results.ErrUnavailable, err)
 	}
 	return nil
 }
@@ -324,18 +408,19 @@ func (s *Embedded) Release(_ context.Context, client, key, id string, queued boo
 // write transaction, so nothing waits long behind it. Record keys start
 // with the acceptance time and a record expires ttl after its last update,
 // never sooner than ttl after acceptance; so only keys accepted before
-// now-ttl need a look, oldest first. Close interrupts it between chunks.
-func (s *Embedded) Sweep() {
+// now-ttl need a look, oldest first. The end of ctx interrupts it between
+// chunks.
+func (s *Store) Sweep(ctx context.Context) {
 	now := s.now()
 	cutoff := now.Add(-s.ttl)
-	s.sweepBucket(bucketRecords, func(k, v []byte) (dead, stop bool) {
+	s.sweepBucket(ctx, bucketRecords, func(k, v []byte) (dead, stop bool) {
 		if at, ok := job.IssuedAtRaw(k); ok && at.After(cutoff) {
 			return false, true
 		}
-		r, err := decodeRecord(v)
+		r, err := record.Decode(v)
 		return err != nil || now.After(r.UpdatedAt.Add(s.ttl)), false
 	})
-	s.sweepBucket(bucketIdem, func(_, v []byte) (dead, stop bool) {
+	s.sweepBucket(ctx, bucketIdem, func(_, v []byte) (dead, stop bool) {
 		var c storedClaim
 		return json.Unmarshal(v, &c) != nil || !now.Before(c.Expiry), false
 	})
@@ -343,16 +428,14 @@ func (s *Embedded) Sweep() {
 
 // sweepBucket walks bucket in key order, one short transaction per
 // sweepChunk keys, deleting those judge calls dead, until judge says stop.
-func (s *Embedded) sweepBucket(bucket []byte, judge func(k, v []byte) (dead, stop bool)) {
+func (s *Store) sweepBucket(ctx context.Context, bucket []byte, judge func(k, v []byte) (dead, stop bool)) {
 	var from []byte // where the next chunk starts; nil: the first key
 	for {
-		select {
-		case <-s.stop:
+		if ctx.Err() != nil {
 			return
-		default:
 		}
 		examined, gone, finished := 0, 0, false
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.db.Update(func(tx *bbolt.Tx) error {
 			examined, gone, finished = 0, 0, false
 			b := tx.Bucket(bucket)
 			c := b.Cursor()
@@ -397,74 +480,13 @@ func (s *Embedded) sweepBucket(bucket []byte, judge func(k, v []byte) (dead, sto
 	}
 }
 
-// Ping implements Store.
-func (s *Embedded) Ping(context.Context) error { return nil }
+// Ping implements results.Store.
+func (s *Store) Ping(context.Context) error { return nil }
 
-// Close stops the flush loop and the sweeper, waits for them, writes the
-// accepted records still in memory and closes the file. Later calls
-// return the first call's result.
-func (s *Embedded) Close() error {
-	s.closeOnce.Do(func() {
-		close(s.stop)
-		s.done.Wait()
-		err := s.flush()
-		if err != nil {
-			err = fmt.Errorf("result store: writing %d accepted records: %w", s.queue.len(), err)
-		}
-		s.closeErr = errors.Join(err, s.db.Close())
-	})
+// Close closes the file. Call it after Run returned (or when Run was
+// never called): it writes nothing of what is still in memory. Later
+// calls return the first call's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
 	return s.closeErr
-}
-
-// hub wakes pollers waiting on an id.
-type hub struct {
-	mu sync.Mutex
-	w  map[string][]chan struct{}
-}
-
-func (h *hub) watch(id string) (<-chan struct{}, func()) {
-	ch := make(chan struct{})
-	h.mu.Lock()
-	h.w[id] = append(h.w[id], ch)
-	h.mu.Unlock()
-	return ch, func() {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		list := h.w[id]
-		for i, c := range list {
-			if c == ch {
-				list = append(list[:i], list[i+1:]...)
-				break
-			}
-		}
-		if len(list) == 0 {
-			delete(h.w, id)
-		} else {
-			h.w[id] = list
-		}
-	}
-}
-
-func (h *hub) notify(id string) {
-	h.mu.Lock()
-	list := h.w[id]
-	delete(h.w, id)
-	h.mu.Unlock()
-	for _, c := range list {
-		close(c)
-	}
-}
-
-// notifyAll wakes every watcher: after announcements may have been missed
-// (a lost subscription), each poller reads its record again.
-func (h *hub) notifyAll() {
-	h.mu.Lock()
-	w := h.w
-	h.w = map[string][]chan struct{}{}
-	h.mu.Unlock()
-	for _, list := range w {
-		for _, c := range list {
-			close(c)
-		}
-	}
 }

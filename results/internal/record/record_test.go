@@ -1,4 +1,4 @@
-package results
+package record
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ func TestRankMatchesApply(t *testing.T) {
 	all := []job.Status{job.Queued, job.InFlight, job.Retrying, job.Succeeded, job.Failed, "unknown"}
 	for _, a := range all {
 		for _, b := range all {
-			r := project(&job.Event{ID: "x", Status: a, Attempts: 1})
+			r := Project(&job.Event{ID: "x", Status: a, Attempts: 1})
 			moved := r.Apply(&job.Event{ID: "x", Status: b, Attempts: 1})
 			if moved != (b.Rank() > a.Rank()) {
 				t.Errorf("%s then %s: Apply moved=%v, rank says %v", a, b, moved, b.Rank() > a.Rank())
@@ -29,7 +29,7 @@ func TestRankMatchesApply(t *testing.T) {
 func TestEncodeRecord(t *testing.T) {
 	e := &job.Event{ID: "x", Gen: 2, Status: job.Retrying, Attempts: 7, LastError: "<&>",
 		Response: &job.Response{Body: strings.Repeat("<", 1000), BodyEncoding: "utf8"}}
-	v, err := encodeRecord(project(e))
+	v, err := Encode(Project(e))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestEncodeRecord(t *testing.T) {
 	if bytes.Contains(v, []byte(`\u003c`)) || len(v) > 1300 {
 		t.Fatalf("HTML-escaped: %d bytes for a 1000-byte body", len(v))
 	}
-	r, err := decodeRecord(v)
+	r, err := Decode(v)
 	if err != nil || r.Gen != 2 || r.Attempts != 7 || r.Response.Body != e.Response.Body || r.LastError != "<&>" {
 		t.Fatalf("decoded %+v %v", r, err)
 	}

@@ -1,4 +1,4 @@
-package results_test
+package redis_test
 
 import (
 	"context"
@@ -8,30 +8,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/results/redis"
 	"github.com/sluice-gw/sluice/results/storetest"
 )
 
-func TestEmbeddedConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T, ttl time.Duration) (a, b results.Store) {
-		s, err := results.OpenEmbedded(t.TempDir(), ttl)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				t.Errorf("close: %v", err)
-			}
-		})
-		return s, s // one bbolt file has one opener
-	})
-}
-
 var prefixes atomic.Int64
 
-func TestRedisConformance(t *testing.T) {
+func TestConformance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Redis; skipped with -short")
+	}
 	addr := os.Getenv("REDIS_ADDR")
 	if addr == "" {
 		addr = "127.0.0.1:6379"
@@ -40,12 +29,11 @@ func TestRedisConformance(t *testing.T) {
 		prefix := fmt.Sprintf("sluice-test-%d-%d:", time.Now().UnixNano(), prefixes.Add(1))
 		t.Cleanup(func() { deleteKeys(t, addr, prefix) }) // after both handles closed
 		open := func() results.Store {
-			s := results.OpenRedis(results.RedisOptions{Addr: addr, KeyPrefix: prefix, TTL: ttl})
-			t.Cleanup(func() {
-				if err := s.Close(); err != nil {
-					t.Errorf("close: %v", err)
-				}
-			})
+			s, err := redis.Open(redis.Options{Addr: addr, KeyPrefix: prefix, TTL: ttl})
+			if err != nil {
+				t.Fatal(err)
+			}
+			storetest.Running(t, s)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			if err := s.Ping(ctx); err != nil {
@@ -59,7 +47,7 @@ func TestRedisConformance(t *testing.T) {
 
 // deleteKeys removes every key a test wrote under prefix.
 func deleteKeys(t *testing.T, addr, prefix string) {
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	rdb := goredis.NewClient(&goredis.Options{Addr: addr})
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

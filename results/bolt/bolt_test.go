@@ -1,4 +1,4 @@
-package results
+package bolt
 
 import (
 	"bytes"
@@ -11,16 +11,50 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/bbolt"
+
 	"github.com/sluice-gw/sluice/job"
-	bolt "go.etcd.io/bbolt"
+	"github.com/sluice-gw/sluice/results"
 )
 
-func openStore(t *testing.T, dir string, ttl time.Duration) *Embedded {
+// openIdle opens a store without running it (tests that drive flush and
+// Sweep themselves); t's cleanup closes it.
+func openIdle(t *testing.T, opts Options) *Store {
 	t.Helper()
-	s, err := OpenEmbedded(dir, ttl)
+	s, err := Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// run starts s.Run; stop ends it, waits for it and returns its error.
+// t's cleanup stops it, before the store is closed.
+func run(t *testing.T, s *Store) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	return stop
+}
+
+// openStore opens a store in dir and runs it until t ends.
+func openStore(t *testing.T, dir string, ttl time.Duration) *Store {
+	t.Helper()
+	s := openIdle(t, Options{Dir: dir, TTL: ttl})
+	run(t, s)
 	return s
 }
 
@@ -35,7 +69,8 @@ func ev(id string, st job.Status, attempts, gen int) *job.Event {
 func TestAcceptVisibleAndDurable(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	s := openStore(t, dir, time.Hour)
+	s := openIdle(t, Options{Dir: dir, TTL: time.Hour})
+	stop := run(t, s)
 	if err := s.Accept(ctx, accepted("a", time.Now())); err != nil {
 		t.Fatal(err)
 	}
@@ -43,15 +78,17 @@ func TestAcceptVisibleAndDurable(t *testing.T) {
 	if err != nil || r.Status != job.Queued {
 		t.Fatalf("accepted record not visible at once: %v %v", r, err)
 	}
-	if err := s.Close(); err != nil { // flushes
+	if err := stop(); err != nil { // flushes
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s = openStore(t, dir, time.Hour)
-	defer s.Close()
 	if r, err := s.Get(ctx, "a"); err != nil || r.Status != job.Queued {
 		t.Fatalf("accepted record lost across reopen: %v %v", r, err)
 	}
-	if _, err := s.Get(ctx, "nope"); err != ErrNotFound {
+	if _, err := s.Get(ctx, "nope"); err != results.ErrNotFound {
 		t.Fatalf("unknown id: %v", err)
 	}
 }
@@ -59,7 +96,6 @@ func TestAcceptVisibleAndDurable(t *testing.T) {
 func TestApplyOrderAndWatch(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, t.TempDir(), time.Hour)
-	defer s.Close()
 	_ = s.Accept(ctx, accepted("a", time.Now()))
 	ch, stop := s.Watch("a")
 	defer stop()
@@ -100,8 +136,7 @@ func TestApplyOrderAndWatch(t *testing.T) {
 
 func TestExpiry(t *testing.T) {
 	ctx := context.Background()
-	s := openStore(t, t.TempDir(), time.Minute)
-	defer s.Close()
+	s := openIdle(t, Options{Dir: t.TempDir(), TTL: time.Minute})
 	now := time.Now()
 	s.now = func() time.Time { return now }
 	old := job.NewIDAt(now.Add(-3 * time.Minute))
@@ -117,23 +152,23 @@ func TestExpiry(t *testing.T) {
 	if err := s.Apply(ctx, []*job.Event{done}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Get(ctx, old); err != ErrNotFound {
+	if _, err := s.Get(ctx, old); err != results.ErrNotFound {
 		t.Fatalf("expired record still served: %v", err)
 	}
-	s.Sweep()
+	s.Sweep(ctx)
 	for _, id := range []string{slow, fresh} {
 		if _, err := s.Get(ctx, id); err != nil {
 			t.Fatalf("live record %s: %v", id, err)
 		}
 	}
 	var n int
-	_ = s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
+	_ = s.db.View(func(tx *bbolt.Tx) error { n = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
 	if n != 2 {
 		t.Fatalf("%d records on disk after sweep, want 2", n)
 	}
 	now = now.Add(2 * time.Minute) // now slow has expired too
-	s.Sweep()
-	_ = s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
+	s.Sweep(ctx)
+	_ = s.db.View(func(tx *bbolt.Tx) error { n = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
 	if n != 0 {
 		t.Fatalf("%d records on disk after the second sweep, want 0", n)
 	}
@@ -144,15 +179,14 @@ func TestExpiry(t *testing.T) {
 func TestLegacyClaim(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, t.TempDir(), time.Hour)
-	defer s.Close()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		v, _ := json.Marshal(map[string]any{"id": "old", "expiry": time.Now().Add(time.Hour)})
 		return tx.Bucket(bucketIdem).Put(claimKey("c", "k"), v)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, err := s.Claim(ctx, "c", "k", "new", time.Minute); err != nil || c != (Claim{ID: "old", State: ClaimQueued}) {
+	if c, err := s.Claim(ctx, "c", "k", "new", time.Minute); err != nil || c != (results.Claim{ID: "old", State: results.ClaimQueued}) {
 		t.Fatalf("legacy binding: %+v %v", c, err)
 	}
 }
@@ -163,9 +197,8 @@ func TestLegacyClaim(t *testing.T) {
 func TestEmbeddedGetWhileFlushing(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, t.TempDir(), time.Hour)
-	defer s.Close()
 	var once sync.Once
-	s.queue.afterMiss = func() {
+	s.queue.AfterMiss = func() {
 		once.Do(func() {
 			if err := s.flush(); err != nil {
 				t.Error(err)
@@ -182,7 +215,6 @@ func TestEmbeddedGetWhileFlushing(t *testing.T) {
 func TestEmbeddedStoresUnescaped(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, t.TempDir(), time.Hour)
-	defer s.Close()
 	body := strings.Repeat("<>&", 10000)
 	e := ev("x", job.Succeeded, 1, 0)
 	e.Response = &job.Response{Status: 200, Headers: map[string]string{}, Body: body, BodyEncoding: "utf8"}
@@ -190,7 +222,7 @@ func TestEmbeddedStoresUnescaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	var raw []byte
-	_ = s.db.View(func(tx *bolt.Tx) error {
+	_ = s.db.View(func(tx *bbolt.Tx) error {
 		raw = bytes.Clone(tx.Bucket(bucketRecords).Get(recordKey("x")))
 		return nil
 	})
@@ -203,15 +235,11 @@ func TestEmbeddedStoresUnescaped(t *testing.T) {
 // refuses, and Accept still takes what was admitted.
 func TestEmbeddedAdmit(t *testing.T) {
 	ctx := context.Background()
-	s := openStore(t, t.TempDir(), time.Hour)
-	defer s.Close()
-	s.queue.mu.Lock()
-	s.queue.max = 3
-	s.queue.mu.Unlock()
-	s.queue.put(accepted("a", time.Now()))
-	s.queue.put(accepted("b", time.Now()))
-	s.queue.put(accepted("c", time.Now()))
-	if err := s.Admit(); !errors.Is(err, ErrUnavailable) {
+	s := openIdle(t, Options{Dir: t.TempDir(), TTL: time.Hour, MaxPending: 3})
+	s.queue.Put(accepted("a", time.Now()))
+	s.queue.Put(accepted("b", time.Now()))
+	s.queue.Put(accepted("c", time.Now()))
+	if err := s.Admit(); !errors.Is(err, results.ErrUnavailable) {
 		t.Fatalf("admit with 3 of 3 waiting: %v", err)
 	}
 	if err := s.Accept(ctx, accepted("d", time.Now())); err != nil {
@@ -230,15 +258,14 @@ func TestEmbeddedAdmit(t *testing.T) {
 // through in the middle of it instead of after it.
 func TestSweepInChunks(t *testing.T) {
 	ctx := context.Background()
-	s := openStore(t, t.TempDir(), time.Minute)
-	defer s.Close()
+	s := openIdle(t, Options{Dir: t.TempDir(), TTL: time.Minute})
 	now := time.Now()
 	s.now = func() time.Time { return now }
 	const expired = 2*sweepChunk + 500
 	old := now.Add(-3 * time.Minute)
 	for i := range expired { // distinct acceptance millis make distinct ids
 		at := old.Add(time.Duration(i) * time.Millisecond)
-		s.queue.put(accepted(job.NewIDAt(at), at))
+		s.queue.Put(accepted(job.NewIDAt(at), at))
 	}
 	if err := s.flush(); err != nil {
 		t.Fatal(err)
@@ -273,7 +300,7 @@ func TestSweepInChunks(t *testing.T) {
 			t.Error("apply waited for the sweep")
 		}
 	}
-	s.Sweep()
+	s.Sweep(ctx)
 	if len(chunks) < 3 {
 		t.Fatalf("sweep of %d records in %d transactions", expired, len(chunks))
 	}
@@ -294,12 +321,11 @@ func TestSweepInChunks(t *testing.T) {
 // stay.
 func TestSweepClaims(t *testing.T) {
 	ctx := context.Background()
-	s := openStore(t, t.TempDir(), time.Minute)
-	defer s.Close()
+	s := openIdle(t, Options{Dir: t.TempDir(), TTL: time.Minute})
 	now := time.Now()
 	s.now = func() time.Time { return now }
 	const n = sweepChunk + 10
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		for i := range n {
 			v, _ := json.Marshal(storedClaim{ID: fmt.Sprint(i), State: claimQueued, Expiry: now.Add(s.ttl)})
 			if err := tx.Bucket(bucketIdem).Put(claimKey("c", fmt.Sprint(i)), v); err != nil {
@@ -317,10 +343,27 @@ func TestSweepClaims(t *testing.T) {
 	}
 	txs := 0
 	s.afterSweepTx = func(int, int) { txs++ }
-	s.Sweep()
+	s.Sweep(ctx)
 	var keys int
-	_ = s.db.View(func(tx *bolt.Tx) error { keys = tx.Bucket(bucketIdem).Stats().KeyN; return nil })
+	_ = s.db.View(func(tx *bbolt.Tx) error { keys = tx.Bucket(bucketIdem).Stats().KeyN; return nil })
 	if keys != 1 || txs < 3 { // records: one; claims: two chunks
 		t.Fatalf("%d claims left after %d sweep transactions, want 1 after at least 3", keys, txs)
+	}
+}
+
+// TestOptionDefaults: zero options take the documented defaults; a
+// missing dir or a negative option is refused.
+func TestOptionDefaults(t *testing.T) {
+	s := openIdle(t, Options{Dir: t.TempDir()})
+	want := Options{Dir: s.opts.Dir, TTL: results.DefaultTTL, MaxPending: results.DefaultMaxPending,
+		FlushInterval: 50 * time.Millisecond, SweepInterval: time.Minute}
+	if s.opts != want {
+		t.Errorf("defaults %+v, want %+v", s.opts, want)
+	}
+	for _, o := range []Options{{}, {Dir: t.TempDir(), TTL: -time.Second}, {Dir: t.TempDir(), MaxPending: -1}} {
+		if s, err := Open(o); err == nil {
+			s.Close()
+			t.Errorf("Open(%+v) took it", o)
+		}
 	}
 }

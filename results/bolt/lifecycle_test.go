@@ -1,0 +1,39 @@
+package bolt
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-gw/sluice/internal/stacks"
+)
+
+// storeGoroutines returns the stacks of goroutines a store runs.
+func storeGoroutines() []string {
+	return stacks.Matching(func(g string) bool {
+		return strings.Contains(g, "results/bolt.(*Store)") || strings.Contains(g, "results/bolt.every")
+	})
+}
+
+// TestGoroutinesEndWithRun: Open starts no goroutine; the flush loop and
+// the sweeper Run starts are gone when it returns.
+func TestGoroutinesEndWithRun(t *testing.T) {
+	s := openIdle(t, Options{Dir: t.TempDir()})
+	if left := storeGoroutines(); len(left) != 0 {
+		t.Fatalf("goroutines run after Open, before Run:\n\n%s", strings.Join(left, "\n\n"))
+	}
+	stop := run(t, s)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(storeGoroutines()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("no flush loop and sweeper found while the store runs: the stack marks are stale")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if left := storeGoroutines(); len(left) != 0 {
+		t.Fatalf("%d goroutines outlive Run:\n\n%s", len(left), strings.Join(left, "\n\n"))
+	}
+}

@@ -1,0 +1,191 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/rs/zerolog"
+
+	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/wire"
+)
+
+// Broker is what a collector needs of the broker: the result topic's
+// deliveries, and its depth to know when a stop has drained it.
+type Broker interface {
+	broker.Subscriber
+	Stats(ctx context.Context, topic string) (broker.QueueStats, error)
+}
+
+// Options tune a Collector. Zero values mean the documented defaults.
+type Options struct {
+	// Batch is the most events written in one store commit. Default 512.
+	Batch int
+	// DrainPoll is how often a stop (StopBy) looks at the result topic's
+	// depth. Default 20ms.
+	DrainPoll time.Duration
+}
+
+// Collector moves status events from the result topic into a Store, in
+// batches. An event is acknowledged only after the store committed it, so
+// a crash replays events, never drops them; job.Record.Apply makes replays
+// harmless.
+type Collector struct {
+	br     Broker
+	store  results.Store
+	log    zerolog.Logger
+	opts   Options
+	stopBy atomic.Pointer[time.Time]
+}
+
+// New wires a collector of br's result topic into store; it starts
+// nothing.
+func New(br Broker, store results.Store, log zerolog.Logger, opts Options) *Collector {
+	if opts.Batch <= 0 {
+		opts.Batch = 512
+	}
+	if opts.DrainPoll <= 0 {
+		opts.DrainPoll = 20 * time.Millisecond
+	}
+	return &Collector{br: br, store: store, log: log, opts: opts}
+}
+
+// StopBy makes the stop that follows drain the result topic: once the
+// context of Run ends, Run goes on storing events until the topic is
+// empty (every event published, workers' last outcomes included, is
+// stored and acknowledged), the topic's depth cannot be read, or deadline
+// passes. Call it before the context of Run ends; without it Run returns
+// as soon as its context ends.
+func (c *Collector) StopBy(deadline time.Time) { c.stopBy.Store(&deadline) }
+
+// Run collects until ctx ends — and, after StopBy, until the result topic
+// is drained or its deadline passed.
+func (c *Collector) Run(ctx context.Context) error {
+	// fctx ends fetching: with ctx, or after the drain that follows it.
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		select {
+		case <-ctx.Done():
+			c.drain(fctx)
+		case <-fctx.Done():
+		}
+		cancel()
+	}()
+	defer func() {
+		cancel()
+		<-drained
+	}()
+	sub, err := c.br.Subscribe(fctx, broker.ResultTopic, broker.SubscribeOptions{Prefetch: 2 * c.opts.Batch})
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	fetchRetry := retryAfter(500 * time.Millisecond)
+	storeRetry := retryAfter(time.Second)
+	for {
+		ds, err := sub.Fetch(fctx, c.opts.Batch)
+		if err != nil {
+			if fctx.Err() != nil || errors.Is(err, broker.ErrClosed) {
+				return nil
+			}
+			// The broker is away for now: its client reconnects by itself.
+			c.log.Warn().Err(err).Msg("fetching status events; retrying")
+			if !sleep(fctx, fetchRetry.NextBackOff()) {
+				return nil
+			}
+			continue
+		}
+		fetchRetry.Reset()
+		if err := c.commit(fctx, ds); err != nil {
+			c.log.Warn().Err(err).Int("events", len(ds)).Msg("result store write failed; events handed back")
+			if !sleep(fctx, storeRetry.NextBackOff()) {
+				return nil
+			}
+			continue
+		}
+		storeRetry.Reset()
+	}
+}
+
+// commit stores the events of ds and settles every delivery: acknowledged
+// once stored (or undecodable), handed back when the store failed. The
+// commit is not cut short by shutdown: what was fetched is either stored
+// and acknowledged, or handed back.
+func (c *Collector) commit(ctx context.Context, ds []broker.Delivery) error {
+	ctx = context.WithoutCancel(ctx)
+	events := make([]*job.Event, 0, len(ds))
+	keep := ds[:0]
+	for _, d := range ds {
+		e, err := wire.DecodeEvent(d.Message())
+		if err != nil {
+			c.log.Error().Err(err).Msg("dropping undecodable status event")
+			_ = d.Ack(ctx)
+			continue
+		}
+		events = append(events, e)
+		keep = append(keep, d)
+	}
+	err := c.store.Apply(ctx, events)
+	for _, d := range keep {
+		if err != nil {
+			_ = d.Nack(ctx, time.Second)
+		} else {
+			_ = d.Ack(ctx)
+		}
+	}
+	return err
+}
+
+// drain returns, after StopBy, once the result topic is empty, its depth
+// cannot be read, or the deadline passed; at once without StopBy. It
+// returns early when done ends.
+func (c *Collector) drain(done context.Context) {
+	deadline := c.stopBy.Load()
+	if deadline == nil {
+		return
+	}
+	ctx, cancel := context.WithDeadline(done, *deadline)
+	defer cancel()
+	t := time.NewTicker(c.opts.DrainPoll)
+	defer t.Stop()
+	for {
+		st, err := c.br.Stats(ctx, broker.ResultTopic)
+		if err != nil || st.Depth == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// retryAfter is the backoff of a retried step: first wait first, growing
+// to ten times that.
+func retryAfter(first time.Duration) *backoff.ExponentialBackOff {
+	b := &backoff.ExponentialBackOff{InitialInterval: first, RandomizationFactor: 0.2,
+		Multiplier: 1.5, MaxInterval: 10 * first}
+	b.Reset()
+	return b
+}
+
+// sleep waits d, or less if ctx ends first; it reports whether it waited
+// the whole d.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
