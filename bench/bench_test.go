@@ -215,7 +215,7 @@ func TestWriteGoals(t *testing.T) {
 		"3.00 ms", "< 2 ms",
 		"SKIP",
 		"3 goals: 0 passed, 2 missed, 1 skipped; 0 of 1 aims met",
-		"rabbitmq skipped: skipped: no RabbitMQ",
+		"rabbitmq: skipped: no RabbitMQ",
 		"FAIL",
 	} {
 		if !strings.Contains(out, want) {

@@ -151,7 +151,7 @@ func writeGoals(w io.Writer, r *report) error {
 		gates, passed, missedN, skipped, aimsMet, aims)
 	for _, part := range r.Env.Parts {
 		if why, ok := r.Skipped[part]; ok {
-			fmt.Fprintf(w, "  %s skipped: %s\n", part, why)
+			fmt.Fprintf(w, "  %s: %s\n", part, why)
 		}
 		if err, ok := r.Errors[part]; ok {
 			fmt.Fprintf(w, "  %s failed: %s\n", part, err)
