@@ -24,9 +24,9 @@ test: lint ## every test, integration tests included, with the race detector
 test-short: ## unit tests only
 	$(GO) test -short -count=1 ./...
 
-bench: build ## benchmarks, as ratios against baselines measured in the same run
+bench: build ## benchmarks against baselines measured in the same run; fails when a goal is missed (BENCHFLAGS="-only ingest -json")
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./workers/ ./ingress/
-	$(GO) run ./bench -sluice $(BIN)
+	$(GO) run ./bench -sluice $(BIN) $(BENCHFLAGS)
 
 fuzz: ## run each fuzz target for a while (FUZZTIME=30s)
 	$(GO) test ./config/ -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s}

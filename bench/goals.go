@@ -1,0 +1,187 @@
+package main
+
+import (
+	"fmt"
+	"math"
+)
+
+// cmp is how a goal compares its figure with the wanted value.
+type cmp string
+
+const (
+	atLeast cmp = ">="
+	atMost  cmp = "<="
+	below   cmp = "<"
+	within  cmp = "±" // |figure| <= want
+)
+
+// A goal is one row of the goal table: a figure of a part, alone or as a
+// ratio to a baseline measured in the same run, and the value wanted.
+//
+// A gate goal sits under what the bench measured when the goal was set
+// (README), with margin for a noisy shared machine: missing it is a
+// regression and fails the run. An aim is a target sluice does not reach
+// yet; it is shown and never fails the run.
+type goal struct {
+	part     string // the part (-only name) that measures the figure
+	what     string // the figure as a reader names it
+	figure   string // its key in the report's figures
+	baseline string // what it is compared with; "" for an absolute figure
+	base     string // the baseline's key: the value compared is figure/base
+	cmp      cmp
+	want     float64
+	unit     string // "x" for ratios, else the figure's unit; "bool" for 1/0
+	aim      bool
+}
+
+// goals is the goal table. Gates were set from the README's figures of a
+// quiet run (in parentheses); aims are the targets the README names.
+var goals = []goal{
+	// The submit path with the embedded broker against a bare fasthttp
+	// server that stores nothing (0.28x; a quarter to a third).
+	{part: "ingest", what: "sluice embedded durable req/s", figure: "ingest.durable.rps",
+		baseline: "bare fasthttp req/s", base: "ingest.bare.rps", cmp: atLeast, want: 0.20, unit: "x"},
+	{part: "ingest", what: "sluice embedded durable req/s", figure: "ingest.durable.rps",
+		baseline: "bare fasthttp req/s", base: "ingest.bare.rps", cmp: atLeast, want: 0.5, unit: "x", aim: true},
+	// (1.93x)
+	{part: "ingest", what: "sluice embedded durable p99", figure: "ingest.durable.p99_ms",
+		baseline: "bare fasthttp p99", base: "ingest.bare.p99_ms", cmp: below, want: 3, unit: "x"},
+	{part: "ingest", what: "sluice embedded durable p99", figure: "ingest.durable.p99_ms",
+		baseline: "bare fasthttp p99", base: "ingest.bare.p99_ms", cmp: below, want: 2, unit: "x", aim: true},
+	// (0.19x)
+	{part: "ingest", what: "sluice embedded durable req/s", figure: "ingest.durable.rps",
+		baseline: "raw JetStream msg/s", base: "ingest.jetstream.rps", cmp: atLeast, want: 0.14, unit: "x"},
+	// fsync before every confirm costs most of the throughput (0.16x; a fifth).
+	{part: "ingest", what: "sync: always req/s", figure: "ingest.sync_always.rps",
+		baseline: "sync: 1s (durable) req/s", base: "ingest.durable.rps", cmp: atLeast, want: 0.10, unit: "x"},
+	// Answering before the write gains little: the path is CPU-bound (1.13x).
+	{part: "ingest", what: "ack: fast req/s", figure: "ingest.fast.rps",
+		baseline: "ack: durable req/s", base: "ingest.durable.rps", cmp: atLeast, want: 0.9, unit: "x"},
+
+	{part: "rate", what: "delivered/s off the rate 100/s", figure: "rate.deviation_pct",
+		cmp: within, want: 3, unit: "%"},
+	{part: "rate", what: "100 ms windows outside 10±1", figure: "rate.windows_outside",
+		cmp: atMost, want: 0, unit: ""},
+
+	// The retry budget allows 20/s: each success takes 2 attempts at rate 40.
+	{part: "retries", what: "successes/s", figure: "retries.successes_per_s",
+		cmp: atLeast, want: 19, unit: "/s"},
+
+	// (120-210 µs)
+	{part: "cpu", what: "sluice CPU per delivered message", figure: "cpu.us_per_delivery",
+		cmp: atMost, want: 300, unit: "µs"},
+
+	{part: "overload", what: "excess refused with 503", figure: "overload.refused",
+		cmp: atLeast, want: 1, unit: ""},
+	{part: "overload", what: "peak RSS", figure: "overload.peak_rss_mib",
+		cmp: below, want: 1024, unit: "MiB"},
+	{part: "overload", what: "healthy afterwards", figure: "overload.alive",
+		cmp: atLeast, want: 1, unit: "bool"},
+
+	// (0.52-0.82x)
+	{part: "kafka", what: "sluice kafka durable req/s", figure: "kafka.sluice.rps",
+		baseline: "raw kafka-go msg/s", base: "kafka.raw.rps", cmp: atLeast, want: 0.4, unit: "x"},
+	{part: "kafka", what: "sluice kafka durable req/s", figure: "kafka.sluice.rps",
+		baseline: "raw kafka-go msg/s", base: "kafka.raw.rps", cmp: atLeast, want: 0.7, unit: "x", aim: true},
+	// (9.84 ms)
+	{part: "kafka", what: "sluice kafka durable p99", figure: "kafka.sluice.p99_ms",
+		cmp: below, want: 20, unit: "ms"},
+	{part: "kafka", what: "sluice kafka durable p99", figure: "kafka.sluice.p99_ms",
+		cmp: below, want: 10, unit: "ms", aim: true},
+	// (0.21x; needs the ingest part in the same run)
+	{part: "kafka", what: "sluice kafka durable req/s", figure: "kafka.sluice.rps",
+		baseline: "bare fasthttp req/s", base: "ingest.bare.rps", cmp: atLeast, want: 0.15, unit: "x"},
+
+	// (0.38-0.56x)
+	{part: "rabbitmq", what: "sluice rabbitmq durable req/s", figure: "rabbitmq.sluice.rps",
+		baseline: "raw amqp091 msg/s", base: "rabbitmq.raw.rps", cmp: atLeast, want: 0.3, unit: "x"},
+	{part: "rabbitmq", what: "sluice rabbitmq durable req/s", figure: "rabbitmq.sluice.rps",
+		baseline: "raw amqp091 msg/s", base: "rabbitmq.raw.rps", cmp: atLeast, want: 0.7, unit: "x", aim: true},
+	// (32.96 ms)
+	{part: "rabbitmq", what: "sluice rabbitmq durable p99", figure: "rabbitmq.sluice.p99_ms",
+		cmp: below, want: 60, unit: "ms"},
+	{part: "rabbitmq", what: "sluice rabbitmq durable p99", figure: "rabbitmq.sluice.p99_ms",
+		cmp: below, want: 10, unit: "ms", aim: true},
+}
+
+// Results of a goal.
+const (
+	pass = "PASS"
+	miss = "MISS"
+	skip = "SKIP" // a figure is missing: its part was not run or was skipped
+)
+
+// A goalResult is a goal evaluated against one run's figures.
+type goalResult struct {
+	Part     string   `json:"part"`
+	What     string   `json:"what"`
+	Figure   string   `json:"figure"`
+	Baseline string   `json:"baseline,omitempty"`
+	Base     string   `json:"base,omitempty"`
+	Measured *float64 `json:"measured"` // null when skipped or not comparable
+	Cmp      string   `json:"cmp"`
+	Want     float64  `json:"want"`
+	Unit     string   `json:"unit"`
+	Aim      bool     `json:"aim"`
+	Result   string   `json:"result"`
+}
+
+// evaluate checks each goal against figures. A goal whose figure or
+// baseline is missing is skipped; one whose baseline is zero (the baseline
+// measured nothing) is missed.
+func evaluate(gs []goal, figures map[string]float64) []goalResult {
+	rs := make([]goalResult, 0, len(gs))
+	for _, g := range gs {
+		r := goalResult{Part: g.part, What: g.what, Figure: g.figure, Baseline: g.baseline, Base: g.base,
+			Cmp: string(g.cmp), Want: g.want, Unit: g.unit, Aim: g.aim}
+		v, ok := figures[g.figure]
+		var b float64
+		if ok && g.base != "" {
+			b, ok = figures[g.base]
+		}
+		switch {
+		case !ok:
+			r.Result = skip
+		case g.base != "" && b == 0:
+			r.Result = miss
+		default:
+			if g.base != "" {
+				v /= b
+			}
+			r.Measured = &v
+			r.Result = miss
+			if g.met(v) {
+				r.Result = pass
+			}
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+func (g goal) met(v float64) bool {
+	if math.IsNaN(v) {
+		return false
+	}
+	switch g.cmp {
+	case atLeast:
+		return v >= g.want
+	case atMost:
+		return v <= g.want
+	case below:
+		return v < g.want
+	case within:
+		return math.Abs(v) <= g.want
+	}
+	panic(fmt.Sprintf("goal %s: unknown comparison %q", g.figure, g.cmp))
+}
+
+// missed reports whether a gate goal was missed.
+func missed(rs []goalResult) bool {
+	for _, r := range rs {
+		if r.Result == miss && !r.Aim {
+			return true
+		}
+	}
+	return false
+}
