@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
@@ -73,9 +74,9 @@ type Server struct {
 	prefixes []*route // longest first
 	srv      *fasthttp.Server
 	inflight atomic.Int64
-	polls    atomic.Int64 // long polls waiting now
-	closing  chan struct{}
-	closeMu  sync.Once
+	polls    atomic.Int64    // long polls waiting now
+	closing  context.Context // ends when Shutdown begins
+	closeNow context.CancelFunc
 
 	fast *fastPublisher // ack: fast; nil with ack: durable
 
@@ -94,7 +95,8 @@ const claimWait = time.Second
 // New compiles the routes of cfg. It starts nothing: Serve does.
 func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog, log zerolog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, pub: pub, store: store, backlog: backlog, log: log,
-		exact: map[string]*route{}, closing: make(chan struct{}), sharedStore: cfg.Results.Store == "redis"}
+		exact: map[string]*route{}, sharedStore: cfg.Results.Store == "redis"}
+	s.closing, s.closeNow = context.WithCancel(context.Background())
 	var maxBody int64
 	for _, rc := range cfg.Routes {
 		r := &route{cfg: rc, prefix: strings.HasSuffix(rc.Path, "/"), methods: map[string]bool{},
@@ -169,7 +171,7 @@ func (s *Server) closeSilent() {
 // return at once), then publishes what ack: fast still buffers, until ctx
 // ends.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.closeMu.Do(func() { close(s.closing) })
+	s.closeNow()
 	done := make(chan error, 1)
 	go func() { done <- s.srv.ShutdownWithContext(ctx) }()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -351,20 +353,34 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 // another submit holds it and is still writing.
 func (s *Server) claim(client, key, id string) (job.Claim, error) {
 	lease := s.cfg.PublishTimeout.D() + 5*time.Second
-	deadline := time.Now().Add(claimWait)
-	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+	var c job.Claim
+	_, err := backoff.Retry(s.closing, func() (struct{}, error) { // the wait ends with the shutdown
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		c, err := s.store.Claim(ctx, client, key, id, lease)
-		cancel()
-		if err != nil || c.State != job.ClaimPending || time.Now().Add(wait).After(deadline) {
-			return c, err
+		defer cancel()
+		var err error
+		if c, err = s.store.Claim(ctx, client, key, id, lease); err != nil {
+			return struct{}{}, backoff.Permanent(err)
 		}
-		select {
-		case <-time.After(wait):
-		case <-s.closing:
-			return c, nil
+		if c.State == job.ClaimPending {
+			return struct{}{}, errPending
 		}
+		return struct{}{}, nil
+	}, backoff.WithBackOff(claimBackoff()), backoff.WithMaxElapsedTime(claimWait))
+	if errors.Is(err, errPending) || errors.Is(err, context.Canceled) {
+		err = nil // still pending (or shutting down): the caller answers 409
 	}
+	return c, err
+}
+
+// errPending: another submit with the same key is still writing.
+var errPending = errors.New("idempotency key pending")
+
+// claimBackoff spaces the reads of a pending claim: from 5 ms, doubling up
+// to 100 ms.
+func claimBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.Multiplier, b.MaxInterval, b.RandomizationFactor = 5*time.Millisecond, 2, 100*time.Millisecond, 0
+	return b
 }
 
 // release ends an owned idempotency claim, if there is one.

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-gw/sluice/job"
@@ -145,19 +146,23 @@ func (s *Server) get(ctx context.Context, id string) (*job.Record, error) {
 		return rec, err
 	}
 	defer s.polls.Add(-1)
-	wait := freshFirst
-	for range freshReads {
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return rec, err
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.Multiplier, b.RandomizationFactor = freshFirst, 2, 0
+	reads := 0
+	again, err := backoff.Retry(ctx, func() (*job.Record, error) {
+		if reads++; reads == 1 {
+			return nil, job.ErrNotFound // read above: wait before the next
 		}
-		if rec, err = s.store.Get(ctx, id); !errors.Is(err, job.ErrNotFound) {
-			return rec, err
+		rec, err := s.store.Get(ctx, id)
+		if err != nil && !errors.Is(err, job.ErrNotFound) {
+			return rec, backoff.Permanent(err)
 		}
-		wait *= 2
+		return rec, err
+	}, backoff.WithBackOff(b), backoff.WithMaxTries(freshReads+1), backoff.WithMaxElapsedTime(0))
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return rec, job.ErrNotFound // the poll ended first
 	}
-	return rec, err
+	return again, err
 }
 
 // lookup gets id's record; with wait > 0 it holds until the record is
@@ -184,7 +189,7 @@ func (s *Server) lookup(id string, wait time.Duration) (*job.Record, error) {
 		case <-deadline.C:
 			stop()
 			return rec, nil
-		case <-s.closing:
+		case <-s.closing.Done():
 			stop()
 			return rec, nil
 		}

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
 	"golang.org/x/net/http/httpguts"
 
@@ -237,18 +238,22 @@ func (p *Pool) holdWhilePaused(ctx context.Context, sub broker.Subscription, inF
 	if err := p.lim.WaitUnpaused(ctx); err != nil || !holds {
 		return err
 	}
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
 		err := pauser.Resume(ctx)
-		if err == nil {
-			return nil
+		if err != nil {
+			p.log.Warn().Err(err).Msg("resume after pause; retrying")
 		}
-		p.log.Warn().Err(err).Msg("resume after pause; retrying")
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
-	}
+		return struct{}{}, err
+	}, backoff.WithBackOff(growing(100*time.Millisecond, 5*time.Second)), backoff.WithMaxElapsedTime(0))
+	return err
+}
+
+// growing is a backoff from first, doubling (with jitter) up to most,
+// that never gives up by itself: the context ends it.
+func growing(first, most time.Duration) *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.Multiplier, b.MaxInterval = first, 2, most
+	return b
 }
 
 // handBack returns d to its topic untouched, to be delivered again.
@@ -445,29 +450,32 @@ func (p *Pool) settle(ctx context.Context, d broker.Delivery, ev *job.Event, top
 // retried as if the broker were away. persist keeps retrying transient
 // failures until ctx ends; otherwise the first one is returned.
 func (p *Pool) publishEvent(ctx context.Context, ev *job.Event, persist bool) error {
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		err := p.broker.Publish(ctx, broker.ResultTopic, wire.EncodeEvent(ev))
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, broker.ErrTooLarge) && ev.Response != nil && ev.Response.Body != "":
-			ev.Response = ev.Response.WithoutBody()
-			continue
-		case errors.Is(err, broker.ErrTooLarge) && ev.Response != nil:
-			ev.Response = nil
-			if ev.LastError == "" {
-				ev.LastError = "response too large to store"
+	var last error
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		for {
+			last = p.broker.Publish(ctx, broker.ResultTopic, wire.EncodeEvent(ev))
+			switch {
+			case last == nil:
+				return struct{}{}, nil
+			case errors.Is(last, broker.ErrTooLarge) && ev.Response != nil && ev.Response.Body != "":
+				ev.Response = ev.Response.WithoutBody()
+				continue
+			case errors.Is(last, broker.ErrTooLarge) && ev.Response != nil:
+				ev.Response = nil
+				if ev.LastError == "" {
+					ev.LastError = "response too large to store"
+				}
+				continue
+			case errors.Is(last, broker.ErrTooLarge) || !persist:
+				return struct{}{}, backoff.Permanent(last)
 			}
-			continue
-		case errors.Is(err, broker.ErrTooLarge) || !persist:
-			return err
+			return struct{}{}, last
 		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(wait):
-		}
+	}, backoff.WithBackOff(growing(100*time.Millisecond, 2*time.Second)), backoff.WithMaxElapsedTime(0))
+	if err != nil && ctx.Err() != nil && last != nil {
+		return last // why it was not written, rather than that ctx ended
 	}
+	return err
 }
 
 // target is the url of an attempt of req on the backend's url i.
