@@ -13,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
@@ -55,9 +56,9 @@ func (f *fakeBroker) Stats(context.Context, string) (broker.QueueStats, error) {
 func (f *fakeBroker) Ping(context.Context) error { return nil }
 func (f *fakeBroker) Close() error               { return nil }
 
-type fakeBacklog struct{ est broker.Estimate }
+type fakeBacklog struct{ est backlog.Estimate }
 
-func (f fakeBacklog) Estimate(string, float64, int) broker.Estimate { return f.est }
+func (f fakeBacklog) Estimate(string, float64, int) backlog.Estimate { return f.est }
 
 func testHandler(t *testing.T, token string) (*Handler, *fakeBroker) {
 	t.Helper()
@@ -70,7 +71,7 @@ backends: [{name: logs, urls: ["http://127.0.0.1:1/"], rate: 20, concurrency: 8}
 	}
 	br := &fakeBroker{}
 	m := workers.NewManager(cfg, br, zerolog.Nop())
-	est := broker.Estimate{Depth: 12, Drain: 4, Wait: 3250 * time.Millisecond}
+	est := backlog.Estimate{Depth: 12, Drain: 4, Wait: 3250 * time.Millisecond}
 	return New(token, false, m, fakeBacklog{est}, nil, []Check{{Name: "broker", Ping: br.Ping}}), br
 }
 

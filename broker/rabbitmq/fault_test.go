@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/broker"
-	"github.com/sluice-gw/sluice/broker/rabbitmq/rabbitctl"
+	"github.com/sluice-gw/sluice/internal/rabbitctl"
 )
 
 func ctl(t *testing.T, args ...string) {

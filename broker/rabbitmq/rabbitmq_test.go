@@ -14,7 +14,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/brokertest"
-	"github.com/sluice-gw/sluice/broker/rabbitmq/rabbitctl"
+	"github.com/sluice-gw/sluice/internal/rabbitctl"
 )
 
 // amqpURL is the RabbitMQ the tests use: RABBITMQ_URL, else the local one

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-gw/sluice/admin"
+	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/embedded"
 	"github.com/sluice-gw/sluice/broker/kafka"
@@ -138,7 +139,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	}
 	defer store.Close()
 
-	monitor := broker.NewMonitor(br, topics, 500*time.Millisecond)
+	monitor := backlog.New(br, topics, 500*time.Millisecond)
 	monitor.Poll(ctx)
 	manager := workers.NewManager(cfg, br, log)
 
