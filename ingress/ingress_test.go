@@ -121,7 +121,7 @@ func (f *fakeStore) claimOf(k string) *fakeClaim {
 type fakeBacklog struct{ est backlog.Estimate }
 
 func (f *fakeBacklog) Estimate(string, float64, int) backlog.Estimate { return f.est }
-func (f *fakeBacklog) Add(string, int64)                             {}
+func (f *fakeBacklog) Add(string, int64)                              {}
 
 var (
 	_ broker.Publisher = (*fakePublisher)(nil)
