@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/brokertest"
 	"github.com/sluice-gw/sluice/internal/rabbitctl"
 )
 
@@ -50,7 +51,12 @@ func TestBrokerRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = b.Close(); _ = DeleteQueues(b.opts) })
+	t.Cleanup(func() { // after stop
+		if err := DeleteQueues(b.opts); err != nil {
+			t.Errorf("delete queues: %v", err)
+		}
+	})
+	brokertest.Start(t, b)
 	topic := broker.RequestTopic("a")
 
 	var mu sync.Mutex
