@@ -226,8 +226,8 @@ type Broker struct {
 	stop      chan struct{} // closed by Close
 	shut      sync.Once
 	wg        sync.WaitGroup // subscriptions' run loops
-	inUse     sync.Map // topic -> *atomic.Int64: deliveries held by this process
-	acked     sync.Map // topic -> *atomic.Int64: acknowledgements by this process
+	inUse     sync.Map       // topic -> *atomic.Int64: deliveries held by this process
+	acked     sync.Map       // topic -> *atomic.Int64: acknowledgements by this process
 	// movesFailed counts moves to a smaller delay tier that failed and
 	// will be tried again.
 	movesFailed atomic.Int64
