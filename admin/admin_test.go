@@ -53,8 +53,9 @@ func (f *fakeBroker) TakeDead(context.Context, string, []string) error { f.dead 
 func (f *fakeBroker) Stats(context.Context, string) (broker.QueueStats, error) {
 	return broker.QueueStats{}, nil
 }
-func (f *fakeBroker) Ping(context.Context) error { return nil }
-func (f *fakeBroker) Close() error               { return nil }
+func (f *fakeBroker) Ping(context.Context) error    { return nil }
+func (f *fakeBroker) Close() error                  { return nil }
+func (f *fakeBroker) Run(ctx context.Context) error { <-ctx.Done(); return nil }
 
 type fakeBacklog struct{ est backlog.Estimate }
 

@@ -127,9 +127,16 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	if err != nil {
 		return err
 	}
+	// The broker's background work (reconnecting, delay forwarders) runs
+	// until the very end: it stops, then the broker closes, last.
+	runCtx, stopBroker := context.WithCancel(context.Background())
+	brokerDone := make(chan error, 1)
+	go func() { brokerDone <- br.Run(runCtx) }()
 	brokerClosed := false
 	defer func() {
 		if !brokerClosed {
+			stopBroker()
+			<-brokerDone
 			_ = br.Close()
 		}
 	}()
@@ -236,6 +243,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 	_ = adm.Shutdown(sctx)
 	<-admDone
 	brokerClosed = true
+	stopBroker()
+	if err := <-brokerDone; err != nil {
+		log.Error().Err(err).Msg("broker run")
+	}
 	if err := br.Close(); err != nil {
 		log.Error().Err(err).Msg("broker close")
 	}
@@ -252,8 +263,7 @@ func openBroker(ctx context.Context, cfg *config.Config, backends []string, work
 	case "rabbitmq":
 		r := cfg.Broker.RabbitMQ
 		return rabbitmq.Open(openCtx, rabbitmq.Options{URL: r.URL, QueuePrefix: r.QueuePrefix, Backends: backends,
-			MaxMessageBytes: int(r.MaxMessageBytes), DeliveryLimit: r.DeliveryLimit,
-			Logf: func(f string, a ...any) { log.Warn().Str("broker", "rabbitmq").Msgf(f, a...) }})
+			MaxMessageBytes: int(r.MaxMessageBytes), DeliveryLimit: r.DeliveryLimit, Log: log})
 	case "kafka":
 		k := cfg.Broker.Kafka
 		return kafka.Open(openCtx, kafka.Options{
@@ -261,7 +271,7 @@ func openBroker(ctx context.Context, cfg *config.Config, backends []string, work
 			Backends: backends, NoForward: !worker,
 			MaxMessageBytes: int(k.MaxMessageBytes), ReplicationFactor: k.ReplicationFactor,
 			MinInsyncReplicas: k.MinInsyncReplicas, Retention: k.Retention.D(),
-			DeadLetterRetention: k.DeadLetterRetention.D(),
+			DeadLetterRetention: k.DeadLetterRetention.D(), Log: log.With().Str("broker", "kafka").Logger(),
 		})
 	default:
 		e := cfg.Broker.Embedded
@@ -269,6 +279,7 @@ func openBroker(ctx context.Context, cfg *config.Config, backends []string, work
 			Dir: cfg.Path(e.Dir), Backends: backends,
 			AckWait: e.AckWait.D(), PublishWindow: cfg.MaxInflight,
 			MaxMessageBytes: int(cfg.MaxMessageBytes()), SyncAlways: e.SyncAlways(), SyncInterval: e.SyncInterval(),
+			Log: log.With().Str("broker", "embedded").Logger(),
 		})
 	}
 }
