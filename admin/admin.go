@@ -13,15 +13,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/problem"
 	"github.com/sluice-gw/sluice/workers"
 )
 
-// Backlog estimates a topic's backlog (broker.Monitor).
+// Backlog estimates a topic's backlog (backlog.Monitor).
 type Backlog interface {
-	Estimate(topic string, rate float64, slots int) broker.Estimate
+	Estimate(topic string, rate float64, slots int) backlog.Estimate
 }
 
 // Check is one readiness probe, named for the answer.

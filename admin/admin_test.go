@@ -13,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
@@ -53,12 +54,13 @@ func (f *fakeBroker) TakeDead(context.Context, string, []string) error { f.dead 
 func (f *fakeBroker) Stats(context.Context, string) (broker.QueueStats, error) {
 	return broker.QueueStats{}, nil
 }
-func (f *fakeBroker) Ping(context.Context) error { return nil }
-func (f *fakeBroker) Close() error               { return nil }
+func (f *fakeBroker) Ping(context.Context) error    { return nil }
+func (f *fakeBroker) Close() error                  { return nil }
+func (f *fakeBroker) Run(ctx context.Context) error { <-ctx.Done(); return nil }
 
-type fakeBacklog struct{ est broker.Estimate }
+type fakeBacklog struct{ est backlog.Estimate }
 
-func (f fakeBacklog) Estimate(string, float64, int) broker.Estimate { return f.est }
+func (f fakeBacklog) Estimate(string, float64, int) backlog.Estimate { return f.est }
 
 func testHandler(t *testing.T, token string) (*Handler, *fakeBroker) {
 	t.Helper()
@@ -72,7 +74,7 @@ backends: [{name: logs, urls: ["http://127.0.0.1:1/"], rate: 20, concurrency: 8}
 	br := &fakeBroker{}
 	m := workers.NewManager(cfg, br, zerolog.Nop())
 	dead := workers.NewDeadLetters(br, m.Names(), nil, zerolog.Nop())
-	est := broker.Estimate{Depth: 12, Drain: 4, Wait: 3250 * time.Millisecond}
+	est := backlog.Estimate{Depth: 12, Drain: 4, Wait: 3250 * time.Millisecond}
 	return New(token, false, m, dead, fakeBacklog{est}, []Check{{Name: "broker", Ping: br.Ping}}), br
 }
 

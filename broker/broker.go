@@ -153,10 +153,24 @@ type DeadLetters interface {
 }
 
 // Broker is everything one broker kind provides.
+//
+// A kind's Open connects and declares its topics synchronously, as far as
+// the broker answers before Open's ctx ends, and starts none of sluice's
+// goroutines. Run starts the broker's own background work (reconnecting,
+// finishing the declarations Open could not, moving held-back messages on)
+// and owns it until its ctx ends. The other methods may be called once Run
+// has been started, from any goroutine; before that a kind may serve them
+// or fail them with ErrUnavailable, but nothing moves in the background.
+// Close comes last: after Run returned (or when Run never ran), and after
+// every subscription was closed.
 type Broker interface {
 	Publisher
 	Subscriber
 	DeadLetters
+	// Run runs the broker's background work until ctx ends, then returns
+	// once all of it stopped. It returns nil when ctx ended, an error only
+	// when the broker cannot go on. Call it once.
+	Run(ctx context.Context) error
 	// Stats reports topic's backlog.
 	Stats(ctx context.Context, topic string) (QueueStats, error)
 	// Ping reports whether the broker is reachable.

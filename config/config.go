@@ -313,14 +313,11 @@ func (c *Config) ApplyDefaults() {
 		if k.Brokers == nil {
 			k.Brokers = []string{"127.0.0.1:9092"}
 		}
-		if k.TopicPrefix == "" {
-			k.TopicPrefix = "sluice."
-		}
-		if k.Partitions == 0 {
-			k.Partitions = 6
-		}
+		// topic_prefix and partitions: zero is the adapter's default
+		// (kafka.Options). max_message_bytes is decided here: the
+		// cross-check of max_body needs it, and it grows with the routes.
 		if k.MaxMessageBytes == 0 {
-			k.MaxMessageBytes = Size(max(4<<20, c.maxBody()+broker.Overhead))
+			k.MaxMessageBytes = Size(max(kafkaMaxMessageBytes, c.maxBody()+broker.Overhead))
 		}
 		if k.Retention == 0 {
 			k.Retention = Duration(720 * time.Hour)
@@ -333,14 +330,11 @@ func (c *Config) ApplyDefaults() {
 		if r.URL == "" {
 			r.URL = "amqp://guest:guest@127.0.0.1:5672/"
 		}
-		if r.QueuePrefix == "" {
-			r.QueuePrefix = "sluice."
-		}
+		// queue_prefix and delivery_limit: zero is the adapter's default
+		// (rabbitmq.Options). max_message_bytes is filled here for the
+		// cross-check of max_body.
 		if r.MaxMessageBytes == 0 {
-			r.MaxMessageBytes = 16 << 20
-		}
-		if r.DeliveryLimit == 0 {
-			r.DeliveryLimit = 1000
+			r.MaxMessageBytes = rabbitMQMaxMessageBytes
 		}
 	}
 	if c.Results.Store == "redis" && c.Results.Redis == nil {
@@ -350,9 +344,6 @@ func (c *Config) ApplyDefaults() {
 		if r.Addr == "" {
 			r.Addr = "127.0.0.1:6379"
 		}
-	}
-	if c.Broker.Embedded.AckWait == 0 {
-		c.Broker.Embedded.AckWait = Duration(5 * time.Minute)
 	}
 	if c.Results.TTL == 0 {
 		c.Results.TTL = Duration(results.DefaultTTL)
@@ -402,8 +393,18 @@ func (c *Config) ApplyDefaults() {
 	}
 }
 
-// EmbeddedMaxMessageBytes is the largest message the embedded broker carries.
+// EmbeddedMaxMessageBytes is the largest message the embedded broker
+// carries (embedded.MaxPayload).
 const EmbeddedMaxMessageBytes = 64 << 20
+
+// The adapters' default max message sizes (kafka.DefaultMaxMessageBytes,
+// rabbitmq.DefaultMaxMessageBytes), which the cross-check of max_body
+// needs. They are copies: importing the adapters would pull their broker
+// libraries into config; TestAdapterDefaults keeps them equal.
+const (
+	kafkaMaxMessageBytes    = 4 << 20
+	rabbitMQMaxMessageBytes = 16 << 20
+)
 
 // maxBody is the largest max_body of any route (routes default first).
 func (c *Config) maxBody() int64 {

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/broker/embedded"
+	"github.com/sluice-gw/sluice/broker/kafka"
+	"github.com/sluice-gw/sluice/broker/rabbitmq"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -205,5 +208,16 @@ backends: [{name: b, urls: ["http://127.0.0.1:1/"], rate: 0, breaker: {failures:
 `), t.TempDir())
 	if err != nil || c.Backends[0].Rate != 0 || *c.Backends[0].Breaker.Failures != 0 || c.Backends[0].Concurrency != 16 {
 		t.Fatalf("zeros with a meaning: %v %+v", err, c)
+	}
+}
+
+// TestAdapterDefaults: the max message sizes config fills in for the
+// cross-check of max_body are the adapters' own defaults.
+func TestAdapterDefaults(t *testing.T) {
+	if kafkaMaxMessageBytes != kafka.DefaultMaxMessageBytes || rabbitMQMaxMessageBytes != rabbitmq.DefaultMaxMessageBytes ||
+		EmbeddedMaxMessageBytes != embedded.MaxPayload {
+		t.Fatalf("config's copies of the adapters' defaults differ: kafka %d/%d, rabbitmq %d/%d, embedded %d/%d",
+			kafkaMaxMessageBytes, kafka.DefaultMaxMessageBytes, rabbitMQMaxMessageBytes, rabbitmq.DefaultMaxMessageBytes,
+			EmbeddedMaxMessageBytes, embedded.MaxPayload)
 	}
 }

@@ -128,7 +128,7 @@ func (c *Config) Validate() error {
 				bad(fmt.Sprintf("broker.kafka.brokers[%d]", i), "must be host:port, got %q", a)
 			}
 		}
-		if k.Partitions < 1 {
+		if k.Partitions < 0 { // 0: the adapter's default
 			bad("broker.kafka.partitions", "must be >= 1")
 		}
 		if strings.ContainsAny(k.TopicPrefix, " /\\") {

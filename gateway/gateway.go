@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-gw/sluice/admin"
+	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/embedded"
 	"github.com/sluice-gw/sluice/broker/kafka"
@@ -106,7 +107,7 @@ type parts struct {
 	collector                 *collector.Collector
 	monitor, workers, collect *proc
 	adminProc, ingressProc    *proc
-	storeProc                 *proc
+	storeProc, brokerProc     *proc
 }
 
 // Run runs the gateway until ctx ends or a part stops by itself, then
@@ -130,7 +131,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer admLn.Close()
 
 	p := &parts{grp: newGroup()}
-	defer p.grp.StopAll()
 	if p.broker, err = g.openBroker(ctx); err != nil {
 		return err
 	}
@@ -144,12 +144,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return err
 	}
 	defer p.store.Close()
+	defer p.grp.StopAll() // before the closes above: Close comes after Run
 
 	topics := make([]string, len(cfg.Backends))
 	for i, b := range cfg.Backends {
 		topics[i] = broker.RequestTopic(b.Name)
 	}
-	monitor := broker.NewMonitor(p.broker, topics, 500*time.Millisecond)
+	monitor := backlog.New(p.broker, topics, 500*time.Millisecond)
 	p.manager = workers.NewManager(cfg, p.broker, log)
 	if g.has(Ingress) {
 		if p.ingress, err = ingress.New(cfg, p.broker, p.store, monitor, log); err != nil {
@@ -167,6 +168,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	p.collector = collector.New(p.broker, p.store, log, collector.Options{})
 
 	// Start, in the reverse of the order of the stop.
+	p.brokerProc = p.grp.Go("broker", p.broker.Run)
 	p.storeProc = p.grp.Go("results", p.store.Run)
 	monitor.Poll(ctx)
 	p.monitor = p.grp.Go("monitor", monitor.Run)
@@ -230,7 +232,8 @@ func (g *Gateway) stop(p *parts) {
 	g.logStop(p.grp, p.monitor)
 	_ = p.admin.Shutdown(sctx)
 	g.logStop(p.grp, p.adminProc)
-	g.logStop(p.grp, p.storeProc) // writes what it still holds
+	g.logStop(p.grp, p.storeProc)  // writes what it still holds
+	g.logStop(p.grp, p.brokerProc) // then Run closes the broker
 }
 
 func (g *Gateway) logStop(grp *group, p *proc) {
@@ -286,7 +289,7 @@ func (g *Gateway) openBroker(ctx context.Context) (broker.Broker, error) {
 		r := cfg.Broker.RabbitMQ
 		return rabbitmq.Open(openCtx, rabbitmq.Options{URL: r.URL, QueuePrefix: r.QueuePrefix, Backends: backends,
 			MaxMessageBytes: int(r.MaxMessageBytes), DeliveryLimit: r.DeliveryLimit,
-			Logf: func(f string, a ...any) { log.Warn().Str("broker", "rabbitmq").Msgf(f, a...) }})
+			Log: log.With().Str("broker", "rabbitmq").Logger()})
 	case "kafka":
 		k := cfg.Broker.Kafka
 		return kafka.Open(openCtx, kafka.Options{
@@ -294,7 +297,7 @@ func (g *Gateway) openBroker(ctx context.Context) (broker.Broker, error) {
 			Backends: backends, NoForward: !g.has(Worker),
 			MaxMessageBytes: int(k.MaxMessageBytes), ReplicationFactor: k.ReplicationFactor,
 			MinInsyncReplicas: k.MinInsyncReplicas, Retention: k.Retention.D(),
-			DeadLetterRetention: k.DeadLetterRetention.D(),
+			DeadLetterRetention: k.DeadLetterRetention.D(), Log: log.With().Str("broker", "kafka").Logger(),
 		})
 	default:
 		e := cfg.Broker.Embedded
@@ -302,6 +305,7 @@ func (g *Gateway) openBroker(ctx context.Context) (broker.Broker, error) {
 			Dir: cfg.Path(e.Dir), Backends: backends,
 			AckWait: e.AckWait.D(), PublishWindow: cfg.MaxInflight,
 			MaxMessageBytes: int(cfg.MaxMessageBytes()), SyncAlways: e.SyncAlways(), SyncInterval: e.SyncInterval(),
+			Log: log.With().Str("broker", "embedded").Logger(),
 		})
 	}
 }

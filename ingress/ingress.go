@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
@@ -41,10 +42,10 @@ type Store interface {
 }
 
 // Backlog tells how many messages wait on a topic and how long one more
-// would wait (broker.Monitor); Add counts what this process just published
+// would wait (backlog.Monitor); Add counts what this process just published
 // there.
 type Backlog interface {
-	Estimate(topic string, rate float64, slots int) broker.Estimate
+	Estimate(topic string, rate float64, slots int) backlog.Estimate
 	Add(topic string, n int64)
 }
 
@@ -233,13 +234,13 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 
 // estimate is how long a request queued now for r's backend waits: its
 // backlog over the measured drain rate, else over the configured rate, else
-// one request per slot and second (broker.Monitor.Estimate).
-func (s *Server) estimate(r *route) broker.Estimate {
+// one request per slot and second (backlog.Monitor.Estimate).
+func (s *Server) estimate(r *route) backlog.Estimate {
 	return s.backlog.Estimate(r.topic, r.backend.Rate, r.backend.Concurrency)
 }
 
 // retryAfter is an estimate in whole seconds, at least 1, at most a day.
-func retryAfter(e broker.Estimate) int {
+func retryAfter(e backlog.Estimate) int {
 	return int(min(86400, max(1, math.Ceil(e.Wait.Seconds()))))
 }
 

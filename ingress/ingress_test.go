@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/internal/stacks"
@@ -121,10 +122,10 @@ func (f *fakeStore) claimOf(k string) *fakeClaim {
 }
 
 // fakeBacklog answers Estimate with a monitor over a scripted Stats.
-type fakeBacklog struct{ est broker.Estimate }
+type fakeBacklog struct{ est backlog.Estimate }
 
-func (f *fakeBacklog) Estimate(string, float64, int) broker.Estimate { return f.est }
-func (f *fakeBacklog) Add(string, int64)                             {}
+func (f *fakeBacklog) Estimate(string, float64, int) backlog.Estimate { return f.est }
+func (f *fakeBacklog) Add(string, int64)                              {}
 
 var (
 	_ broker.Publisher = (*fakePublisher)(nil)
@@ -282,13 +283,13 @@ func TestRetryAfterEstimate(t *testing.T) {
 	}{
 		{0, 1}, {300 * time.Millisecond, 1}, {1100 * time.Millisecond, 2}, {10 * time.Second, 10}, {1000 * time.Hour, 86400},
 	} {
-		if got := retryAfter(broker.Estimate{Wait: c.wait}); got != c.want {
+		if got := retryAfter(backlog.Estimate{Wait: c.wait}); got != c.want {
 			t.Errorf("wait %v: Retry-After %d, want %d", c.wait, got, c.want)
 		}
 	}
 	// The 202 carries the monitor's estimate.
 	s, _ := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
-	s.backlog = &fakeBacklog{est: broker.Estimate{Depth: 40, Wait: 4100 * time.Millisecond}}
+	s.backlog = &fakeBacklog{est: backlog.Estimate{Depth: 40, Wait: 4100 * time.Millisecond}}
 	if got := string(call(s, "POST", "/r", "x", nil).Response.Header.Peek("Retry-After")); got != "5" {
 		t.Fatalf("Retry-After %q, want 5", got)
 	}

@@ -52,8 +52,9 @@ func (f *fakeDLQ) TakeDead(_ context.Context, _ string, pos []string) error {
 func (f *fakeDLQ) Stats(context.Context, string) (broker.QueueStats, error) {
 	return broker.QueueStats{}, nil
 }
-func (f *fakeDLQ) Ping(context.Context) error { return nil }
-func (f *fakeDLQ) Close() error               { return nil }
+func (f *fakeDLQ) Ping(context.Context) error    { return nil }
+func (f *fakeDLQ) Close() error                  { return nil }
+func (f *fakeDLQ) Run(ctx context.Context) error { <-ctx.Done(); return nil }
 
 func (f *fakeDLQ) add(r *job.Request) {
 	f.dead = append(f.dead, broker.DeadLetter{Message: wire.EncodeRequest(r), Pos: strconv.Itoa(len(f.dead))})

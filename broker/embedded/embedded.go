@@ -10,9 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/sluice-gw/sluice/broker"
 )
@@ -22,27 +24,60 @@ type Options struct {
 	Dir      string   // where JetStream keeps its files
 	Backends []string // one request and one dead-letter stream each
 	// AckWait is how long a delivery may stay unsettled before it is handed
-	// out again. Default 5m.
+	// out again. Default DefaultAckWait.
 	AckWait time.Duration
-	// PublishWindow bounds publishes awaiting confirmation. Default 4096.
+	// PublishWindow bounds publishes awaiting confirmation. Default
+	// DefaultPublishWindow.
 	PublishWindow int
 	// Conns is how many in-process connections share the publishes, so the
-	// server parses them in parallel. Default 2.
+	// server parses them in parallel. Default DefaultConns.
 	Conns int
 	// MaxMessageBytes is the largest message (body and headers) the broker
 	// takes; larger ones fail with broker.ErrTooLarge. Default and most
-	// 64 MiB (NATS' limit).
+	// MaxPayload (NATS' limit).
 	MaxMessageBytes int
 	// SyncAlways makes JetStream fsync every write before it confirms it.
-	// Otherwise it fsyncs every SyncInterval (default 2m, JetStream's own
-	// default): a 202 then survives a crash of the process but not a power
-	// loss within the interval.
+	// Otherwise it fsyncs every SyncInterval (default DefaultSyncInterval,
+	// JetStream's own default): a 202 then survives a crash of the process
+	// but not a power loss within the interval.
 	SyncAlways   bool
 	SyncInterval time.Duration
+	// Log receives what the broker cannot return to a caller. The zero
+	// Logger logs nothing.
+	Log zerolog.Logger
 }
 
-// MaxPayload is the largest message NATS can carry.
+// Defaults of Options' zero values.
+const (
+	DefaultAckWait       = 5 * time.Minute
+	DefaultPublishWindow = 4096
+	DefaultConns         = 2
+	DefaultSyncInterval  = 2 * time.Minute
+)
+
+// MaxPayload is the largest message NATS can carry, and the default of
+// Options.MaxMessageBytes.
 const MaxPayload = 64 << 20
+
+// withDefaults fills o's zero values with their defaults.
+func (o Options) withDefaults() Options {
+	if o.AckWait <= 0 {
+		o.AckWait = DefaultAckWait
+	}
+	if o.PublishWindow <= 0 {
+		o.PublishWindow = DefaultPublishWindow
+	}
+	if o.Conns <= 0 {
+		o.Conns = DefaultConns
+	}
+	if o.MaxMessageBytes <= 0 || o.MaxMessageBytes > MaxPayload {
+		o.MaxMessageBytes = MaxPayload
+	}
+	if o.SyncInterval <= 0 {
+		o.SyncInterval = DefaultSyncInterval
+	}
+	return o
+}
 
 const (
 	consumerName = "sluice"
@@ -65,20 +100,11 @@ type Broker struct {
 var _ broker.Broker = (*Broker)(nil)
 
 // Open starts the JetStream server in dir, connects to it in-process and
-// declares the streams of opts.Backends.
+// declares the streams of opts.Backends. The server and the NATS client run
+// goroutines of their own; sluice's embedded broker has none besides them,
+// so it works fully before Run.
 func Open(ctx context.Context, opts Options) (*Broker, error) {
-	if opts.AckWait <= 0 {
-		opts.AckWait = 5 * time.Minute
-	}
-	if opts.PublishWindow <= 0 {
-		opts.PublishWindow = 4096
-	}
-	if opts.MaxMessageBytes <= 0 || opts.MaxMessageBytes > MaxPayload {
-		opts.MaxMessageBytes = MaxPayload
-	}
-	if opts.SyncInterval <= 0 {
-		opts.SyncInterval = 2 * time.Minute
-	}
+	opts = opts.withDefaults()
 	ns, err := server.NewServer(&server.Options{
 		ServerName:         "sluice-embedded",
 		DontListen:         true,
@@ -113,9 +139,6 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
 	b := &Broker{opts: opts, ns: ns, nc: nc, js: js, streams: map[string]jetstream.Stream{}}
-	if opts.Conns <= 0 {
-		opts.Conns = 2
-	}
 	b.pubs, b.pubNCs = []jetstream.JetStream{js}, []*nats.Conn{nc}
 	for range opts.Conns - 1 {
 		pnc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("sluice-publisher"), nats.MaxReconnects(-1))
@@ -197,6 +220,13 @@ func (b *Broker) declare(ctx context.Context) error {
 	return nil
 }
 
+// Run returns when ctx ends: the embedded broker has no background work of
+// its own (JetStream redelivers and holds back messages by itself).
+func (b *Broker) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}
+
 func (b *Broker) stream(topic string) (jetstream.Stream, error) {
 	s, ok := b.streams[topic]
 	if !ok {
@@ -261,7 +291,7 @@ func (b *Broker) Subscribe(ctx context.Context, topic string, _ broker.Subscribe
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", topic, err)
 	}
-	return &subscription{cons: cons, topic: topic, closed: make(chan struct{})}, nil
+	return &subscription{cons: cons, topic: topic, closed: make(chan struct{}), log: b.opts.Log}, nil
 }
 
 type subscription struct {
@@ -269,6 +299,7 @@ type subscription struct {
 	topic  string
 	closed chan struct{}
 	once   sync.Once
+	log    zerolog.Logger
 }
 
 // maxPullWait bounds one blocking pull, so Close and ctx are noticed.
@@ -278,6 +309,7 @@ const maxPullWait = time.Second
 // A message held back until later goes back to JetStream with the remaining
 // delay, so it waits there without blocking anything.
 func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
+	var retry *backoff.ExponentialBackOff // after a failed pull; the connection recovers by itself
 	for {
 		select {
 		case <-s.closed:
@@ -296,17 +328,30 @@ func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, e
 				return nil, context.DeadlineExceeded
 			}
 			if out, err = s.pull(1, wait); err == nil && len(out) > 0 && max > 1 {
-				more, _ := s.pull(max-1, 0)
+				more, merr := s.pull(max-1, 0)
+				if merr != nil { // what the first pull got is returned alone
+					s.log.Debug().Err(merr).Str("topic", s.topic).Msg("embedded broker: pull more")
+				}
 				out = append(out, more...)
 			}
 		}
 		if err != nil {
-			select { // the connection recovers by itself
+			if retry == nil {
+				retry = &backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond,
+					RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Second}
+				retry.Reset()
+			}
+			next := retry.NextBackOff()
+			s.log.Debug().Err(err).Str("topic", s.topic).Dur("retry_in", next).Msg("embedded broker: pull")
+			t := time.NewTimer(next)
+			select {
 			case <-ctx.Done():
+				t.Stop()
 				return nil, ctx.Err()
 			case <-s.closed:
+				t.Stop()
 				return nil, broker.ErrClosed
-			case <-time.After(100 * time.Millisecond):
+			case <-t.C:
 			}
 			continue
 		}
@@ -334,7 +379,10 @@ func (s *subscription) pull(n int, wait time.Duration) ([]broker.Delivery, error
 		if nb := m.Headers().Get(hdrNotBefore); nb != "" {
 			if ns, err := strconv.ParseInt(nb, 10, 64); err == nil {
 				if until := time.Unix(0, ns).Sub(now); until > time.Millisecond {
-					_ = m.NakWithDelay(until)
+					// Not handed back: its ack deadline hands it out again.
+					if err := m.NakWithDelay(until); err != nil {
+						s.log.Warn().Err(err).Str("topic", s.topic).Msg("embedded broker: hold back a message")
+					}
 					continue
 				}
 			}
@@ -482,10 +530,14 @@ func (b *Broker) Ping(ctx context.Context) error {
 // Close waits for pending publishes (at most 5s), then stops the server.
 func (b *Broker) Close() error {
 	for i, js := range b.pubs {
+		t := time.NewTimer(5 * time.Second)
 		select {
 		case <-js.PublishAsyncComplete():
-		case <-time.After(5 * time.Second):
+		case <-t.C:
+			b.opts.Log.Warn().Int("pending", js.PublishAsyncPending()).
+				Msg("embedded broker: closing with publishes unconfirmed after 5s")
 		}
+		t.Stop()
 		b.pubNCs[i].Close()
 	}
 	b.nc.Close()

@@ -68,8 +68,11 @@ func (b *Broker) readAll(ctx context.Context, topic string, bodies bool) ([]reco
 					return nil, fmt.Errorf("read %s: %w", topic, err)
 				}
 				if rec.Offset >= off {
-					out = append(out, record{partition: p.Partition, offset: rec.Offset, at: rec.Time,
-						msg: fromRecord(rec, bodies)})
+					msg, err := fromRecord(rec, bodies)
+					if err != nil {
+						return nil, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
+					}
+					out = append(out, record{partition: p.Partition, offset: rec.Offset, at: rec.Time, msg: msg})
 					next = rec.Offset + 1
 				}
 			}
@@ -106,19 +109,24 @@ func (b *Broker) live(ctx context.Context, topic string) ([]record, error) {
 }
 
 // fromRecord decodes a fetched record; without body its value is skipped.
-func fromRecord(rec *kafkago.Record, body bool) broker.Message {
+func fromRecord(rec *kafkago.Record, body bool) (broker.Message, error) {
 	m := kafkago.Message{Offset: rec.Offset, Time: rec.Time}
+	var err error
 	if rec.Key != nil {
-		m.Key, _ = io.ReadAll(rec.Key)
+		if m.Key, err = io.ReadAll(rec.Key); err != nil {
+			return broker.Message{}, fmt.Errorf("record key: %w", err)
+		}
 	}
 	if rec.Value != nil && body {
-		m.Value, _ = io.ReadAll(rec.Value)
+		if m.Value, err = io.ReadAll(rec.Value); err != nil {
+			return broker.Message{}, fmt.Errorf("record value: %w", err)
+		}
 	}
 	for _, h := range rec.Headers {
 		m.Headers = append(m.Headers, kafkago.Header{Key: h.Key, Value: h.Value})
 	}
-	msg, _ := fromKafka(m)
-	return msg
+	msg, _ := fromKafka(m) // the internal headers do not matter here
+	return msg, nil
 }
 
 // taken returns the positions recorded as taken.
@@ -190,7 +198,11 @@ func (b *Broker) readAt(ctx context.Context, topic string, partition int, offset
 		if rec.Offset > offset {
 			return broker.Message{}, false, nil
 		}
-		return fromRecord(rec, true), true, nil
+		msg, err := fromRecord(rec, true)
+		if err != nil {
+			return broker.Message{}, false, fmt.Errorf("read %s: %w: %v", topic, broker.ErrUnavailable, err)
+		}
+		return msg, true, nil
 	}
 }
 

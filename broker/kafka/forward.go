@@ -33,17 +33,28 @@ func (b *Broker) forward(ctx, hard context.Context, tier time.Duration) {
 		JoinGroupBackoff:      500 * time.Millisecond,
 		WatchPartitionChanges: true, PartitionWatchInterval: 2 * time.Second,
 	})
-	defer r.Close()
+	defer func() {
+		if err := r.Close(); err != nil {
+			b.opts.Log.Debug().Err(err).Dur("tier", tier).Msg("kafka: close delay reader")
+		}
+	}()
 	for {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			if !sleep(ctx, 200*time.Millisecond) {
-				return
+		var m kafkago.Message
+		err := retry(ctx, 200*time.Millisecond, 5*time.Second, func() error {
+			var err error
+			if m, err = r.FetchMessage(ctx); err != nil && ctx.Err() == nil {
+				b.opts.Log.Debug().Err(err).Dur("tier", tier).Msg("kafka: fetch from a delay tier (retrying)")
 			}
-			continue
+			return err
+		})
+		if err != nil {
+			return // ctx ended
 		}
 		msg, internal := fromKafka(m)
-		ns, _ := strconv.ParseInt(internal[hdrNotBefore], 10, 64)
+		ns, err := strconv.ParseInt(internal[hdrNotBefore], 10, 64)
+		if err != nil { // not sluice's: due at once
+			b.opts.Log.Debug().Err(err).Dur("tier", tier).Msg("kafka: message without a not-before time in a delay tier")
+		}
 		msg.NotBefore = time.Unix(0, ns)
 		// Wait out the tier (all its messages wait the same), or less if due.
 		until := m.Time.Add(tier)
@@ -59,16 +70,13 @@ func (b *Broker) forward(ctx, hard context.Context, tier time.Duration) {
 		if !b.pass(ctx, hard, internal[hdrTarget], msg) {
 			return
 		}
-		for {
+		err = retry(ctx, 500*time.Millisecond, 5*time.Second, func() error {
 			cctx, cancel := context.WithTimeout(hard, publishTimeout)
-			err := r.CommitMessages(cctx, m)
-			cancel()
-			if err == nil {
-				break
-			}
-			if !sleep(ctx, 500*time.Millisecond) {
-				return // forwarded again after a restart: a duplicate, not a loss
-			}
+			defer cancel()
+			return r.CommitMessages(cctx, m)
+		})
+		if err != nil {
+			return // forwarded again after a restart: a duplicate, not a loss
 		}
 	}
 }
@@ -91,25 +99,28 @@ func (b *Broker) pass(ctx, hard context.Context, target string, msg broker.Messa
 		return true // not sluice's: nowhere to go
 	}
 	direct := false
-	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		m := b.route(target, msg, time.Now())
-		if direct {
-			m = toKafka(b.name(target), msg)
+	err := retry(ctx, 200*time.Millisecond, 5*time.Second, func() error {
+		for {
+			m := b.route(target, msg, time.Now())
+			if direct {
+				m = toKafka(b.name(target), msg)
+			}
+			pctx, cancel := context.WithTimeout(hard, publishTimeout)
+			err := b.write(pctx, target, m)
+			cancel()
+			switch {
+			case err == nil:
+				return nil
+			case errors.Is(err, broker.ErrTooLarge) && m.Topic == b.name(target):
+				b.opts.Log.Warn().Err(err).Str("key", msg.Key).Str("topic", target).
+					Msg("kafka: a held-back message is too large for its topic; passed over, it stays in its delay tier")
+				return nil
+			case errors.Is(err, broker.ErrTooLarge):
+				direct = true // at once, without the delay headers
+				continue
+			}
+			return err
 		}
-		pctx, cancel := context.WithTimeout(hard, publishTimeout)
-		err := b.write(pctx, target, m)
-		cancel()
-		switch {
-		case err == nil:
-			return true
-		case errors.Is(err, broker.ErrTooLarge) && m.Topic == b.name(target):
-			return true
-		case errors.Is(err, broker.ErrTooLarge):
-			direct = true
-			continue
-		}
-		if !sleep(ctx, wait) {
-			return false
-		}
-	}
+	})
+	return err == nil
 }

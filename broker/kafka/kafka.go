@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
+	"github.com/rs/zerolog"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -16,19 +18,20 @@ import (
 // Options configure the Kafka broker.
 type Options struct {
 	Brokers     []string
-	TopicPrefix string   // default "sluice."
-	Partitions  int      // for topics sluice creates; default 6
+	TopicPrefix string   // default DefaultTopicPrefix
+	Partitions  int      // for topics sluice creates; default DefaultPartitions
 	Backends    []string // request and dead-letter topics of each
 	// NoForward leaves the delay-tier forwarders to other processes. By
-	// default a process runs its share of them, as every process that
-	// publishes held-back messages should.
+	// default a process runs its share of them (in Run), as every process
+	// that publishes held-back messages should.
 	NoForward bool
-	// BatchTimeout is how long the writer waits to fill a batch. Default 2ms.
+	// BatchTimeout is how long the writer waits to fill a batch. Default
+	// DefaultBatchTimeout.
 	BatchTimeout time.Duration
 	// MaxMessageBytes is the largest message Publish takes (larger:
 	// broker.ErrTooLarge), the writer's batch size and, with room for
 	// Kafka's batch framing, the topics' max.message.bytes and what every
-	// reader fetches at once. Default 4 MiB.
+	// reader fetches at once. Default DefaultMaxMessageBytes.
 	MaxMessageBytes int
 	// ReplicationFactor of the topics sluice creates. Default min(3,
 	// brokers in the cluster) — as many as answer when the topics are
@@ -38,11 +41,44 @@ type Options struct {
 	// max(1, ReplicationFactor-1); never more than a topic's replicas.
 	MinInsyncReplicas int
 	// Retention is retention.ms of request, result and delay topics.
-	// Default 30 days.
+	// Default DefaultRetention.
 	Retention time.Duration
 	// DeadLetterRetention is retention.ms of dead-letter topics and the
 	// taken-positions topic; 0 keeps them forever.
 	DeadLetterRetention time.Duration
+	// Log receives what the broker cannot return to a caller: topics not
+	// ready yet, a forwarded message passed over. The zero Logger logs
+	// nothing.
+	Log zerolog.Logger
+}
+
+// Defaults of Options' zero values.
+const (
+	DefaultTopicPrefix     = "sluice."
+	DefaultPartitions      = 6
+	DefaultBatchTimeout    = 2 * time.Millisecond
+	DefaultMaxMessageBytes = 4 << 20
+	DefaultRetention       = 30 * 24 * time.Hour
+)
+
+// withDefaults fills o's zero values with their defaults.
+func (o Options) withDefaults() Options {
+	if o.TopicPrefix == "" {
+		o.TopicPrefix = DefaultTopicPrefix
+	}
+	if o.Partitions <= 0 {
+		o.Partitions = DefaultPartitions
+	}
+	if o.BatchTimeout <= 0 {
+		o.BatchTimeout = DefaultBatchTimeout
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if o.Retention <= 0 {
+		o.Retention = DefaultRetention
+	}
+	return o
 }
 
 const (
@@ -51,8 +87,6 @@ const (
 	hdrTarget    = "sluice-delay-target"
 	groupPrefix  = "sluice-"
 
-	defaultMaxMessageBytes = 4 << 20
-	defaultRetention       = 30 * 24 * time.Hour
 	// batchRoom is how far a topic's max.message.bytes exceeds the
 	// writer's BatchBytes: Kafka measures a whole v2 record batch (a
 	// 61-byte header, per-record framing kafka-go estimates only roughly),
@@ -77,41 +111,26 @@ type Broker struct {
 	client *kafkago.Client
 	w      *kafkago.Writer
 	topics map[string]bool // logical topics sluice declared
+	all    []string        // every topic to prepare, delay tiers included
 
 	ready     chan struct{} // closed once every topic exists
 	readyOnce sync.Once
-	prepared  chan struct{} // closed once prepare is done
+	prepared  bool // Open finished preparing; else Run goes on with it
 	mu        sync.Mutex
 	setupErr  error // why the topics are not ready, for Ping
-
-	// stop ends prepare and the forwarders' loops; kill, closeGrace
-	// later, the forwarders' writes and commits in flight.
-	stop, kill context.CancelFunc
-	wg         sync.WaitGroup // prepare and the forwarders
 }
 
 var _ broker.Broker = (*Broker)(nil)
 
-// Open connects, creates missing topics, corrects the settings of existing
-// ones and starts the delay forwarders. When Kafka does not answer before
-// ctx ends, Open still returns: the topics are created and corrected as
-// soon as it does, and until then publishes fail with broker.ErrUnavailable.
+// Open connects, creates missing topics and corrects the settings of
+// existing ones, trying again until that is done or ctx ends. When Kafka
+// does not answer before ctx ends, Open still returns: Run goes on, the
+// topics are created and corrected as soon as Kafka answers, and until then
+// publishes fail with broker.ErrUnavailable. Open starts no goroutine of
+// its own (kafka-go's writer starts its own on the first write); the delay
+// forwarders run in Run.
 func Open(ctx context.Context, opts Options) (*Broker, error) {
-	if opts.TopicPrefix == "" {
-		opts.TopicPrefix = "sluice."
-	}
-	if opts.Partitions <= 0 {
-		opts.Partitions = 6
-	}
-	if opts.BatchTimeout <= 0 {
-		opts.BatchTimeout = 2 * time.Millisecond
-	}
-	if opts.MaxMessageBytes <= 0 {
-		opts.MaxMessageBytes = defaultMaxMessageBytes
-	}
-	if opts.Retention <= 0 {
-		opts.Retention = defaultRetention
-	}
+	opts = opts.withDefaults()
 	addr := kafkago.TCP(opts.Brokers...)
 	b := &Broker{
 		opts:   opts,
@@ -129,49 +148,50 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 			WriteTimeout: 10 * time.Second,
 			ReadTimeout:  10 * time.Second,
 		},
-		topics:   map[string]bool{broker.ResultTopic: true, takenTopic: true},
-		ready:    make(chan struct{}),
-		prepared: make(chan struct{}),
+		topics: map[string]bool{broker.ResultTopic: true, takenTopic: true},
+		ready:  make(chan struct{}),
 	}
 	for _, be := range opts.Backends {
 		b.topics[broker.RequestTopic(be)] = true
 		b.topics[broker.DeadLetterTopic(be)] = true
 	}
-	all := make([]string, 0, len(b.topics)+len(broker.DelayTiers))
+	b.all = make([]string, 0, len(b.topics)+len(broker.DelayTiers))
 	for t := range b.topics {
-		all = append(all, t)
+		b.all = append(b.all, t)
 	}
 	for _, d := range broker.DelayTiers {
-		all = append(all, tierTopic(d))
-	}
-	bctx, stop := context.WithCancel(context.Background())
-	hard, kill := context.WithCancel(context.Background())
-	b.stop, b.kill = stop, kill
-	// Topics are prepared in the background, for as long as Kafka is not
-	// there: sluice starts, answers 503 until Kafka is reachable, then
-	// recovers. Readers start only once the topics exist: a consumer group
-	// that joins before its topic exists is never assigned its partitions.
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.prepare(bctx, all)
-	}()
-	if !opts.NoForward {
-		for _, d := range broker.DelayTiers {
-			b.wg.Add(1)
-			go func() {
-				defer b.wg.Done()
-				b.forward(bctx, hard, d)
-			}()
-		}
+		b.all = append(b.all, tierTopic(d))
 	}
 	// A Kafka that answers has its topics in place by the time Open
-	// returns; one that does not is waited for only until ctx ends.
-	select {
-	case <-b.prepared:
-	case <-ctx.Done():
-	}
+	// returns; one that does not is waited for only until ctx ends, and
+	// then in Run, for as long as Kafka is not there: sluice starts,
+	// answers 503 until Kafka is reachable, then recovers.
+	b.prepared = b.prepare(ctx)
 	return b, nil
+}
+
+// Run prepares the topics, if Open could not, and runs this process's
+// share of the delay forwarders (none with NoForward) until ctx ends. A
+// forwarder's write or commit in flight then gets closeGrace to finish.
+// Readers start only once the topics exist: a consumer group that joins
+// before its topic exists is never assigned its partitions.
+func (b *Broker) Run(ctx context.Context) error {
+	hard, kill := context.WithCancel(context.WithoutCancel(ctx))
+	defer kill()
+	var wg sync.WaitGroup
+	if !b.prepared {
+		wg.Go(func() { b.prepare(ctx) })
+	}
+	if !b.opts.NoForward {
+		for _, d := range broker.DelayTiers {
+			wg.Go(func() { b.forward(ctx, hard, d) })
+		}
+	}
+	<-ctx.Done()
+	grace := time.AfterFunc(closeGrace, kill)
+	wg.Wait()
+	grace.Stop()
+	return nil
 }
 
 func (b *Broker) name(topic string) string { return b.opts.TopicPrefix + topic }
@@ -346,19 +366,35 @@ func (b *Broker) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close stops preparing topics and forwarding, waits for both, and
-// flushes the writer. Subscriptions are closed by their owners first.
+// Close flushes the writer, after Run returned. Subscriptions are closed
+// by their owners first.
 func (b *Broker) Close() error {
-	b.stop()
-	grace := time.AfterFunc(closeGrace, b.kill)
-	b.wg.Wait()
-	grace.Stop()
-	b.kill()
-	return b.w.Close()
+	if err := b.w.Close(); err != nil {
+		return fmt.Errorf("kafka: close writer: %w", err)
+	}
+	return nil
+}
+
+// retryBackoff is the exponential backoff, with jitter, of the broker's
+// retry loops: from initial, doubling, up to max between attempts.
+func retryBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {
+	b := &backoff.ExponentialBackOff{InitialInterval: initial, RandomizationFactor: 0.2,
+		Multiplier: 2, MaxInterval: max}
+	b.Reset()
+	return b
+}
+
+// retry calls op until it succeeds, returns a backoff.Permanent error or
+// ctx ends, waiting retryBackoff(initial, max) in between; it returns op's
+// last error, or ctx's.
+func retry(ctx context.Context, initial, max time.Duration, op func() error) error {
+	_, err := backoff.Retry(ctx, func() (struct{}, error) { return struct{}{}, op() },
+		backoff.WithBackOff(retryBackoff(initial, max)), backoff.WithMaxElapsedTime(0))
+	return err
 }
 
 // sleep waits d, or less if ctx ends first; it reports whether ctx is
-// still going.
+// still going. It waits out delay tiers; retries use retry.
 func sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil

@@ -51,7 +51,6 @@ func TestConformance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = b.Close() })
 		return b
 	})
 }
@@ -84,8 +83,16 @@ func uniquePrefix() string {
 	return fmt.Sprintf("u%d-%d.", time.Now().UnixNano(), prefixSeq.Add(1))
 }
 
-// openT opens a broker for the length of t.
+// openT opens and runs a broker for the length of t.
 func openT(t *testing.T, opts Options) *Broker {
+	t.Helper()
+	b, _ := openStop(t, opts)
+	return b
+}
+
+// openStop opens and runs a broker until stop (or the end of t), which
+// ends Run and closes it.
+func openStop(t *testing.T, opts Options) (b *Broker, stop func()) {
 	t.Helper()
 	if opts.TopicPrefix == "" {
 		opts.TopicPrefix = uniquePrefix()
@@ -99,8 +106,7 @@ func openT(t *testing.T, opts Options) *Broker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
+	return b, brokertest.Start(t, b)
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -187,11 +188,13 @@ func (s *subscription) commitNow() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if s.r.CommitMessages(ctx, msgs...) == nil {
+	err := s.r.CommitMessages(ctx, msgs...)
+	if err == nil {
 		return
 	}
 	// A failed commit means a redelivery, never a loss; the offsets go
 	// with the next commit unless a later one has replaced them.
+	s.b.opts.Log.Debug().Err(err).Str("topic", s.topic).Msg("kafka: commit (retried with the next)")
 	s.mu.Lock()
 	for _, m := range msgs {
 		if p := s.parts[m.Partition]; p.commit < m.Offset {
@@ -219,7 +222,9 @@ func (s *subscription) Close() error {
 		<-s.commitDone
 		select {
 		case <-s.started:
-			_ = s.r.Close()
+			if err := s.r.Close(); err != nil {
+				s.b.opts.Log.Debug().Err(err).Str("topic", s.topic).Msg("kafka: leave the consumer group")
+			}
 		default:
 		}
 	})
@@ -320,20 +325,28 @@ func (s *subscription) republish(d *delivery, msg broker.Message) {
 	s.nacks.Add(1)
 	go func() {
 		defer s.nacks.Done()
-		for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-			if !sleep(s.ctx, wait) || d.done.Load() {
-				return
+		// The first attempt, Nack's own, failed just now.
+		if !sleep(s.ctx, 200*time.Millisecond) {
+			return
+		}
+		err := retry(s.ctx, 400*time.Millisecond, 5*time.Second, func() error {
+			if d.done.Load() {
+				return nil
 			}
 			pctx, cancel := context.WithTimeout(s.hard, publishTimeout)
+			defer cancel()
 			err := s.b.Publish(pctx, s.topic, msg)
-			cancel()
-			if err == nil {
+			switch {
+			case err == nil:
 				d.settle()
-				return
+			case errors.Is(err, broker.ErrTooLarge):
+				return backoff.Permanent(err)
 			}
-			if errors.Is(err, broker.ErrTooLarge) {
-				return
-			}
+			return err
+		})
+		if err != nil && s.ctx.Err() == nil {
+			s.b.opts.Log.Warn().Err(err).Str("key", msg.Key).Str("topic", s.topic).
+				Msg("kafka: a nacked message's copy is refused; its original stays unsettled")
 		}
 	}()
 }

@@ -56,7 +56,7 @@ func TestNackCopyLandsLater(t *testing.T) {
 // and comes again, and no copy turns up after Close.
 func TestCloseStopsRepublisher(t *testing.T) {
 	c, addrs := fakeCluster(t, 1)
-	b := openT(t, Options{Brokers: addrs, Backends: []string{"a"}})
+	b, stop := openStop(t, Options{Brokers: addrs, Backends: []string{"a"}})
 	ctx := ctxT(t, 60*time.Second)
 	topic := broker.RequestTopic("a")
 	if err := b.Publish(ctx, topic, broker.Message{Key: "k", Body: []byte("{}")}); err != nil {
@@ -104,9 +104,12 @@ func TestCloseStopsRepublisher(t *testing.T) {
 	}
 	brokertest.ExpectNothing(t, sub2, 1500*time.Millisecond)
 
-	_ = sub2.Close()
-	if err := b.Close(); err != nil {
+	if err := sub2.Close(); err != nil {
 		t.Fatal(err)
+	}
+	stop() // Run returns, then Close; either's error fails t
+	if t.Failed() {
+		t.FailNow()
 	}
 	if left := ours(); len(left) > 0 {
 		t.Fatalf("%d goroutines left after Close, first:\n%s", len(left), left[0])

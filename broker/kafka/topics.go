@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -45,31 +46,44 @@ func (b *Broker) settings(topic string, rf int) map[string]string {
 	}
 }
 
-// prepare brings topics (logical names) in place: created when missing,
+// prepare brings b.all (logical names) in place: created when missing,
 // their settings corrected when they exist. It tries again until that
 // succeeds or ctx ends, except that once every topic exists a setting
 // Kafka refuses for good (say, the operator kept AlterConfigs to
 // themselves) is left as it is: sluice works with the operator's topics.
-func (b *Broker) prepare(ctx context.Context, topics []string) {
-	defer close(b.prepared)
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-		err := b.ensureTopics(ctx, topics)
+// It reports whether it is done: false only when ctx ended first.
+func (b *Broker) prepare(ctx context.Context) bool {
+	var last string
+	err := retry(ctx, 250*time.Millisecond, 2*time.Second, func() error {
+		err := b.ensureTopics(ctx, b.all)
 		b.mu.Lock()
 		b.setupErr = err
 		b.mu.Unlock()
-		if err == nil {
-			return
+		switch {
+		case err == nil:
+			return nil
+		case b.isReady() && !retriable(err):
+			b.opts.Log.Warn().Err(err).Msg("kafka: topic settings left as they are")
+			return backoff.Permanent(err)
+		case ctx.Err() != nil:
+			return err
 		}
-		select {
-		case <-b.ready:
-			if !retriable(err) {
-				return
-			}
-		default:
+		if err.Error() != last { // once per kind of failure, not per attempt
+			last = err.Error()
+			b.opts.Log.Warn().Err(err).Msg("kafka: topics not ready (retrying)")
 		}
-		if !sleep(ctx, wait) {
-			return
-		}
+		return err
+	})
+	return err == nil || ctx.Err() == nil
+}
+
+// isReady reports whether every topic exists.
+func (b *Broker) isReady() bool {
+	select {
+	case <-b.ready:
+		return true
+	default:
+		return false
 	}
 }
 

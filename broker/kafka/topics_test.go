@@ -152,7 +152,7 @@ func TestOpenBeforeKafka(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open without Kafka: %v", err)
 	}
-	t.Cleanup(func() { _ = b.Close() })
+	brokertest.Start(t, b)
 	if el := time.Since(start); el > 5*time.Second {
 		t.Fatalf("Open took %v without Kafka", el)
 	}

@@ -79,7 +79,7 @@ func (b *Broker) scanDead(ctx context.Context, backend string, from int64,
 	if err != nil {
 		return fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
-	defer func() { _ = ch.Close() }()
+	defer b.closeChannel(ch)
 	// Acknowledgements on a stream only ask for more messages; a stream
 	// consumer needs a prefetch.
 	if err := ch.Qos(readPrefetch, 0, false); err != nil {
@@ -164,7 +164,7 @@ func (b *Broker) readDead(ctx context.Context, backend string) ([]deadLetter, er
 // writeFence appends a fence with a fresh id to stream.
 func (b *Broker) writeFence(ctx context.Context, stream string) (string, error) {
 	var id [12]byte
-	_, _ = rand.Read(id[:])
+	rand.Read(id[:]) // crypto/rand's Read never returns an error: it crashes instead
 	fence := hex.EncodeToString(id[:])
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()

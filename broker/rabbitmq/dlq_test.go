@@ -164,8 +164,8 @@ func TestOldDeadLetterQueueMoves(t *testing.T) {
 		q, err := ch.QueueDeclarePassive(old, true, false, false, false, nil)
 		return err == nil && q.Messages == 300
 	})
-	var logged []string
-	b := openTest(t, Options{QueuePrefix: prefix, Logf: func(f string, a ...any) { logged = append(logged, fmt.Sprintf(f, a...)) }})
+	var logged logTo
+	b := openTest(t, Options{QueuePrefix: prefix, Log: logged.logger()})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	list, err := b.ListDead(ctx, broker.DeadLetterTopic("a"), 0)
@@ -173,7 +173,7 @@ func TestOldDeadLetterQueueMoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(list) != 300 {
-		t.Fatalf("listed %d dead letters after the move, want 300 (log: %v)", len(list), logged)
+		t.Fatalf("listed %d dead letters after the move, want 300 (log: %v)", len(list), logged.lines)
 	}
 	for i, d := range list {
 		if d.Key != deadMsg(i).Key || d.Headers["sluice-n"] != fmt.Sprint(i) {

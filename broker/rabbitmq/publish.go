@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -48,12 +49,12 @@ func (b *Broker) openPubChan(l *link) (*pubChan, error) {
 	returns := ch.NotifyReturn(make(chan amqp.Return))
 	confirms := ch.NotifyPublish(make(chan amqp.Confirmation))
 	if err := ch.Confirm(false); err != nil {
-		_ = ch.Close()
+		b.closeChannel(ch)
 		return nil, err
 	}
 	pc := &pubChan{b: b, l: l, ch: ch, waiting: map[uint64]*pending{}, dead: make(chan struct{})}
-	if !b.spawn(func() { pc.run(closes, returns, confirms) }) {
-		_ = ch.Close()
+	if !l.spawn(func() { pc.run(closes, returns, confirms) }) {
+		b.closeChannel(ch)
 		return nil, broker.ErrClosed
 	}
 	return pc, nil
@@ -253,28 +254,22 @@ func (b *Broker) give(l *link, pc *pubChan) {
 // replace opens a channel in place of a dead one, retrying while the
 // connection lives.
 func (b *Broker) replace(l *link) {
-	b.spawn(func() {
-		wait := 50 * time.Millisecond
-		for {
+	l.spawn(func() {
+		_, err := backoff.Retry(l.ctx, func() (struct{}, error) {
 			pc, err := b.openPubChan(l)
-			if err == nil {
+			switch {
+			case err == nil:
 				l.pool <- pc
-				return
+				return struct{}{}, nil
+			case errors.Is(err, broker.ErrClosed) || l.pub.IsClosed():
+				// Run builds a new pool on the next connection.
+				return struct{}{}, backoff.Permanent(err)
 			}
-			if errors.Is(err, broker.ErrClosed) || l.pub.IsClosed() {
-				return // the manager builds a new pool on the next connection
-			}
-			t := time.NewTimer(wait)
-			select {
-			case <-t.C:
-			case <-l.lost:
-				t.Stop()
-				return
-			case <-b.stop:
-				t.Stop()
-				return
-			}
-			wait = min(2*wait, 2*time.Second)
+			return struct{}{}, err
+		}, backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 50 * time.Millisecond,
+			RandomizationFactor: 0.2, Multiplier: 2, MaxInterval: 2 * time.Second}), backoff.WithMaxElapsedTime(0))
+		if err != nil && l.ctx.Err() == nil && !l.pub.IsClosed() {
+			b.opts.Log.Warn().Err(err).Msg("rabbitmq: replace a publish channel")
 		}
 	})
 }

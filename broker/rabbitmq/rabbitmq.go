@@ -4,40 +4,69 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
 
 	"github.com/sluice-gw/sluice/broker"
 )
 
 // Options configure the RabbitMQ broker.
 type Options struct {
-	URL         string
-	QueuePrefix string   // default "sluice."
+	URL         string   // default DefaultURL
+	QueuePrefix string   // default DefaultQueuePrefix
 	Backends    []string // request and dead-letter queues of each
 	// PublishChannels is the size of the pool of confirm-mode channels.
-	// Default 4.
+	// Default DefaultPublishChannels.
 	PublishChannels int
 	// MaxMessageBytes is the server's max_message_size: larger messages
 	// (body and headers) fail with broker.ErrTooLarge before they are sent.
-	// Default 16 MiB (RabbitMQ 4.x's).
+	// Default DefaultMaxMessageBytes (RabbitMQ 4.x's).
 	MaxMessageBytes int
 	// DeliveryLimit is x-delivery-limit of the request queues: a request
 	// handed back this many times without being settled is dead-lettered.
-	// Default 100. The results queue has no limit: a status event is never
-	// dropped.
+	// Default DefaultDeliveryLimit. The results queue has no limit: a
+	// status event is never dropped.
 	DeliveryLimit int
-	// Logf receives what the broker cannot return to a caller: a failed
-	// connection attempt, a queue migrated to today's arguments or left as
-	// it is, a migration left for the next connection. Nil logs with the
-	// standard log package.
-	Logf func(format string, args ...any)
+	// Log receives what the broker cannot return to a caller: a failed
+	// connection attempt (warn), a queue migrated to today's arguments
+	// (info) or left as it is, a migration left for the next connection
+	// (warn). The zero Logger logs nothing.
+	Log zerolog.Logger
+}
+
+// Defaults of Options' zero values.
+const (
+	DefaultURL             = "amqp://guest:guest@127.0.0.1:5672/"
+	DefaultQueuePrefix     = "sluice."
+	DefaultPublishChannels = 4
+	DefaultMaxMessageBytes = 16 << 20
+	DefaultDeliveryLimit   = 1000
+)
+
+// withDefaults fills o's zero values with their defaults.
+func (o Options) withDefaults() Options {
+	if o.URL == "" {
+		o.URL = DefaultURL
+	}
+	if o.QueuePrefix == "" {
+		o.QueuePrefix = DefaultQueuePrefix
+	}
+	if o.PublishChannels <= 0 {
+		o.PublishChannels = DefaultPublishChannels
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if o.DeliveryLimit <= 0 {
+		o.DeliveryLimit = DefaultDeliveryLimit
+	}
+	return o
 }
 
 const (
@@ -73,6 +102,42 @@ type link struct {
 	inflight atomic.Int64
 	pmu      sync.Mutex
 	resume   chan struct{}
+
+	// ctx ends when the link is shut; gmu guards gone and wg.Add.
+	ctx    context.Context
+	cancel context.CancelFunc
+	gmu    sync.Mutex
+	gone   bool
+	wg     sync.WaitGroup // its goroutines: confirm readers, channel refills
+	once   sync.Once
+	log    zerolog.Logger
+}
+
+// spawn runs f in a goroutine the link owns; it reports false, running
+// nothing, once the link is shut.
+func (l *link) spawn(f func()) bool {
+	l.gmu.Lock()
+	defer l.gmu.Unlock()
+	if l.gone {
+		return false
+	}
+	l.wg.Go(f)
+	return true
+}
+
+// shut ends the link, once: publishes waiting for a channel fail, the
+// connections close (which fails the publishes awaiting confirms and ends
+// the confirm readers), and its goroutines are waited for.
+func (l *link) shut() {
+	l.once.Do(func() {
+		l.gmu.Lock()
+		l.gone = true
+		l.gmu.Unlock()
+		l.cancel()
+		close(l.lost)
+		l.close()
+		l.wg.Wait()
+	})
 }
 
 // enter counts a publish in, waiting while the link is quiet.
@@ -129,16 +194,20 @@ func (l *link) quiet(stop <-chan struct{}, maxWait time.Duration, f func()) {
 }
 
 func (l *link) close() {
-	_ = l.pub.CloseDeadline(time.Now().Add(5 * time.Second))
-	_ = l.sub.CloseDeadline(time.Now().Add(5 * time.Second))
+	for _, c := range []*amqp.Connection{l.pub, l.sub} {
+		if err := c.CloseDeadline(time.Now().Add(5 * time.Second)); err != nil && !errors.Is(err, amqp.ErrClosed) {
+			l.log.Debug().Err(err).Msg("rabbitmq: close connection")
+		}
+	}
 }
 
 // Broker is the RabbitMQ broker. It is safe for concurrent use; no AMQP
 // channel is ever used by two goroutines at once.
 //
-// Every goroutine it starts is owned by it and counted in wg: the manager,
-// one confirm reader per publish channel, channel refills, and the run loop
-// of each subscription. Close stops them and waits for them.
+// Open starts no goroutine. Run keeps the connections up and owns what
+// lives on them: one confirm reader per publish channel and channel
+// refills, which end with their link. The run loop of each subscription is
+// counted in wg: it ends with the subscription's Close or the broker's.
 type Broker struct {
 	opts    Options
 	queues  map[string]string // logical topic -> queue or stream
@@ -147,18 +216,18 @@ type Broker struct {
 	timeout time.Duration     // settleTimeout; tests shorten it
 
 	mu          sync.Mutex
-	cur         *link           // nil while disconnected
+	cur         *link           // nil while disconnected; Open's until Run adopts it
 	up          chan struct{}   // closed while connected; replaced on loss
-	closing     bool            // no new goroutines once set
+	closing     bool            // no new subscriptions once set
 	legacyDelay map[string]bool // old delay queues still draining
 	warned      map[string]bool
 
-	redeclare chan struct{} // asks the manager to declare the topology again
-	stop      chan struct{}
+	redeclare chan struct{} // asks Run to declare the topology again
+	stop      chan struct{} // closed by Close
 	shut      sync.Once
-	wg        sync.WaitGroup
-	inUse     sync.Map // topic -> *atomic.Int64: deliveries held by this process
-	acked     sync.Map // topic -> *atomic.Int64: acknowledgements by this process
+	wg        sync.WaitGroup // subscriptions' run loops
+	inUse     sync.Map       // topic -> *atomic.Int64: deliveries held by this process
+	acked     sync.Map       // topic -> *atomic.Int64: acknowledgements by this process
 	// movesFailed counts moves to a smaller delay tier that failed and
 	// will be tried again.
 	movesFailed atomic.Int64
@@ -169,33 +238,28 @@ type Broker struct {
 
 var _ broker.Broker = (*Broker)(nil)
 
-// Open starts the connection manager. It returns at once: while RabbitMQ is
-// away, publishes fail with broker.ErrUnavailable and subscriptions wait.
-// It waits up to ctx for a first connection.
+// Open connects and declares (and migrates) the topology, trying again
+// with backoff until that is done or ctx ends; it starts no goroutine. It
+// returns without an error when RabbitMQ stays away: Run connects later,
+// and until then publishes fail with broker.ErrUnavailable and
+// subscriptions wait. Once connected, Ping, Stats, the dead-letter methods
+// and subscriptions work before Run; publishes wait for Run, which opens
+// the publish channels.
 func Open(ctx context.Context, opts Options) (*Broker, error) {
 	b := newBroker(opts)
-	b.spawn(b.manage)
-	select {
-	case <-b.connected():
-	case <-ctx.Done():
+	// The migration a first connection may run is not cut short by ctx:
+	// it stops at a consistent point only by its own bounds.
+	work := context.WithoutCancel(ctx)
+	l, err := b.retryConnect(ctx, func() (*link, error) { return b.connect(work) })
+	if err == nil {
+		b.adopt(l)
 	}
 	return b, nil
 }
 
 // newBroker fills defaults and derives the topology of opts.
 func newBroker(opts Options) *Broker {
-	if opts.QueuePrefix == "" {
-		opts.QueuePrefix = "sluice."
-	}
-	if opts.PublishChannels <= 0 {
-		opts.PublishChannels = 4
-	}
-	if opts.MaxMessageBytes <= 0 {
-		opts.MaxMessageBytes = 16 << 20
-	}
-	if opts.DeliveryLimit <= 0 {
-		opts.DeliveryLimit = 100
-	}
+	opts = opts.withDefaults()
 	b := &Broker{opts: opts, queues: map[string]string{}, dead: map[string]string{},
 		targets: []string{broker.ResultTopic}, timeout: settleTimeout,
 		up: make(chan struct{}), redeclare: make(chan struct{}, 1), stop: make(chan struct{}),
@@ -213,12 +277,30 @@ func newBroker(opts Options) *Broker {
 // MaxMessageBytes is the largest message (body and headers) Publish sends.
 func (b *Broker) MaxMessageBytes() int { return b.opts.MaxMessageBytes }
 
+// logf logs a warning: something sluice works around or tries again.
 func (b *Broker) logf(format string, args ...any) {
-	if b.opts.Logf != nil {
-		b.opts.Logf(format, args...)
-		return
+	b.opts.Log.Warn().Str("broker", "rabbitmq").Msgf(format, args...)
+}
+
+// infof logs what an upgrade did.
+func (b *Broker) infof(format string, args ...any) {
+	b.opts.Log.Info().Str("broker", "rabbitmq").Msgf(format, args...)
+}
+
+// closeChannel closes ch, logging a failure other than its being closed
+// already (a refusal closes a channel, the connection's loss all of them).
+func (b *Broker) closeChannel(ch *amqp.Channel) {
+	if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
+		b.opts.Log.Debug().Err(err).Msg("rabbitmq: close channel")
 	}
-	log.Printf(format, args...)
+}
+
+// closeConn closes conn, logging a failure other than its being closed
+// already.
+func (b *Broker) closeConn(conn *amqp.Connection, what string) {
+	if err := conn.CloseDeadline(time.Now().Add(5 * time.Second)); err != nil && !errors.Is(err, amqp.ErrClosed) {
+		b.opts.Log.Debug().Err(err).Str("connection", what).Msg("rabbitmq: close connection")
+	}
 }
 
 // warnOnce logs a warning about key once per broker, not on every
@@ -233,19 +315,15 @@ func (b *Broker) warnOnce(key, format string, args ...any) {
 	}
 }
 
-// spawn runs f in a goroutine the broker owns; it reports false, running
-// nothing, once Close has begun.
+// spawn runs f in a goroutine the broker owns (a subscription's run
+// loop); it reports false, running nothing, once Close has begun.
 func (b *Broker) spawn(f func()) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closing {
 		return false
 	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		f()
-	}()
+	b.wg.Go(f)
 	return true
 }
 
@@ -271,46 +349,86 @@ func (b *Broker) askRedeclare() {
 	}
 }
 
-// manage keeps one link up: dial with backoff and jitter, declare the
-// topology, fill the channel pool, serve until a connection closes, repeat.
-func (b *Broker) manage() {
-	wait := 100 * time.Millisecond
-	var lastErr string
+// Run keeps one link up until ctx ends: it adopts Open's link or connects
+// (with backoff and jitter, declaring the topology), opens the publish
+// channels, serves the link until a connection closes, and repeats. When
+// ctx ends it closes the link and returns once the link's goroutines
+// ended. Subscriptions stay, waiting for a link, until they or the broker
+// close.
+func (b *Broker) Run(ctx context.Context) error {
+	l := b.current()
 	for {
-		select {
-		case <-b.stop:
-			return
-		default:
-		}
-		l, err := b.connect()
-		if err != nil {
-			if err.Error() != lastErr { // once per kind of failure, not per attempt
-				b.logf("rabbitmq: %v (retrying)", err)
-				lastErr = err.Error()
+		if l != nil {
+			if err := b.fill(l); err != nil {
+				b.logf("rabbitmq: %v (reconnecting)", err)
+				b.drop(l)
+				l = nil
 			}
-			jitter := time.Duration(rand.Int64N(int64(wait)))
-			t := time.NewTimer(wait/2 + jitter)
-			select {
-			case <-b.stop:
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			wait = min(2*wait, 5*time.Second)
-			continue
 		}
-		wait, lastErr = 100*time.Millisecond, ""
-		b.mu.Lock()
-		b.cur = l
-		close(b.up)
-		b.mu.Unlock()
-		b.serve(l)
-		b.mu.Lock()
-		b.cur, b.up = nil, make(chan struct{})
-		b.mu.Unlock()
-		close(l.lost)
-		l.close()
+		if l == nil {
+			var err error
+			l, err = b.retryConnect(ctx, func() (*link, error) {
+				l, err := b.connect(ctx)
+				if err != nil {
+					return nil, err
+				}
+				if err := b.fill(l); err != nil {
+					l.shut()
+					return nil, err
+				}
+				return l, nil
+			})
+			if err != nil {
+				return nil // ctx ended
+			}
+			b.adopt(l)
+		}
+		b.serve(ctx, l)
+		b.drop(l)
+		l = nil
+		if ctx.Err() != nil || b.isClosing() {
+			return nil
+		}
 	}
+}
+
+// retryConnect calls connect until it succeeds or ctx ends, logging each
+// kind of failure once, not every attempt.
+func (b *Broker) retryConnect(ctx context.Context, connect func() (*link, error)) (*link, error) {
+	var lastErr string
+	return backoff.Retry(ctx, func() (*link, error) {
+		l, err := connect()
+		if err != nil && err.Error() != lastErr && ctx.Err() == nil {
+			b.logf("rabbitmq: %v (retrying)", err)
+			lastErr = err.Error()
+		}
+		return l, err
+	}, backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond,
+		RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 5 * time.Second}), backoff.WithMaxElapsedTime(0))
+}
+
+// adopt makes l the live link.
+func (b *Broker) adopt(l *link) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cur = l
+	close(b.up)
+}
+
+// drop shuts l and, if it is the live link, leaves the broker disconnected.
+func (b *Broker) drop(l *link) {
+	b.mu.Lock()
+	if b.cur == l {
+		b.cur, b.up = nil, make(chan struct{})
+	}
+	b.mu.Unlock()
+	l.shut()
+}
+
+func (b *Broker) isClosing() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closing
 }
 
 func dial(url, name string) (*amqp.Connection, error) {
@@ -318,18 +436,22 @@ func dial(url, name string) (*amqp.Connection, error) {
 		Properties: amqp.Table{"connection_name": name}})
 }
 
-// connect opens a link and sets it up.
-func (b *Broker) connect() (*link, error) {
+// connect opens a link and declares the topology (migrating what earlier
+// versions left, see upgrade); ctx ends a migration early. The link's
+// publish channels are opened by fill.
+func (b *Broker) connect(ctx context.Context) (*link, error) {
 	pub, err := dial(b.opts.URL, "sluice-publish")
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	sub, err := dial(b.opts.URL, "sluice-consume")
 	if err != nil {
-		_ = pub.Close()
+		b.closeConn(pub, "publish")
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	l := &link{pub: pub, sub: sub, pool: make(chan *pubChan, b.opts.PublishChannels), lost: make(chan struct{})}
+	lctx, cancel := context.WithCancel(context.Background())
+	l := &link{pub: pub, sub: sub, pool: make(chan *pubChan, b.opts.PublishChannels), lost: make(chan struct{}),
+		ctx: lctx, cancel: cancel, log: b.opts.Log}
 	// Declared on the consuming connection, which never publishes, so a
 	// resource alarm cannot block it.
 	major := serverMajor(sub.Properties)
@@ -340,31 +462,37 @@ func (b *Broker) connect() (*link, error) {
 	}
 	refused, err := b.declare(sub)
 	if err != nil {
-		l.close()
+		l.shut()
 		return nil, err
 	}
-	if err := b.upgrade(major, refused); err != nil {
-		l.close()
+	if err := b.upgrade(ctx, major, refused); err != nil {
+		l.shut()
 		return nil, err
-	}
-	for range b.opts.PublishChannels {
-		pc, err := b.openPubChan(l)
-		if err != nil {
-			l.close()
-			return nil, fmt.Errorf("open publish channel: %w", err)
-		}
-		l.pool <- pc
 	}
 	return l, nil
 }
 
-// serve waits until l breaks or the broker stops, declaring the topology
-// again when asked.
-func (b *Broker) serve(l *link) {
+// fill opens l's pool of publish channels and their confirm readers.
+func (b *Broker) fill(l *link) error {
+	for range b.opts.PublishChannels {
+		pc, err := b.openPubChan(l)
+		if err != nil {
+			return fmt.Errorf("open publish channel: %w", err)
+		}
+		l.pool <- pc
+	}
+	return nil
+}
+
+// serve waits until l breaks, ctx ends or the broker closes, declaring the
+// topology again when asked.
+func (b *Broker) serve(ctx context.Context, l *link) {
 	pubClosed := l.pub.NotifyClose(make(chan *amqp.Error, 1))
 	subClosed := l.sub.NotifyClose(make(chan *amqp.Error, 1))
 	for {
 		select {
+		case <-ctx.Done():
+			return
 		case <-b.stop:
 			return
 		case <-pubClosed:
@@ -372,7 +500,7 @@ func (b *Broker) serve(l *link) {
 		case <-subClosed:
 			return
 		case <-b.redeclare:
-			l.quiet(b.stop, 2*time.Second, func() {
+			l.quiet(ctx.Done(), 2*time.Second, func() {
 				refused, err := b.declare(l.sub)
 				if err != nil {
 					b.logf("rabbitmq: declaring the topology again: %v", err)
@@ -396,7 +524,7 @@ func (b *Broker) withChannel(f func(*amqp.Channel) error) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", broker.ErrUnavailable, err)
 	}
-	defer func() { _ = ch.Close() }()
+	defer b.closeChannel(ch)
 	return f(ch)
 }
 
@@ -484,16 +612,20 @@ func (b *Broker) Ping(context.Context) error {
 	return nil
 }
 
-// Close stops reconnecting, closes the connections and waits for every
-// goroutine of the broker, subscriptions' included. Every Publish returns
-// by then: confirmed, or failed with broker.ErrUnavailable when the
-// connection closed before its confirm.
+// Close, after Run returned, closes the connections Run left (Open's, when
+// Run never ran) and waits for the subscriptions' goroutines. Every Publish
+// returns by then: confirmed, or failed with broker.ErrUnavailable when
+// the connection closed before its confirm.
 func (b *Broker) Close() error {
 	b.shut.Do(func() {
 		b.mu.Lock()
 		b.closing = true
+		l := b.cur
 		b.mu.Unlock()
 		close(b.stop)
+		if l != nil {
+			b.drop(l)
+		}
 	})
 	b.wg.Wait()
 	return nil
@@ -509,12 +641,12 @@ func DeleteQueues(opts Options) error {
 	if err != nil {
 		return err
 	}
-	defer func() { _ = conn.Close() }()
+	defer b.closeConn(conn, "delete")
 	ch, err := conn.Channel()
 	if err != nil {
 		return err
 	}
-	defer func() { _ = ch.Close() }()
+	defer b.closeChannel(ch)
 	for _, q := range b.queueNames() {
 		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
 			return fmt.Errorf("delete %s: %w", q, err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,8 +15,17 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/brokertest"
-	"github.com/sluice-gw/sluice/broker/rabbitmq/rabbitctl"
+	"github.com/sluice-gw/sluice/internal/rabbitctl"
 )
+
+// needRabbit skips t under -short: every test here but the pure ones
+// talks to a real RabbitMQ.
+func needRabbit(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs RabbitMQ")
+	}
+}
 
 // amqpURL is the RabbitMQ the tests use: RABBITMQ_URL, else the local one
 // (make test starts it). It is a failure, not a skip, when absent.
@@ -27,6 +37,7 @@ func amqpURL() string {
 }
 
 func TestConformance(t *testing.T) {
+	needRabbit(t)
 	prefixes := map[*testing.T]string{}
 	n := 0
 	brokertest.Run(t, func(t *testing.T, backends []string, restart bool) broker.Broker {
@@ -43,12 +54,13 @@ func TestConformance(t *testing.T) {
 		if err := b.Ping(ctx); err != nil {
 			t.Fatalf("no RabbitMQ at %s (make test starts one): %v", amqpURL(), err)
 		}
-		t.Cleanup(func() {
-			_ = b.Close()
-			if !restart {
-				_ = DeleteQueues(b.opts)
-			}
-		})
+		if !restart { // after the suite stopped and closed every broker of t
+			t.Cleanup(func() {
+				if err := DeleteQueues(b.opts); err != nil {
+					t.Errorf("delete queues: %v", err)
+				}
+			})
+		}
 		return b
 	})
 }
@@ -59,11 +71,21 @@ func testPrefix(kind string) string {
 	return fmt.Sprintf("sluice-%s-%d.", kind, time.Now().UnixNano())
 }
 
-// openTest opens a broker (on a fresh prefix unless opts names one, for
+// stops holds the stop function of every broker openTest started.
+var stops sync.Map // *Broker -> func()
+
+// stopTest stops b, opened by openTest: Run returns, then b closes.
+func stopTest(b *Broker) {
+	f, _ := stops.Load(b)
+	f.(func())()
+}
+
+// openTest opens and runs a broker (on a fresh prefix unless opts names one, for
 // backend "a" unless opts names others), and closes it and deletes its
 // queues when the test ends.
 func openTest(t *testing.T, opts Options) *Broker {
 	t.Helper()
+	needRabbit(t)
 	if opts.URL == "" {
 		opts.URL = amqpURL()
 	}
@@ -79,12 +101,12 @@ func openTest(t *testing.T, opts Options) *Broker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = b.Close()
+	t.Cleanup(func() { // after stop
 		if err := DeleteQueues(b.opts); err != nil {
 			t.Errorf("delete queues: %v", err)
 		}
 	})
+	stops.Store(b, brokertest.Start(t, b))
 	if err := b.Ping(ctx); err != nil {
 		t.Fatalf("no RabbitMQ at %s (make test starts one): %v", amqpURL(), err)
 	}
@@ -95,6 +117,7 @@ func openTest(t *testing.T, opts Options) *Broker {
 // which works on the local one only.
 func needCtl(t *testing.T) {
 	t.Helper()
+	needRabbit(t)
 	if os.Getenv("RABBITMQ_URL") != "" {
 		t.Skip("needs rabbitmqctl on the RabbitMQ under test")
 	}
@@ -118,6 +141,7 @@ func ctlOutput(t *testing.T, args ...string) string {
 // scene the way another program (or an earlier sluice) would.
 func rawChannel(t *testing.T) *amqp.Channel {
 	t.Helper()
+	needRabbit(t)
 	conn, err := amqp.Dial(amqpURL())
 	if err != nil {
 		t.Fatal(err)

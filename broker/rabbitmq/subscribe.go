@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -97,9 +98,13 @@ func (s *subscription) Resume(context.Context) error {
 }
 
 // run (re)opens the consumer channel on every connection, while not
-// paused, until the subscription or the broker closes.
+// paused, until the subscription or the broker closes. A consume that
+// fails at once is tried again with backoff.
 func (s *subscription) run() {
 	defer close(s.done)
+	retry := &backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond,
+		RandomizationFactor: 0.2, Multiplier: 2, MaxInterval: 2 * time.Second}
+	retry.Reset()
 	for {
 		s.pmu.Lock()
 		paused, changed := s.paused, s.changed
@@ -128,15 +133,15 @@ func (s *subscription) run() {
 			done := make(chan struct{})
 			s.consuming, changed, paused = done, s.changed, s.paused
 			s.pmu.Unlock()
-			if !paused {
-				s.consume(l, changed)
+			if !paused && s.consume(l, changed) {
+				retry.Reset()
 			}
 			s.pmu.Lock()
 			s.consuming = nil
 			s.pmu.Unlock()
 			close(done)
 		}
-		t := time.NewTimer(100 * time.Millisecond)
+		t := time.NewTimer(retry.NextBackOff())
 		select {
 		case <-s.closed:
 			t.Stop()
@@ -167,17 +172,21 @@ type consumer struct {
 }
 
 // consume delivers from one consumer channel until it breaks or the
-// subscription closes. It owns everything it starts: the movers it starts
-// are waited for, and the deliveries it holds back or buffered go back to
-// the queue with the channel.
-func (s *subscription) consume(l *link, pause <-chan struct{}) {
+// subscription closes; it reports whether it consumed at all. It owns
+// everything it starts: the movers it starts are waited for, and the
+// deliveries it holds back or buffered go back to the queue with the
+// channel.
+func (s *subscription) consume(l *link, pause <-chan struct{}) bool {
+	log := s.b.opts.Log.With().Str("broker", "rabbitmq").Str("topic", s.topic).Logger()
 	ach, err := l.sub.Channel()
 	if err != nil {
-		return
+		log.Debug().Err(err).Msg("rabbitmq: open a consumer channel (retrying)")
+		return false
 	}
-	defer func() { _ = ach.Close() }() // last: unsettled deliveries go back to the queue
+	defer s.b.closeChannel(ach) // last: unsettled deliveries go back to the queue
 	if err := ach.Qos(s.prefetch, 0, false); err != nil {
-		return
+		log.Debug().Err(err).Msg("rabbitmq: set the prefetch (retrying)")
+		return false
 	}
 	msgs, err := ach.Consume(s.queue, "", false, false, false, false, nil)
 	if err != nil {
@@ -185,7 +194,8 @@ func (s *subscription) consume(l *link, pause <-chan struct{}) {
 		if errors.As(err, &ae) && ae.Code == amqp.NotFound {
 			s.b.askRedeclare()
 		}
-		return
+		log.Debug().Err(err).Msg("rabbitmq: consume (retrying)")
+		return false
 	}
 	c := &consumer{s: s, ach: ach, moving: make(chan failedMove, s.prefetch), out: map[*delivery]bool{}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -217,12 +227,12 @@ func (s *subscription) consume(l *link, pause <-chan struct{}) {
 		}
 		select {
 		case <-s.closed:
-			return
+			return true
 		case <-pause:
-			return // the channel closes: what it holds goes back to the queue
+			return true // the channel closes: what it holds goes back to the queue
 		case m, ok := <-msgs:
 			if !ok {
-				return // channel or connection closed: unacked ones come again
+				return true // channel or connection closed: unacked ones come again
 			}
 			d := &delivery{c: c, m: m}
 			s.b.held(s.topic).Add(1)
@@ -230,14 +240,14 @@ func (s *subscription) consume(l *link, pause <-chan struct{}) {
 			c.out[d] = true
 			c.omu.Unlock()
 			if !c.route(ctx, &movers, d) {
-				return
+				return true
 			}
 		case f := <-c.moving:
 			if errors.Is(f.err, broker.ErrTooLarge) {
 				// It fit when it was accepted but the server's limit is
 				// lower now: no tier takes it, so it is due early.
 				if !s.hand(f.d) {
-					return
+					return true
 				}
 				continue
 			}
@@ -250,7 +260,7 @@ func (s *subscription) consume(l *link, pause <-chan struct{}) {
 			for len(c.held) > 0 && !c.held[0].at.After(time.Now()) {
 				d := heap.Pop(&c.held).(hold).d
 				if !c.route(ctx, &movers, d) {
-					return
+					return true
 				}
 			}
 		}

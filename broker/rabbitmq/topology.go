@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -193,7 +194,7 @@ func (b *Broker) declare(conn *amqp.Connection) ([]refusal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("declare: %w", err)
 	}
-	defer func() { _ = ch.Close() }()
+	defer b.closeChannel(ch)
 	var refused []refusal
 	for _, d := range b.decls(serverMajor(conn.Properties)) {
 		_, err := ch.QueueDeclare(d.name, true, false, false, false, d.args)
@@ -249,7 +250,7 @@ const lockWait = 10 * time.Second
 // connection, another process holding the lock past lockWait): the manager
 // connects again later rather than go on with a queue another process is
 // about to delete.
-func (b *Broker) upgrade(major int, refused []refusal) error {
+func (b *Broker) upgrade(ctx context.Context, major int, refused []refusal) error {
 	conn, err := dial(b.opts.URL, "sluice-upgrade")
 	if err != nil {
 		if len(refused) > 0 {
@@ -258,8 +259,8 @@ func (b *Broker) upgrade(major int, refused []refusal) error {
 		b.logf("rabbitmq: upgrading old queues: %v", err)
 		return nil
 	}
-	defer func() { _ = conn.CloseDeadline(time.Now().Add(5 * time.Second)) }()
-	unlock, err := b.lock(conn)
+	defer b.closeConn(conn, "upgrade")
+	unlock, err := b.lock(ctx, conn)
 	switch {
 	case err != nil && len(refused) > 0:
 		return fmt.Errorf("migrate %s: %w", refused[0].name, err)
@@ -281,7 +282,7 @@ func (b *Broker) upgrade(major int, refused []refusal) error {
 		}
 		// A process died migrating d: its messages go back first. If d
 		// still has its old arguments, they move out again below.
-		if err := b.finishMove(conn, d); err != nil {
+		if err := b.finishMove(ctx, conn, d); err != nil {
 			b.logf("rabbitmq: moving the messages of %s back into %s (tried again on the next connection): %v",
 				migratingQueue(d.name), d.name, err)
 			delete(byName, d.name) // moving more out would only mix them up
@@ -301,7 +302,7 @@ func (b *Broker) upgrade(major int, refused []refusal) error {
 			}
 			continue
 		}
-		err = b.migrate(conn, major, r.decl)
+		err = b.migrate(ctx, conn, major, r.decl)
 		switch {
 		case errors.Is(err, errInUse):
 			b.warnOnce(r.name, "rabbitmq: queue %s exists with other arguments than sluice declares (%s), but "+
@@ -313,7 +314,7 @@ func (b *Broker) upgrade(major int, refused []refusal) error {
 		}
 	}
 	for _, be := range b.opts.Backends {
-		if err := b.migrateDead(conn, be); err != nil {
+		if err := b.migrateDead(ctx, conn, be); err != nil {
 			b.logf("rabbitmq: moving the dead letters of %s into %s (tried again on the next connection): %v",
 				b.legacyDeadQueue(be), b.deadStream(be), err)
 		}
@@ -324,36 +325,36 @@ func (b *Broker) upgrade(major int, refused []refusal) error {
 // lock declares the lock queue, exclusive to conn, waiting up to lockWait
 // while another connection holds it. unlock deletes it; so does the server
 // when conn closes, however the process ends.
-func (b *Broker) lock(conn *amqp.Connection) (unlock func(), err error) {
+func (b *Broker) lock(ctx context.Context, conn *amqp.Connection) (unlock func(), err error) {
 	name := b.lockQueue()
-	deadline := time.Now().Add(lockWait)
-	for {
+	unlock, err = backoff.Retry(ctx, func() (func(), error) {
 		ch, err := conn.Channel()
 		if err != nil {
-			return nil, err
+			return nil, backoff.Permanent(err)
 		}
 		_, err = ch.QueueDeclare(name, false, true, true, false, amqp.Table{"x-queue-type": "classic"})
 		if err == nil {
 			return func() {
-				_, _ = ch.QueueDelete(name, false, false, false)
-				_ = ch.Close()
+				if _, err := ch.QueueDelete(name, false, false, false); err != nil {
+					// The server deletes it with the connection anyway.
+					b.opts.Log.Debug().Err(err).Str("queue", name).Msg("rabbitmq: unlock")
+				}
+				b.closeChannel(ch)
 			}, nil
 		}
 		var ae *amqp.Error
 		if !errors.As(err, &ae) || ae.Code != amqp.ResourceLocked {
-			return nil, fmt.Errorf("lock %s: %w", name, err)
+			return nil, backoff.Permanent(fmt.Errorf("lock %s: %w", name, err))
 		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%w for %v", errLocked, lockWait)
-		}
-		t := time.NewTimer(100 * time.Millisecond)
-		select {
-		case <-b.stop:
-			t.Stop()
-			return nil, broker.ErrClosed
-		case <-t.C:
-		}
+		return nil, errLocked // the refusal closed the channel
+	}, backoff.WithBackOff(backoff.NewConstantBackOff(100*time.Millisecond)), backoff.WithMaxElapsedTime(lockWait))
+	switch {
+	case ctx.Err() != nil:
+		return nil, broker.ErrClosed
+	case errors.Is(err, errLocked):
+		return nil, fmt.Errorf("%w for %v", errLocked, lockWait)
 	}
+	return unlock, err
 }
 
 // migrate gives queue d today's arguments, which it cannot get in place:
@@ -368,12 +369,12 @@ func (b *Broker) lock(conn *amqp.Connection) (unlock func(), err error) {
 // nobody consumes), checked again before the delete, as other consumers
 // mean other processes, which may be publishing: what they publish to d
 // between the last check that it is empty and its delete would be lost.
-func (b *Broker) migrate(conn *amqp.Connection, major int, d decl) error {
+func (b *Broker) migrate(ctx context.Context, conn *amqp.Connection, major int, d decl) error {
 	watched := d.name
 	if d.kind == kindDelay {
 		watched = d.target
 	}
-	idle := func() error { return b.idle(conn, watched) }
+	idle := func() error { return b.idle(ctx, conn, watched) }
 	if err := idle(); err != nil {
 		return err
 	}
@@ -381,14 +382,14 @@ func (b *Broker) migrate(conn *amqp.Connection, major int, d decl) error {
 	case kindDelay:
 		// Early in their target, the messages go back to a delay queue
 		// when a consumer takes them (see consumer.route).
-		n, err := b.moveOut(conn, d.name, d.target, idle)
+		n, err := b.moveOut(ctx, conn, d.name, d.target, idle)
 		if err != nil {
 			return fmt.Errorf("%d moved to %s, then: %w", n, d.target, err)
 		}
 		if err := declareOn(conn, d.name, d.args); err != nil {
 			return err
 		}
-		b.logf("rabbitmq: declared %s again with today's arguments; its %d messages wait in %s until a consumer "+
+		b.infof("rabbitmq: declared %s again with today's arguments; its %d messages wait in %s until a consumer "+
 			"sends them on", d.name, n, d.target)
 		return nil
 	case kindQueue:
@@ -396,10 +397,10 @@ func (b *Broker) migrate(conn *amqp.Connection, major int, d decl) error {
 		if err := declareOn(conn, tmp, unlimited(major, amqp.Table{"x-queue-type": "quorum"})); err != nil {
 			return err
 		}
-		n, err := b.moveOut(conn, d.name, tmp, idle)
+		n, err := b.moveOut(ctx, conn, d.name, tmp, idle)
 		if errors.Is(err, errInUse) {
 			// Consumers came: give them back what moved.
-			if berr := b.finishMove(conn, d); berr != nil {
+			if berr := b.finishMove(ctx, conn, d); berr != nil {
 				return fmt.Errorf("%w; moving back: %v", err, berr)
 			}
 		}
@@ -409,10 +410,10 @@ func (b *Broker) migrate(conn *amqp.Connection, major int, d decl) error {
 		if err := declareOn(conn, d.name, d.args); err != nil {
 			return fmt.Errorf("%d messages wait in %s: %w", n, tmp, err)
 		}
-		if _, err := b.moveOut(conn, tmp, d.name, nil); err != nil {
+		if _, err := b.moveOut(ctx, conn, tmp, d.name, nil); err != nil {
 			return fmt.Errorf("moving %d messages back from %s: %w", n, tmp, err)
 		}
-		b.logf("rabbitmq: migrated %s to today's arguments, its %d messages moved out and back", d.name, n)
+		b.infof("rabbitmq: migrated %s to today's arguments, its %d messages moved out and back", d.name, n)
 		return nil
 	}
 	return fmt.Errorf("%s cannot be migrated", d.name)
@@ -427,7 +428,7 @@ const idleWait = 3 * time.Second
 // applies the acknowledgements of a move a moment after they are sent, so
 // idle waits a little for the count to fall to 0; a real consumer keeps it
 // up.
-func (b *Broker) idle(conn *amqp.Connection, queue string) error {
+func (b *Broker) idle(ctx context.Context, conn *amqp.Connection, queue string) error {
 	deadline := time.Now().Add(idleWait)
 	for {
 		q, ok, err := inspect(conn, queue)
@@ -439,7 +440,7 @@ func (b *Broker) idle(conn *amqp.Connection, queue string) error {
 		}
 		t := time.NewTimer(20 * time.Millisecond)
 		select {
-		case <-b.stop:
+		case <-ctx.Done():
 			t.Stop()
 			return broker.ErrClosed
 		case <-t.C:
@@ -450,16 +451,16 @@ func (b *Broker) idle(conn *amqp.Connection, queue string) error {
 // finishMove moves the messages of d's temporary queue, if there is one,
 // back into d and deletes it: what is left when a process died migrating
 // d.
-func (b *Broker) finishMove(conn *amqp.Connection, d decl) error {
+func (b *Broker) finishMove(ctx context.Context, conn *amqp.Connection, d decl) error {
 	tmp := migratingQueue(d.name)
 	if _, ok, err := inspect(conn, tmp); err != nil || !ok {
 		return err
 	}
-	n, err := b.moveOut(conn, tmp, d.name, nil)
+	n, err := b.moveOut(ctx, conn, tmp, d.name, nil)
 	if err != nil {
 		return fmt.Errorf("%d moved, then: %w", n, err)
 	}
-	b.logf("rabbitmq: moved %d messages of an unfinished migration from %s back into %s", n, tmp, d.name)
+	b.infof("rabbitmq: moved %d messages of an unfinished migration from %s back into %s", n, tmp, d.name)
 	return nil
 }
 
@@ -477,17 +478,23 @@ func inspect(conn *amqp.Connection, queue string) (amqp.Queue, bool, error) {
 		}
 		return q, false, err
 	}
-	_ = ch.Close()
+	if err := ch.Close(); err != nil {
+		return q, true, fmt.Errorf("close channel: %w", err)
+	}
 	return q, true, nil
 }
 
 // declareOn declares a durable queue on a channel of its own.
-func declareOn(conn *amqp.Connection, queue string, args amqp.Table) error {
+func declareOn(conn *amqp.Connection, queue string, args amqp.Table) (err error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return err
 	}
-	defer func() { _ = ch.Close() }()
+	defer func() {
+		if cerr := ch.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close channel: %w", cerr)
+		}
+	}()
 	if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
 		return fmt.Errorf("declare %s: %w", queue, err)
 	}
@@ -519,7 +526,7 @@ func (b *Broker) retireLegacy(conn *amqp.Connection) {
 			}
 		}
 	}
-	_ = ch.Close()
+	b.closeChannel(ch)
 	b.mu.Lock()
 	b.legacyDelay = draining
 	b.mu.Unlock()
@@ -530,16 +537,16 @@ const migrateBatch = 256
 
 // migrateDead moves the messages of backend's old dead-letter queue into its
 // stream, then deletes the queue (see moveOut).
-func (b *Broker) migrateDead(conn *amqp.Connection, backend string) error {
+func (b *Broker) migrateDead(ctx context.Context, conn *amqp.Connection, backend string) error {
 	old, stream := b.legacyDeadQueue(backend), b.deadStream(backend)
 	if _, ok, err := inspect(conn, old); err != nil || !ok {
 		return err
 	}
-	moved, err := b.moveOut(conn, old, stream, nil)
+	moved, err := b.moveOut(ctx, conn, old, stream, nil)
 	if err != nil {
 		return fmt.Errorf("%d moved, then: %w", moved, err)
 	}
-	b.logf("rabbitmq: moved %d dead letters from %s into %s and deleted the old queue", moved, old, stream)
+	b.infof("rabbitmq: moved %d dead letters from %s into %s and deleted the old queue", moved, old, stream)
 	return nil
 }
 
@@ -555,12 +562,12 @@ func (b *Broker) migrateDead(conn *amqp.Connection, backend string) error {
 // the moment between would be lost with the queue: upgrade by stopping the
 // earlier version's processes first. The delete reports how many it
 // deleted, so such a loss is at least logged.
-func (b *Broker) moveOut(conn *amqp.Connection, from, to string, idle func() error) (int, error) {
+func (b *Broker) moveOut(ctx context.Context, conn *amqp.Connection, from, to string, idle func() error) (int, error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return 0, err
 	}
-	defer func() { _ = ch.Close() }()
+	defer b.closeChannel(ch)
 	if err := ch.Confirm(false); err != nil {
 		return 0, err
 	}
@@ -570,7 +577,7 @@ func (b *Broker) moveOut(conn *amqp.Connection, from, to string, idle func() err
 	moved := 0
 	for {
 		select {
-		case <-b.stop:
+		case <-ctx.Done():
 			return moved, broker.ErrClosed
 		default:
 		}

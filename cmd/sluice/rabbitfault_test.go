@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluice-gw/sluice/broker/rabbitmq/rabbitctl"
+	"github.com/sluice-gw/sluice/internal/rabbitctl"
 )
 
 // TestRabbitMQRestartsMidStream: through sluice, RabbitMQ is stopped

@@ -1,4 +1,4 @@
-package broker
+package backlog
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluice-gw/sluice/broker"
 )
 
 // Monitor keeps a recent view of topics' backlogs and drain rates by polling
@@ -19,9 +21,7 @@ import (
 // may rise, never fall, on it); an idle poll says nothing and leaves the
 // rate as it was — so a short idle does not make the next estimate absurd.
 type Monitor struct {
-	b interface {
-		Stats(context.Context, string) (QueueStats, error)
-	}
+	b        Stater
 	interval time.Duration
 	now      func() time.Time
 	mu       sync.RWMutex
@@ -46,10 +46,15 @@ const StallAfter = 2 * time.Second
 // again is unknown, so a poll is due no sooner than this.
 const StalledExtra = time.Minute
 
-// NewMonitor watches topics of b, polling every interval.
-func NewMonitor(b interface {
-	Stats(context.Context, string) (QueueStats, error)
-}, topics []string, interval time.Duration) *Monitor {
+// Stater reports a topic's backlog: what the Monitor asks a broker
+// (broker.Broker satisfies it).
+type Stater interface {
+	Stats(ctx context.Context, topic string) (broker.QueueStats, error)
+}
+
+// New watches topics of b, polling every interval once Run runs. It starts
+// nothing and asks b nothing: until the first Poll, every estimate is empty.
+func New(b Stater, topics []string, interval time.Duration) *Monitor {
 	m := &Monitor{b: b, interval: interval, now: time.Now, topics: map[string]*topicView{}}
 	for _, t := range topics {
 		m.topics[t] = &topicView{}
@@ -57,7 +62,9 @@ func NewMonitor(b interface {
 	return m
 }
 
-// Run polls until ctx ends.
+// Run polls at once, then every interval, until ctx ends. It always
+// returns nil: a poll that fails marks its topic unavailable until one
+// succeeds.
 func (m *Monitor) Run(ctx context.Context) error {
 	t := time.NewTicker(m.interval)
 	defer t.Stop()
@@ -71,7 +78,8 @@ func (m *Monitor) Run(ctx context.Context) error {
 	}
 }
 
-// Poll refreshes every topic once.
+// Poll refreshes every topic once, synchronously: callers that must not
+// start with empty estimates poll once before they start Run.
 func (m *Monitor) Poll(ctx context.Context) {
 	for topic, v := range m.topics {
 		added := v.added.Swap(0)
@@ -98,7 +106,7 @@ func (m *Monitor) Poll(ctx context.Context) {
 // two readings: the consumed count (exact where the broker counts for the
 // whole topic) and the depth that went away (what a RabbitMQ ingress, whose
 // acknowledgements happen in worker processes, can see).
-func (v *topicView) measure(st QueueStats, added int64, now time.Time) {
+func (v *topicView) measure(st broker.QueueStats, added int64, now time.Time) {
 	dt := now.Sub(v.polledAt).Seconds()
 	done := max(0, st.Consumed-v.consumed, v.depth+added-st.Depth)
 	rate := float64(done) / dt

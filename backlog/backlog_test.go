@@ -1,19 +1,21 @@
-package broker
+package backlog
 
 import (
 	"context"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/broker"
 )
 
 // fakeStats is a topic whose backlog a test moves by hand.
 type fakeStats struct {
 	mu sync.Mutex
-	st QueueStats
+	st broker.QueueStats
 }
 
-func (f *fakeStats) Stats(context.Context, string) (QueueStats, error) {
+func (f *fakeStats) Stats(context.Context, string) (broker.QueueStats, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.st, nil
@@ -32,7 +34,7 @@ func (f *fakeStats) take(n int64) {
 // by half a second and polls.
 func monitorAt() (*Monitor, *fakeStats, func()) {
 	f := &fakeStats{}
-	m := NewMonitor(f, []string{"t"}, 500*time.Millisecond)
+	m := New(f, []string{"t"}, 500*time.Millisecond)
 	now := time.Unix(1000, 0)
 	m.now = func() time.Time { return now }
 	m.Poll(context.Background())
