@@ -32,6 +32,10 @@ func brokers(t *testing.T) []string {
 }
 
 func TestConformance(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
+	if testing.Short() {
+		t.Skip("the conformance suite (20 s on kfake) runs in make test")
+	}
 	clusters := map[*testing.T][]string{}
 	prefixes := map[*testing.T]string{}
 	n := 0

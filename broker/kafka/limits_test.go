@@ -16,6 +16,7 @@ import (
 // dead-letter listing. kafka-go's defaults (1 MiB batches and fetches) and
 // Kafka's (1 MiB max.message.bytes) each refuse it.
 func TestLargeMessages(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
 	addrs := brokers(t)
 	b := openT(t, Options{Brokers: addrs, Backends: []string{"a"}})
 	if got := b.MaxMessageBytes(); got != 4<<20 {
@@ -71,6 +72,7 @@ func TestLargeMessages(t *testing.T) {
 // counted by sluice before writing, and answered by Kafka for a topic that
 // takes less — and that the writer goes on afterwards.
 func TestTooLarge(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
 	addrs := brokers(t)
 	const limit = 64 << 10
 	b := openT(t, Options{Brokers: addrs, Backends: []string{"a"}, MaxMessageBytes: limit})
@@ -124,6 +126,7 @@ func TestTooLarge(t *testing.T) {
 // TestForwarderPassesOverOversized: a held-back message a smaller tier or
 // its topic refuses for size must not hold up the tier behind it.
 func TestForwarderPassesOverOversized(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
 	addrs := brokers(t)
 	b := openT(t, Options{Brokers: addrs, Backends: []string{"a"}, MaxMessageBytes: 1 << 20})
 	ctx := ctxT(t, 60*time.Second)

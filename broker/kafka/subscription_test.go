@@ -25,6 +25,7 @@ func refuseProduce(c *kfake.Cluster, name string) (lift func(), hits func() int)
 // subscription keeps trying, and once the copy landed the original is
 // committed: once the copy is acknowledged, nothing comes again.
 func TestNackCopyLandsLater(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
 	c, addrs := fakeCluster(t, 1)
 	b := openT(t, Options{Brokers: addrs, Backends: []string{"a"}})
 	ctx := ctxT(t, 60*time.Second)
@@ -55,6 +56,8 @@ func TestNackCopyLandsLater(t *testing.T) {
 // republisher; the original, whose copy never landed, stays uncommitted
 // and comes again, and no copy turns up after Close.
 func TestCloseStopsRepublisher(t *testing.T) {
+	// Not parallel: it counts every goroutine of the package (parallel
+	// tests start once the sequential ones are done).
 	c, addrs := fakeCluster(t, 1)
 	b, stop := openStop(t, Options{Brokers: addrs, Backends: []string{"a"}})
 	ctx := ctxT(t, 60*time.Second)
@@ -120,6 +123,7 @@ func TestCloseStopsRepublisher(t *testing.T) {
 // fit) and the original is not settled (that would lose it): the caller
 // gets ErrTooLarge and can still Ack it.
 func TestNackTooLarge(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
 	addrs := brokers(t)
 	b := openT(t, Options{Brokers: addrs, Backends: []string{"a"}})
 	ctx := ctxT(t, 60*time.Second)

@@ -41,6 +41,7 @@ func wantConfigs(t *testing.T, addrs []string, name string, want map[string]stri
 // retention, size limit, replication and min.insync.replicas, not Kafka's
 // defaults (7 days would delete dead letters and a long-paused backlog).
 func TestCreatedTopicSettings(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
 	for _, n := range []int{1, 3} {
 		t.Run(fmt.Sprintf("%d brokers", n), func(t *testing.T) {
 			var addrs []string
@@ -83,6 +84,7 @@ func TestCreatedTopicSettings(t *testing.T) {
 
 // TestExplicitTopicSettings: options override the defaults.
 func TestExplicitTopicSettings(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
 	_, addrs := fakeCluster(t, 3)
 	b := openT(t, Options{Brokers: addrs, Backends: []string{"a"}, ReplicationFactor: 2, MinInsyncReplicas: 2,
 		DeadLetterRetention: 90 * 24 * time.Hour, NoForward: true})
@@ -98,6 +100,7 @@ func TestExplicitTopicSettings(t *testing.T) {
 // older sluice) get sluice's settings at start; their partitions and
 // replicas stay.
 func TestExistingTopicsCorrected(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
 	addrs := brokers(t)
 	prefix := uniquePrefix()
 	week := "604800000"
@@ -134,6 +137,7 @@ func TestExistingTopicsCorrected(t *testing.T) {
 // reports itself unavailable, and once Kafka comes up the topics are
 // created with their settings and messages flow.
 func TestOpenBeforeKafka(t *testing.T) {
+	t.Parallel() // each test runs its own kfake cluster
 	if testing.Short() {
 		t.Skip("waits for a late cluster")
 	}
