@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/job"
@@ -90,9 +90,9 @@ func (f *fastPublisher) publish(req *job.Request) {
 	topic := broker.RequestTopic(req.Backend)
 	timedOut := false // the last write timed out: it may have landed
 	try := 0
-	_, err := backoff.Retry(f.abort, func() (struct{}, error) {
+	err := retry.Do(f.abort, retry.Backoff(100*time.Millisecond, 2*time.Second), func() error {
 		if err := f.abort.Err(); err != nil {
-			return struct{}{}, backoff.Permanent(err)
+			return retry.Permanent(err)
 		}
 		try++
 		// Not bound to abort: a write under way runs to its timeout, which
@@ -102,13 +102,13 @@ func (f *fastPublisher) publish(req *job.Request) {
 		timedOut = ctx.Err() != nil
 		cancel()
 		if err != nil && !errors.Is(err, broker.ErrUnavailable) {
-			return struct{}{}, backoff.Permanent(err)
+			return retry.Permanent(err)
 		}
 		if err != nil && try%10 == 1 {
 			f.log.Warn().Err(err).Str("id", req.ID).Int("try", try).Msg("ack: fast publish failed; retrying")
 		}
-		return struct{}{}, err
-	}, backoff.WithBackOff(fastRetry()), backoff.WithMaxElapsedTime(0))
+		return err
+	})
 	switch {
 	case err == nil:
 	case f.abort.Err() != nil:
@@ -120,14 +120,6 @@ func (f *fastPublisher) publish(req *job.Request) {
 		f.fail([]*job.Request{req}, "the queue refused it")
 		f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
 	}
-}
-
-// fastRetry spaces the writes of a request while the broker is away: from
-// 100 ms, doubling, up to 2 s.
-func fastRetry() *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.Multiplier, b.MaxInterval = 100*time.Millisecond, 2, 2*time.Second
-	return b
 }
 
 func (f *fastPublisher) addLost(req *job.Request, unsure bool) {

@@ -12,8 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
+	"github.com/sluice-gw/sluice/internal/retry"
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-gw/sluice/backlog"
@@ -355,19 +355,22 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 func (s *Server) claim(client, key, id string) (job.Claim, error) {
 	lease := s.cfg.PublishTimeout.D() + 5*time.Second
 	var c job.Claim
-	_, err := backoff.Retry(s.closing, func() (struct{}, error) { // the wait ends with the shutdown
+	// The wait ends with the shutdown, or after claimWait.
+	wctx, cancel := context.WithTimeout(s.closing, claimWait)
+	defer cancel()
+	err := retry.Do(wctx, retry.Backoff(5*time.Millisecond, 100*time.Millisecond), func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		var err error
 		if c, err = s.store.Claim(ctx, client, key, id, lease); err != nil {
-			return struct{}{}, backoff.Permanent(err)
+			return retry.Permanent(err)
 		}
 		if c.State == job.ClaimPending {
-			return struct{}{}, errPending
+			return errPending
 		}
-		return struct{}{}, nil
-	}, backoff.WithBackOff(claimBackoff()), backoff.WithMaxElapsedTime(claimWait))
-	if errors.Is(err, errPending) || errors.Is(err, context.Canceled) {
+		return nil
+	})
+	if errors.Is(err, errPending) || wctx.Err() != nil && c.State == job.ClaimPending {
 		err = nil // still pending (or shutting down): the caller answers 409
 	}
 	return c, err
@@ -375,14 +378,6 @@ func (s *Server) claim(client, key, id string) (job.Claim, error) {
 
 // errPending: another submit with the same key is still writing.
 var errPending = errors.New("idempotency key pending")
-
-// claimBackoff spaces the reads of a pending claim: from 5 ms, doubling up
-// to 100 ms.
-func claimBackoff() *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.Multiplier, b.MaxInterval, b.RandomizationFactor = 5*time.Millisecond, 2, 100*time.Millisecond, 0
-	return b
-}
 
 // release ends an owned idempotency claim, if there is one.
 func (s *Server) release(client, key, id string, queued bool) {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
+	"github.com/sluice-gw/sluice/internal/retry"
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-gw/sluice/job"
@@ -128,7 +128,8 @@ func render(rec *job.Record) []byte {
 const (
 	freshFor   = 5 * time.Second
 	freshFirst = 10 * time.Millisecond
-	freshReads = 6 // 10 ms, doubling: about 630 ms in all
+	freshLast  = 320 * time.Millisecond
+	freshReads = 8 // from 10 ms, half again as long each time: about 0.5 s in all
 )
 
 // get reads id's record, again for a fresh id with a shared store.
@@ -146,19 +147,20 @@ func (s *Server) get(ctx context.Context, id string) (*job.Record, error) {
 		return rec, err
 	}
 	defer s.polls.Add(-1)
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.Multiplier, b.RandomizationFactor = freshFirst, 2, 0
 	reads := 0
-	again, err := backoff.Retry(ctx, func() (*job.Record, error) {
+	again, err := retry.Value(ctx, retry.Backoff(freshFirst, freshLast), func() (*job.Record, error) {
 		if reads++; reads == 1 {
 			return nil, job.ErrNotFound // read above: wait before the next
 		}
 		rec, err := s.store.Get(ctx, id)
+		if errors.Is(err, job.ErrNotFound) && reads > freshReads {
+			return rec, retry.Permanent(err) // not there after all: 404
+		}
 		if err != nil && !errors.Is(err, job.ErrNotFound) {
-			return rec, backoff.Permanent(err)
+			return rec, retry.Permanent(err)
 		}
 		return rec, err
-	}, backoff.WithBackOff(b), backoff.WithMaxTries(freshReads+1), backoff.WithMaxElapsedTime(0))
+	})
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return rec, job.ErrNotFound // the poll ended first
 	}

@@ -16,8 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
+	"github.com/sluice-gw/sluice/internal/retry"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -238,22 +238,13 @@ func (p *Pool) holdWhilePaused(ctx context.Context, sub broker.Subscription, inF
 	if err := p.lim.WaitUnpaused(ctx); err != nil || !holds {
 		return err
 	}
-	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+	return retry.Do(ctx, retry.Backoff(100*time.Millisecond, 5*time.Second), func() error {
 		err := pauser.Resume(ctx)
 		if err != nil {
 			p.log.Warn().Err(err).Msg("resume after pause; retrying")
 		}
-		return struct{}{}, err
-	}, backoff.WithBackOff(growing(100*time.Millisecond, 5*time.Second)), backoff.WithMaxElapsedTime(0))
-	return err
-}
-
-// growing is a backoff from first, doubling (with jitter) up to most,
-// that never gives up by itself: the context ends it.
-func growing(first, most time.Duration) *backoff.ExponentialBackOff {
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.Multiplier, b.MaxInterval = first, 2, most
-	return b
+		return err
+	})
 }
 
 // handBack returns d to its topic untouched, to be delivered again.
@@ -451,12 +442,12 @@ func (p *Pool) settle(ctx context.Context, d broker.Delivery, ev *job.Event, top
 // failures until ctx ends; otherwise the first one is returned.
 func (p *Pool) publishEvent(ctx context.Context, ev *job.Event, persist bool) error {
 	var last error
-	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+	err := retry.Do(ctx, retry.Backoff(100*time.Millisecond, 2*time.Second), func() error {
 		for {
 			last = p.broker.Publish(ctx, broker.ResultTopic, wire.EncodeEvent(ev))
 			switch {
 			case last == nil:
-				return struct{}{}, nil
+				return nil
 			case errors.Is(last, broker.ErrTooLarge) && ev.Response != nil && ev.Response.Body != "":
 				ev.Response = ev.Response.WithoutBody()
 				continue
@@ -467,11 +458,11 @@ func (p *Pool) publishEvent(ctx context.Context, ev *job.Event, persist bool) er
 				}
 				continue
 			case errors.Is(last, broker.ErrTooLarge) || !persist:
-				return struct{}{}, backoff.Permanent(last)
+				return retry.Permanent(last)
 			}
-			return struct{}{}, last
+			return last
 		}
-	}, backoff.WithBackOff(growing(100*time.Millisecond, 2*time.Second)), backoff.WithMaxElapsedTime(0))
+	})
 	if err != nil && ctx.Err() != nil && last != nil {
 		return last // why it was not written, rather than that ctx ended
 	}

@@ -10,11 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/broker"
 )
@@ -309,7 +309,7 @@ const maxPullWait = time.Second
 // A message held back until later goes back to JetStream with the remaining
 // delay, so it waits there without blocking anything.
 func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
-	var retry *backoff.ExponentialBackOff // after a failed pull; the connection recovers by itself
+	again := retry.Backoff(100*time.Millisecond, time.Second) // after a failed pull; the connection recovers by itself
 	for {
 		select {
 		case <-s.closed:
@@ -336,12 +336,7 @@ func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, e
 			}
 		}
 		if err != nil {
-			if retry == nil {
-				retry = &backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond,
-					RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: time.Second}
-				retry.Reset()
-			}
-			next := retry.NextBackOff()
+			next := again.NextBackOff()
 			s.log.Debug().Err(err).Str("topic", s.topic).Dur("retry_in", next).Msg("embedded broker: pull")
 			t := time.NewTimer(next)
 			select {

@@ -9,6 +9,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/internal/retry"
 )
 
 // forward moves messages out of one delay tier once they have waited it,
@@ -40,7 +41,7 @@ func (b *Broker) forward(ctx, hard context.Context, tier time.Duration) {
 	}()
 	for {
 		var m kafkago.Message
-		err := retry(ctx, 200*time.Millisecond, 5*time.Second, func() error {
+		err := retry.Do(ctx, retry.Backoff(200*time.Millisecond, 5*time.Second), func() error {
 			var err error
 			if m, err = r.FetchMessage(ctx); err != nil && ctx.Err() == nil {
 				b.opts.Log.Debug().Err(err).Dur("tier", tier).Msg("kafka: fetch from a delay tier (retrying)")
@@ -61,16 +62,16 @@ func (b *Broker) forward(ctx, hard context.Context, tier time.Duration) {
 		if msg.NotBefore.Before(until) {
 			until = msg.NotBefore
 		}
-		if !sleep(ctx, time.Until(until)) {
+		if !retry.Sleep(ctx, time.Until(until)) {
 			return
 		}
-		if w := time.Until(msg.NotBefore); w < broker.DelayTiers[0] && !sleep(ctx, w) {
+		if w := time.Until(msg.NotBefore); w < broker.DelayTiers[0] && !retry.Sleep(ctx, w) {
 			return // less than any tier is left: it was finished here
 		}
 		if !b.pass(ctx, hard, internal[hdrTarget], msg) {
 			return
 		}
-		err = retry(ctx, 500*time.Millisecond, 5*time.Second, func() error {
+		err = retry.Do(ctx, retry.Backoff(500*time.Millisecond, 5*time.Second), func() error {
 			cctx, cancel := context.WithTimeout(hard, publishTimeout)
 			defer cancel()
 			return r.CommitMessages(cctx, m)
@@ -99,7 +100,7 @@ func (b *Broker) pass(ctx, hard context.Context, target string, msg broker.Messa
 		return true // not sluice's: nowhere to go
 	}
 	direct := false
-	err := retry(ctx, 200*time.Millisecond, 5*time.Second, func() error {
+	err := retry.Do(ctx, retry.Backoff(200*time.Millisecond, 5*time.Second), func() error {
 		for {
 			m := b.route(target, msg, time.Now())
 			if direct {

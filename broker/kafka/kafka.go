@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
 	kafkago "github.com/segmentio/kafka-go"
 
@@ -373,38 +372,4 @@ func (b *Broker) Close() error {
 		return fmt.Errorf("kafka: close writer: %w", err)
 	}
 	return nil
-}
-
-// retryBackoff is the exponential backoff, with jitter, of the broker's
-// retry loops: from initial, doubling, up to max between attempts.
-func retryBackoff(initial, max time.Duration) *backoff.ExponentialBackOff {
-	b := &backoff.ExponentialBackOff{InitialInterval: initial, RandomizationFactor: 0.2,
-		Multiplier: 2, MaxInterval: max}
-	b.Reset()
-	return b
-}
-
-// retry calls op until it succeeds, returns a backoff.Permanent error or
-// ctx ends, waiting retryBackoff(initial, max) in between; it returns op's
-// last error, or ctx's.
-func retry(ctx context.Context, initial, max time.Duration, op func() error) error {
-	_, err := backoff.Retry(ctx, func() (struct{}, error) { return struct{}{}, op() },
-		backoff.WithBackOff(retryBackoff(initial, max)), backoff.WithMaxElapsedTime(0))
-	return err
-}
-
-// sleep waits d, or less if ctx ends first; it reports whether ctx is
-// still going. It waits out delay tiers; retries use retry.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

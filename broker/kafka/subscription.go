@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/broker"
 )
@@ -326,10 +326,10 @@ func (s *subscription) republish(d *delivery, msg broker.Message) {
 	go func() {
 		defer s.nacks.Done()
 		// The first attempt, Nack's own, failed just now.
-		if !sleep(s.ctx, 200*time.Millisecond) {
+		if !retry.Sleep(s.ctx, 200*time.Millisecond) {
 			return
 		}
-		err := retry(s.ctx, 400*time.Millisecond, 5*time.Second, func() error {
+		err := retry.Do(s.ctx, retry.Backoff(400*time.Millisecond, 5*time.Second), func() error {
 			if d.done.Load() {
 				return nil
 			}
@@ -340,7 +340,7 @@ func (s *subscription) republish(d *delivery, msg broker.Message) {
 			case err == nil:
 				d.settle()
 			case errors.Is(err, broker.ErrTooLarge):
-				return backoff.Permanent(err)
+				return retry.Permanent(err)
 			}
 			return err
 		})

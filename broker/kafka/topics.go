@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	kafkago "github.com/segmentio/kafka-go"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/broker"
 )
@@ -54,7 +54,7 @@ func (b *Broker) settings(topic string, rf int) map[string]string {
 // It reports whether it is done: false only when ctx ended first.
 func (b *Broker) prepare(ctx context.Context) bool {
 	var last string
-	err := retry(ctx, 250*time.Millisecond, 2*time.Second, func() error {
+	err := retry.Do(ctx, retry.Backoff(250*time.Millisecond, 2*time.Second), func() error {
 		err := b.ensureTopics(ctx, b.all)
 		b.mu.Lock()
 		b.setupErr = err
@@ -64,7 +64,7 @@ func (b *Broker) prepare(ctx context.Context) bool {
 			return nil
 		case b.isReady() && !retriable(err):
 			b.opts.Log.Warn().Err(err).Msg("kafka: topic settings left as they are")
-			return backoff.Permanent(err)
+			return retry.Permanent(err)
 		case ctx.Err() != nil:
 			return err
 		}

@@ -10,8 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/broker"
 )
@@ -255,19 +255,18 @@ func (b *Broker) give(l *link, pc *pubChan) {
 // connection lives.
 func (b *Broker) replace(l *link) {
 	l.spawn(func() {
-		_, err := backoff.Retry(l.ctx, func() (struct{}, error) {
+		err := retry.Do(l.ctx, retry.Backoff(50*time.Millisecond, 2*time.Second), func() error {
 			pc, err := b.openPubChan(l)
 			switch {
 			case err == nil:
 				l.pool <- pc
-				return struct{}{}, nil
+				return nil
 			case errors.Is(err, broker.ErrClosed) || l.pub.IsClosed():
 				// Run builds a new pool on the next connection.
-				return struct{}{}, backoff.Permanent(err)
+				return retry.Permanent(err)
 			}
-			return struct{}{}, err
-		}, backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 50 * time.Millisecond,
-			RandomizationFactor: 0.2, Multiplier: 2, MaxInterval: 2 * time.Second}), backoff.WithMaxElapsedTime(0))
+			return err
+		})
 		if err != nil && l.ctx.Err() == nil && !l.pub.IsClosed() {
 			b.opts.Log.Warn().Err(err).Msg("rabbitmq: replace a publish channel")
 		}

@@ -9,9 +9,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/broker"
 )
@@ -396,15 +396,14 @@ func (b *Broker) Run(ctx context.Context) error {
 // kind of failure once, not every attempt.
 func (b *Broker) retryConnect(ctx context.Context, connect func() (*link, error)) (*link, error) {
 	var lastErr string
-	return backoff.Retry(ctx, func() (*link, error) {
+	return retry.Value(ctx, retry.Backoff(100*time.Millisecond, 5*time.Second), func() (*link, error) {
 		l, err := connect()
 		if err != nil && err.Error() != lastErr && ctx.Err() == nil {
 			b.logf("rabbitmq: %v (retrying)", err)
 			lastErr = err.Error()
 		}
 		return l, err
-	}, backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond,
-		RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 5 * time.Second}), backoff.WithMaxElapsedTime(0))
+	})
 }
 
 // adopt makes l the live link.

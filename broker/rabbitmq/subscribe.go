@@ -11,8 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/broker"
 )
@@ -102,9 +102,7 @@ func (s *subscription) Resume(context.Context) error {
 // fails at once is tried again with backoff.
 func (s *subscription) run() {
 	defer close(s.done)
-	retry := &backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond,
-		RandomizationFactor: 0.2, Multiplier: 2, MaxInterval: 2 * time.Second}
-	retry.Reset()
+	again := retry.Backoff(100*time.Millisecond, 2*time.Second)
 	for {
 		s.pmu.Lock()
 		paused, changed := s.paused, s.changed
@@ -134,14 +132,14 @@ func (s *subscription) run() {
 			s.consuming, changed, paused = done, s.changed, s.paused
 			s.pmu.Unlock()
 			if !paused && s.consume(l, changed) {
-				retry.Reset()
+				again.Reset()
 			}
 			s.pmu.Lock()
 			s.consuming = nil
 			s.pmu.Unlock()
 			close(done)
 		}
-		t := time.NewTimer(retry.NextBackOff())
+		t := time.NewTimer(again.NextBackOff())
 		select {
 		case <-s.closed:
 			t.Stop()

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/broker"
 )
@@ -327,10 +327,12 @@ func (b *Broker) upgrade(ctx context.Context, major int, refused []refusal) erro
 // when conn closes, however the process ends.
 func (b *Broker) lock(ctx context.Context, conn *amqp.Connection) (unlock func(), err error) {
 	name := b.lockQueue()
-	unlock, err = backoff.Retry(ctx, func() (func(), error) {
+	lctx, cancel := context.WithTimeout(ctx, lockWait)
+	defer cancel()
+	unlock, err = retry.Value(lctx, retry.Backoff(100*time.Millisecond, 100*time.Millisecond), func() (func(), error) {
 		ch, err := conn.Channel()
 		if err != nil {
-			return nil, backoff.Permanent(err)
+			return nil, retry.Permanent(err)
 		}
 		_, err = ch.QueueDeclare(name, false, true, true, false, amqp.Table{"x-queue-type": "classic"})
 		if err == nil {
@@ -344,14 +346,14 @@ func (b *Broker) lock(ctx context.Context, conn *amqp.Connection) (unlock func()
 		}
 		var ae *amqp.Error
 		if !errors.As(err, &ae) || ae.Code != amqp.ResourceLocked {
-			return nil, backoff.Permanent(fmt.Errorf("lock %s: %w", name, err))
+			return nil, retry.Permanent(fmt.Errorf("lock %s: %w", name, err))
 		}
 		return nil, errLocked // the refusal closed the channel
-	}, backoff.WithBackOff(backoff.NewConstantBackOff(100*time.Millisecond)), backoff.WithMaxElapsedTime(lockWait))
+	})
 	switch {
 	case ctx.Err() != nil:
 		return nil, broker.ErrClosed
-	case errors.Is(err, errLocked):
+	case errors.Is(err, errLocked) || errors.Is(err, context.DeadlineExceeded) && lctx.Err() != nil:
 		return nil, fmt.Errorf("%w for %v", errLocked, lockWait)
 	}
 	return unlock, err

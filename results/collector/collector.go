@@ -6,8 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"github.com/rs/zerolog"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/job"
@@ -87,8 +87,8 @@ func (c *Collector) Run(ctx context.Context) error {
 		return err
 	}
 	defer sub.Close()
-	fetchRetry := retryAfter(500 * time.Millisecond)
-	storeRetry := retryAfter(time.Second)
+	fetchRetry := retry.Backoff(500*time.Millisecond, 5*time.Second)
+	storeRetry := retry.Backoff(time.Second, 10*time.Second)
 	for {
 		ds, err := sub.Fetch(fctx, c.opts.Batch)
 		if err != nil {
@@ -97,7 +97,7 @@ func (c *Collector) Run(ctx context.Context) error {
 			}
 			// The broker is away for now: its client reconnects by itself.
 			c.log.Warn().Err(err).Msg("fetching status events; retrying")
-			if !sleep(fctx, fetchRetry.NextBackOff()) {
+			if !retry.Sleep(fctx, fetchRetry.NextBackOff()) {
 				return nil
 			}
 			continue
@@ -105,7 +105,7 @@ func (c *Collector) Run(ctx context.Context) error {
 		fetchRetry.Reset()
 		if err := c.commit(fctx, ds); err != nil {
 			c.log.Warn().Err(err).Int("events", len(ds)).Msg("result store write failed; events handed back")
-			if !sleep(fctx, storeRetry.NextBackOff()) {
+			if !retry.Sleep(fctx, storeRetry.NextBackOff()) {
 				return nil
 			}
 			continue
@@ -165,27 +165,5 @@ func (c *Collector) drain(done context.Context) {
 			return
 		case <-t.C:
 		}
-	}
-}
-
-// retryAfter is the backoff of a retried step: first wait first, growing
-// to ten times that.
-func retryAfter(first time.Duration) *backoff.ExponentialBackOff {
-	b := &backoff.ExponentialBackOff{InitialInterval: first, RandomizationFactor: 0.2,
-		Multiplier: 1.5, MaxInterval: 10 * first}
-	b.Reset()
-	return b
-}
-
-// sleep waits d, or less if ctx ends first; it reports whether it waited
-// the whole d.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

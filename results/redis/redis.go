@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/results"
@@ -181,9 +181,7 @@ func (s *Store) Accept(_ context.Context, rec *job.Record) error {
 // writes at most what was queued when it began, so a steady stream of
 // submits cannot keep it from returning.
 func (s *Store) flush(ctx context.Context, all bool) error {
-	retry := &backoff.ExponentialBackOff{InitialInterval: 50 * time.Millisecond,
-		RandomizationFactor: 0.1, Multiplier: 2, MaxInterval: time.Second}
-	retry.Reset()
+	again := retry.Backoff(50*time.Millisecond, time.Second)
 	left := s.queue.Len()
 	for left > 0 || all {
 		if err := ctx.Err(); err != nil {
@@ -202,24 +200,11 @@ func (s *Store) flush(ctx context.Context, all bool) error {
 		if !all {
 			return err
 		}
-		if !sleep(ctx, retry.NextBackOff()) {
+		if !retry.Sleep(ctx, again.NextBackOff()) {
 			return err
 		}
 	}
 	return nil
-}
-
-// sleep waits d, or less if ctx ends first; it reports whether it waited
-// the whole d.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 func (s *Store) writeAccepted(ctx context.Context, batch []*job.Record) error {
@@ -425,9 +410,7 @@ func (s *Store) listen(ctx context.Context) {
 		_ = ps.Close()
 	}()
 	_ = ps.Subscribe(ctx, s.channel()) // a failed subscribe is retried by Receive
-	retry := &backoff.ExponentialBackOff{InitialInterval: time.Second,
-		RandomizationFactor: 0.2, Multiplier: 2, MaxInterval: 5 * time.Second}
-	retry.Reset()
+	again := retry.Backoff(time.Second, 5*time.Second)
 	idle := 0
 	for ctx.Err() == nil {
 		m, err := ps.ReceiveTimeout(ctx, time.Second)
@@ -443,14 +426,14 @@ func (s *Store) listen(ctx context.Context) {
 		switch {
 		case err == nil:
 			idle = 0
-			retry.Reset()
+			again.Reset()
 		case errors.As(err, &nerr) && nerr.Timeout():
-			retry.Reset()
+			again.Reset()
 			if idle++; idle%5 == 0 {
 				_ = ps.Ping(ctx) // a failed ping makes go-redis reconnect
 			}
 		default: // Redis is away: Receive dials again on the next call
-			sleep(ctx, retry.NextBackOff())
+			retry.Sleep(ctx, again.NextBackOff())
 		}
 	}
 }
