@@ -149,11 +149,16 @@ func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Debug().Msgf(fo
 func (s *Server) Serve(ln net.Listener) error {
 	l := newLimitListener(ln, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerIP)
 	s.lnMu.Lock()
+	if s.closing.Err() != nil { // Shutdown came first
+		s.lnMu.Unlock()
+		return nil
+	}
 	s.lns = append(s.lns, l)
-	s.lnMu.Unlock()
 	if s.fast != nil {
 		s.fast.start() // Shutdown ends its writers
 	}
+	s.lnMu.Unlock()
+	// A listener Shutdown closed before fasthttp saw it ends this at once.
 	return s.srv.Serve(l)
 }
 
@@ -173,6 +178,16 @@ func (s *Server) closeSilent() {
 // ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeNow()
+	// Close the listeners here too: fasthttp's shutdown closes only those
+	// its Serve has already taken, and a Serve that starts later would
+	// run on.
+	s.lnMu.Lock()
+	for _, l := range s.lns {
+		if err := l.Close(); err != nil {
+			s.log.Debug().Err(err).Msg("close listener")
+		}
+	}
+	s.lnMu.Unlock()
 	done := make(chan error, 1)
 	go func() { done <- s.srv.ShutdownWithContext(ctx) }()
 	tick := time.NewTicker(50 * time.Millisecond)

@@ -19,6 +19,9 @@ type limitListener struct {
 	perIP int
 	open  atomic.Int64
 
+	closeOnce sync.Once
+	closeErr  error
+
 	mu    sync.Mutex
 	conns map[*limitConn]struct{}
 	byIP  map[string]int
@@ -37,6 +40,13 @@ func hostOf(a net.Addr) string {
 }
 
 // closeSilent closes the open connections that never sent a byte.
+// Close closes the listener once; later calls return nil, so the
+// ingress's shutdown and fasthttp's may both close it.
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.Listener.Close() })
+	return l.closeErr
+}
+
 func (l *limitListener) closeSilent() {
 	l.mu.Lock()
 	var silent []*limitConn
