@@ -32,6 +32,7 @@ func idOf(t *testing.T, body []byte) string {
 // the first is still publishing waits and gets the first id only once it
 // is queued — never an id that was not written yet.
 func TestIdempotencyWaitsForTheFirst(t *testing.T) {
+	t.Parallel()
 	var published atomic.Int64
 	release := make(chan struct{})
 	s, st := testServer(t, "durable", func(ctx context.Context, _ string, _ broker.Message) error {
@@ -42,17 +43,19 @@ func TestIdempotencyWaitsForTheFirst(t *testing.T) {
 	hdr := map[string]string{"Idempotency-Key": "k"}
 	first := make(chan *responseOf, 1)
 	go func() { first <- respond(call(s, "POST", "/r", "a", hdr)) }()
-	for st.claimOf("k") == nil {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "the first submit's claim", func() bool { return st.claimOf("k") != nil })
 	second := make(chan *responseOf, 1)
 	go func() { second <- respond(call(s, "POST", "/r", "a", hdr)) }()
-	time.Sleep(100 * time.Millisecond)
-	select {
-	case <-second:
-		t.Fatal("the second submit was answered before the first was queued")
-	default:
-	}
+	waitFor(t, "the second submit to find the key claimed", func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.claimCalls >= 2
+	})
+	// While the first is unpublished, the second stays unanswered: watched
+	// for a window, since a wait for nothing has no end.
+	never(t, 100*time.Millisecond, "the second submit answered before the first was queued", func() bool {
+		return len(second) > 0
+	})
 	close(release)
 	a, b := <-first, <-second
 	if a.status != 202 || b.status != 202 || idOf(t, a.body) != idOf(t, b.body) {
@@ -78,9 +81,7 @@ func TestIdempotencyConflictWhileWriting(t *testing.T) {
 	s.cfg.PublishTimeout = config.Duration(3 * time.Second)
 	hdr := map[string]string{"Idempotency-Key": "k"}
 	go call(s, "POST", "/r", "a", hdr)
-	for st.claimOf("k") == nil {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "the first submit's claim", func() bool { return st.claimOf("k") != nil })
 	start := time.Now()
 	ctx := call(s, "POST", "/r", "a", hdr)
 	if ctx.Response.StatusCode() != 409 || len(ctx.Response.Header.Peek("Retry-After")) == 0 {
@@ -96,6 +97,7 @@ func TestIdempotencyConflictWhileWriting(t *testing.T) {
 // writes that same id, so a write that did land is not duplicated under a
 // second id, and the id the retry gets is pollable at once.
 func TestIdempotencyRetryKeepsTheID(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	var ids []string
 	fail := true
@@ -136,6 +138,7 @@ func TestIdempotencyRetryKeepsTheID(t *testing.T) {
 // TestIdempotencyLandedWriteNotRepeated: when the earlier write of the id
 // did land (a worker already recorded it), a retry answers it unwritten.
 func TestIdempotencyLandedWriteNotRepeated(t *testing.T) {
+	t.Parallel()
 	var n atomic.Int64
 	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error {
 		if n.Add(1) == 1 {
@@ -154,6 +157,7 @@ func TestIdempotencyLandedWriteNotRepeated(t *testing.T) {
 }
 
 func TestBadInputGets400(t *testing.T) {
+	t.Parallel()
 	var n atomic.Int64
 	s, _ := testServer(t, "durable", func(context.Context, string, broker.Message) error { n.Add(1); return nil })
 	cases := []struct {
@@ -190,6 +194,7 @@ func TestBadInputGets400(t *testing.T) {
 }
 
 func TestPublishTooLargeGets413(t *testing.T) {
+	t.Parallel()
 	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error {
 		return fmt.Errorf("%w: test", broker.ErrTooLarge)
 	})
@@ -203,6 +208,7 @@ func TestPublishTooLargeGets413(t *testing.T) {
 }
 
 func TestStoreBehindGets503(t *testing.T) {
+	t.Parallel()
 	var n atomic.Int64
 	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error { n.Add(1); return nil })
 	st.admit = fmt.Errorf("too many unwritten")
@@ -217,6 +223,7 @@ func TestStoreBehindGets503(t *testing.T) {
 // TestAckFastPermanentErrorRecorded: a request the broker refuses for good
 // is recorded as failed once, not retried forever.
 func TestAckFastPermanentErrorRecorded(t *testing.T) {
+	t.Parallel()
 	var n atomic.Int64
 	s, st := testServer(t, "fast", func(context.Context, string, broker.Message) error {
 		n.Add(1)
@@ -241,10 +248,8 @@ func TestAckFastPermanentErrorRecorded(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(300 * time.Millisecond)
-	if n.Load() != 1 {
-		t.Fatalf("%d publishes of a request refused for good", n.Load())
-	}
+	// Refused for good, it is not written again: watched for a window.
+	never(t, 300*time.Millisecond, "a request refused for good published again", func() bool { return n.Load() != 1 })
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := s.Shutdown(sctx); err != nil {
@@ -283,14 +288,13 @@ func TestAckFastShutdownDeadline(t *testing.T) {
 }
 
 func TestLongPollLimit(t *testing.T) {
+	t.Parallel()
 	s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
 	s.cfg.MaxLongPolls = 1
 	id := idOf(t, call(s, "POST", "/r", "x", nil).Response.Body())
 	_ = st
 	go call(s, "GET", "/v1/requests/"+id+"?wait=2s", "", nil)
-	for s.polls.Load() < 1 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "the first long poll", func() bool { return s.polls.Load() >= 1 })
 	c := call(s, "GET", "/v1/requests/"+id+"?wait=2s", "", nil)
 	if c.Response.StatusCode() != 503 || len(c.Response.Header.Peek("Retry-After")) == 0 {
 		t.Fatalf("second long poll: %d", c.Response.StatusCode())
@@ -347,6 +351,7 @@ func TestFreshIDReadAgain(t *testing.T) {
 }
 
 func TestConnectionLimit(t *testing.T) {
+	t.Parallel()
 	t.Run("total", func(t *testing.T) { connectionLimit(t, 2, 0) })
 	t.Run("per ip", func(t *testing.T) { connectionLimit(t, 100, 2) })
 }
@@ -446,7 +451,11 @@ func TestShutdownClosesSilentConnections(t *testing.T) {
 	if line, _ := bufio.NewReader(used).ReadString('\n'); !strings.Contains(line, "202") {
 		t.Fatalf("submit: %q", line)
 	}
-	time.Sleep(50 * time.Millisecond)
+	waitFor(t, "both connections accepted", func() bool {
+		s.lnMu.Lock()
+		defer s.lnMu.Unlock()
+		return len(s.lns) == 1 && s.lns[0].open.Load() == 2
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	start := time.Now()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -31,13 +32,14 @@ func (f *fakePublisher) Publish(ctx context.Context, topic string, msg broker.Me
 }
 
 type fakeStore struct {
-	mu      sync.Mutex
-	recs    map[string]*job.Record
-	claims  map[string]*fakeClaim
-	events  []*job.Event
-	admit   error
-	getMiss int // Get answers not found this many more times
-	gets    int
+	mu         sync.Mutex
+	recs       map[string]*job.Record
+	claims     map[string]*fakeClaim
+	events     []*job.Event
+	admit      error
+	getMiss    int // Get answers not found this many more times
+	gets       int
+	claimCalls int // calls of Claim
 }
 
 type fakeClaim struct {
@@ -90,6 +92,7 @@ func (f *fakeStore) Apply(_ context.Context, evs []*job.Event) error {
 func (f *fakeStore) Claim(_ context.Context, c, k, id string, lease time.Duration) (job.Claim, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.claimCalls++
 	cl := f.claims[c+"\x00"+k]
 	switch {
 	case cl == nil:
@@ -170,6 +173,7 @@ func call(s *Server, method, uri, body string, hdr map[string]string) *fasthttp.
 }
 
 func TestBrokerDownAnswers503(t *testing.T) {
+	t.Parallel()
 	for name, err := range map[string]error{
 		"refused":   broker.ErrUnavailable,
 		"timed out": context.DeadlineExceeded,
@@ -201,6 +205,7 @@ func TestBrokerDownAnswers503(t *testing.T) {
 }
 
 func TestIDFormat(t *testing.T) {
+	t.Parallel()
 	s, _ := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
 	seen := map[string]bool{}
 	for range 1000 {
@@ -223,6 +228,7 @@ func TestIDFormat(t *testing.T) {
 }
 
 func TestPublishedMessage(t *testing.T) {
+	t.Parallel()
 	var got broker.Message
 	var topic string
 	s, _ := testServer(t, "durable", func(_ context.Context, tp string, m broker.Message) error { got, topic = m, tp; return nil })
@@ -245,13 +251,15 @@ func TestPublishedMessage(t *testing.T) {
 }
 
 func TestAckFastBuffersAndFlushes(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
-	var n int
+	var n, failed int
 	fail := true
 	s, _ := testServer(t, "fast", func(context.Context, string, broker.Message) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if fail {
+			failed++
 			return broker.ErrUnavailable
 		}
 		n++
@@ -262,7 +270,7 @@ func TestAckFastBuffersAndFlushes(t *testing.T) {
 			t.Fatalf("ack fast: %d", c.Response.StatusCode())
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
+	waitFor(t, "a write refused while the broker is away", func() bool { mu.Lock(); defer mu.Unlock(); return failed > 0 })
 	mu.Lock()
 	fail = false // the broker comes back; buffered requests are not lost
 	mu.Unlock()
@@ -277,6 +285,7 @@ func TestAckFastBuffersAndFlushes(t *testing.T) {
 }
 
 func TestRetryAfterEstimate(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		wait time.Duration
 		want int
@@ -312,10 +321,7 @@ func TestMaxInflight(t *testing.T) {
 	for range 2 {
 		go func() { done <- call(s, "POST", "/r", "x", nil).Response.StatusCode() }()
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for s.inflight.Load() < 2 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "two publishes pending", func() bool { return s.inflight.Load() >= 2 })
 	start := time.Now()
 	ctx := call(s, "POST", "/r", "x", nil)
 	if ctx.Response.StatusCode() != 503 || time.Since(start) > 50*time.Millisecond {
@@ -353,8 +359,25 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 	}
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
+	// Serve starts the writers before it answers anything: once it answers,
+	// they are there, and a Shutdown cannot come before Serve is under way
+	// (one that did would leave Serve serving, and this test hanging).
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	waitFor(t, "Serve to answer", func() bool {
+		resp, err := c.Get("http://" + ln.Addr().String() + "/v1/requests/x")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	})
+	// The writers are matched by their function, not by a package-qualified
+	// receiver: -race inlines start into Serve, and their frame then reads
+	// ingress.(*Server).Serve.(*fastPublisher).start.func1.1.
 	waitFor(t, "the ack: fast writers to start", func() bool {
-		return len(stacks.Matching(func(g string) bool { return strings.Contains(g, "(*fastPublisher).start") })) > 0
+		return len(stacks.Matching(func(g string) bool {
+			return strings.Contains(g, "sluice/ingress.") && strings.Contains(g, "(*fastPublisher).start.func1.1(")
+		})) > 0
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -365,18 +388,6 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 		t.Fatal(err)
 	}
 	waitFor(t, "every ingress goroutine to end", func() bool { return len(stacks.Running("sluice/ingress")) == 0 })
-}
-
-// waitFor polls cond until it holds, failing after 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestShutdownBeforeServe: a stop that comes before Serve has started

@@ -10,6 +10,7 @@ import (
 // TestRenderGolden pins what a poll answers: the bytes are the ones sluice
 // wrote before the client shape moved out of job.
 func TestRenderGolden(t *testing.T) {
+	t.Parallel()
 	at := time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
 	done := at.Add(2 * time.Minute)
 	for name, c := range map[string]struct {

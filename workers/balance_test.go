@@ -26,6 +26,7 @@ func picks(b *balancer, n, avoid int) []int {
 }
 
 func TestBalancerRoundRobin(t *testing.T) {
+	t.Parallel()
 	b, _ := testBalancer(3)
 	if got := fmt.Sprint(picks(b, 6, -1)); got != "[0 1 2 0 1 2]" {
 		t.Fatalf("picks %s", got)
@@ -36,6 +37,7 @@ func TestBalancerRoundRobin(t *testing.T) {
 // once, gets one probe when its interval ends, and the interval doubles
 // while probes fail; a good probe puts it back.
 func TestBalancerEjectsAndProbes(t *testing.T) {
+	t.Parallel()
 	b, now := testBalancer(2)
 	b.report(1, false, outcomeConnFailure)
 	for _, i := range picks(b, 10, -1) {
@@ -69,6 +71,7 @@ func TestBalancerEjectsAndProbes(t *testing.T) {
 }
 
 func TestBalancer5xxStreak(t *testing.T) {
+	t.Parallel()
 	b, _ := testBalancer(2)
 	for range ejectAfter5xx - 1 {
 		b.report(1, false, outcome5xx)
@@ -89,6 +92,7 @@ func TestBalancer5xxStreak(t *testing.T) {
 // TestBalancerRetryElsewhere: a retry avoids the url that failed while
 // another one is healthy, and uses it when it is the only one.
 func TestBalancerRetryElsewhere(t *testing.T) {
+	t.Parallel()
 	b, _ := testBalancer(3)
 	for range 10 {
 		if i, _ := b.pick(1); i == 1 {
@@ -103,6 +107,7 @@ func TestBalancerRetryElsewhere(t *testing.T) {
 }
 
 func TestBalancerAllEjected(t *testing.T) {
+	t.Parallel()
 	b, now := testBalancer(2)
 	b.report(0, false, outcomeConnFailure)
 	*now = now.Add(100 * time.Millisecond)

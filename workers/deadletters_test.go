@@ -80,6 +80,7 @@ func testDeadLetters(br broker.Broker) (*DeadLetters, *recorder) {
 // write and its ack) list once, at their newest generation; a replay
 // writes it once and takes every copy it listed.
 func TestDeadLettersOncePerID(t *testing.T) {
+	t.Parallel()
 	br := &fakeDLQ{}
 	now := time.Now().UTC()
 	a0, a1, b0 := request("a"), request("a"), request("b")
@@ -123,6 +124,7 @@ func TestDeadLettersOncePerID(t *testing.T) {
 // (RabbitMQ's delivery limit, a crash loop) lists with a reason and is
 // recorded as failed, so its poll does not stay pending.
 func TestDeadLetteredByTheBroker(t *testing.T) {
+	t.Parallel()
 	br := &fakeDLQ{}
 	r := request("poison")
 	r.Attempts = 2
@@ -146,6 +148,7 @@ func TestDeadLetteredByTheBroker(t *testing.T) {
 // TestReplayWritesTheRequestFirst: when the request cannot be written, no
 // queued event says it is queued, and nothing is taken out.
 func TestReplayWritesTheRequestFirst(t *testing.T) {
+	t.Parallel()
 	br := &fakeDLQ{}
 	br.publish = func(topic string, _ broker.Message) error {
 		if topic == broker.RequestTopic("b") {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,6 +142,7 @@ var errDown = fmt.Errorf("%w: test", broker.ErrUnavailable)
 // is done; a status event the broker cannot take does not hand it back
 // (that would fork the request into two retry chains).
 func TestSettleCopyThenEventFails(t *testing.T) {
+	t.Parallel()
 	br := &fakeBroker{publish: func(topic string, _ broker.Message) error {
 		if topic == broker.ResultTopic {
 			return errDown
@@ -164,6 +166,7 @@ func TestSettleCopyThenEventFails(t *testing.T) {
 // TestSettleWithoutCopyEventFails: with nothing durable yet, the delivery
 // goes back, so the attempt is made again.
 func TestSettleWithoutCopyEventFails(t *testing.T) {
+	t.Parallel()
 	br := &fakeBroker{publish: func(string, broker.Message) error { return errDown }}
 	p := newTestPool(testBackend(`"http://127.0.0.1:1"`), br)
 	d := &fakeDelivery{msg: wire.EncodeRequest(request("a")), log: &actionLog{}}
@@ -178,6 +181,7 @@ func TestSettleWithoutCopyEventFails(t *testing.T) {
 // TestSettleEventTooLarge: an outcome the broker refuses for its size is
 // stored truncated, never handed back as if the broker were away.
 func TestSettleEventTooLarge(t *testing.T) {
+	t.Parallel()
 	br := &fakeBroker{publish: func(topic string, msg broker.Message) error {
 		if len(msg.Body) > 4096 {
 			return fmt.Errorf("%w: test", broker.ErrTooLarge)
@@ -205,6 +209,7 @@ func TestSettleEventTooLarge(t *testing.T) {
 // TestSettleCopyTooLarge: a retry copy the broker refuses for its size
 // ends the request as failed, acknowledged, not retried forever.
 func TestSettleCopyTooLarge(t *testing.T) {
+	t.Parallel()
 	br := &fakeBroker{publish: func(topic string, _ broker.Message) error {
 		if topic != broker.ResultTopic {
 			return fmt.Errorf("%w: test", broker.ErrTooLarge)
@@ -245,16 +250,18 @@ func TestInFlightEventBeforeOutcome(t *testing.T) {
 	if len(evs) != 2 || evs[0].Status != job.InFlight || evs[1].Status != job.Succeeded {
 		t.Fatalf("events %v, want in_flight then succeeded", evs)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if n := len(br.events(t)); n != 2 {
-		t.Fatalf("%d events after deliver returned, want 2", n)
-	}
+	// Nothing is published once deliver returned: watched for a window
+	// longer than the slow broker's publish.
+	never(t, 200*time.Millisecond, "an event published after deliver returned", func() bool {
+		return len(br.events(t)) != 2
+	})
 }
 
 // TestBadHeaderIsTerminalAndNeutral: a request sluice cannot build fails at
 // once and never counts against the backend (breaker at 1 failure stays
 // closed); the backend sees nothing.
 func TestBadHeaderIsTerminalAndNeutral(t *testing.T) {
+	t.Parallel()
 	var hits int
 	var mu sync.Mutex
 	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { mu.Lock(); hits++; mu.Unlock() }))
@@ -272,6 +279,9 @@ func TestBadHeaderIsTerminalAndNeutral(t *testing.T) {
 		}
 	}
 	evs := br.events(t)
+	if len(evs) != 3 {
+		t.Fatalf("%d events for 3 requests sluice could not build: %+v", len(evs), evs)
+	}
 	for _, e := range evs {
 		if e.Status != job.Failed || e.LastError != ErrRequest || e.DeadLettered {
 			t.Fatalf("event %+v, want failed %q, not dead-lettered", e, ErrRequest)
@@ -312,8 +322,11 @@ func (s *fakeSub) Close() error { s.log.add("close"); return nil }
 // finish and settle, and only then closes the subscription (closing first
 // made RabbitMQ hand every in-flight request out again).
 func TestStopSettlesBeforeClose(t *testing.T) {
+	t.Parallel()
+	var arrived atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		time.Sleep(300 * time.Millisecond)
+		arrived.Add(1)
+		time.Sleep(300 * time.Millisecond) // a slow backend: still answering when the stop comes
 	}))
 	defer srv.Close()
 	log := &actionLog{}
@@ -327,7 +340,7 @@ func TestStopSettlesBeforeClose(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	time.Sleep(100 * time.Millisecond) // all three in flight
+	waitFor(t, 5*time.Second, "all three deliveries in flight", func() bool { return arrived.Load() == 3 })
 	cancel()
 	select {
 	case <-done:
@@ -359,7 +372,9 @@ func TestStopDrainTimeoutHandsBack(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			release := make(chan struct{})
+			var arrived atomic.Int64
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				arrived.Add(1)
 				select {
 				case <-release:
 				case <-r.Context().Done():
@@ -375,7 +390,7 @@ func TestStopDrainTimeoutHandsBack(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- p.Run(ctx) }()
-			time.Sleep(100 * time.Millisecond)
+			waitFor(t, 5*time.Second, "the delivery in flight", func() bool { return arrived.Load() == 1 })
 			start := time.Now()
 			if c.stopBy > 0 {
 				p.StopBy(start.Add(c.stopBy), start.Add(time.Second))
@@ -450,6 +465,7 @@ func TestDescribeHidesAddresses(t *testing.T) {
 // TestResponseTruncationFitsBroker: stored responses of any content stay
 // within the encoded bound, so a status event always fits a message.
 func TestResponseTruncationFitsBroker(t *testing.T) {
+	t.Parallel()
 	for name, body := range map[string][]byte{
 		"html":     []byte(strings.Repeat("<p>&amp;</p>", 200000)),
 		"control":  []byte(strings.Repeat("\x01", job.MaxStoredBody)),
@@ -481,6 +497,7 @@ func TestResponseTruncationFitsBroker(t *testing.T) {
 // be written is handed back, so the request's poll does not stay pending;
 // its next attempt writes the event.
 func TestSettleDeadLetterEventFails(t *testing.T) {
+	t.Parallel()
 	br := &fakeBroker{publish: func(topic string, _ broker.Message) error {
 		if topic == broker.ResultTopic {
 			return errDown
@@ -512,6 +529,7 @@ func (s *pausingSub) Resume(context.Context) error { s.log.add("resume"); s.resu
 // holds messages at the broker is paused once (not spun on), and resumed
 // when the pause ends.
 func TestPauseHandsBackHeldMessages(t *testing.T) {
+	t.Parallel()
 	log := &actionLog{}
 	sub := &pausingSub{fakeSub: fakeSub{log: log}}
 	br := &fakeBroker{subscribe: func() (broker.Subscription, error) { return sub, nil }}
@@ -522,12 +540,28 @@ func TestPauseHandsBackHeldMessages(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	time.Sleep(200 * time.Millisecond)
+	count := func(action string) int {
+		n := 0
+		for _, a := range log.all() {
+			if a == action {
+				n++
+			}
+		}
+		return n
+	}
+	waitFor(t, 5*time.Second, "the subscription paused", func() bool { return count("pause") > 0 })
+	// Paused, the pool holds still: one spinning on the pause would pause
+	// the subscription again and again within this window.
+	never(t, 200*time.Millisecond, "the subscription paused again", func() bool { return count("pause") > 1 })
 	set.Paused = false
 	p.lim.Set(set)
-	time.Sleep(100 * time.Millisecond)
+	waitFor(t, 5*time.Second, "the subscription resumed", func() bool { return count("resume") > 0 })
 	cancel()
-	<-done
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
 	if got := log.all(); fmt.Sprint(got) != "[pause resume close]" {
 		t.Fatalf("actions %v, want one pause, one resume, then close", got)
 	}

@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sluice-gw/sluice/internal/stacks"
 	"github.com/sluice-gw/sluice/job"
 )
 
 func TestClassify(t *testing.T) {
+	t.Parallel()
 	on := []int{429, 503}
 	cases := []struct {
 		name   string
@@ -43,6 +46,7 @@ func TestClassify(t *testing.T) {
 }
 
 func TestBackoffBounds(t *testing.T) {
+	t.Parallel()
 	initial, maxW := 200*time.Millisecond, 5*time.Second
 	for attempt := 1; attempt <= 12; attempt++ {
 		ceil := initial << (attempt - 1)
@@ -64,6 +68,7 @@ func TestBackoffBounds(t *testing.T) {
 }
 
 func TestRetryAfter(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	limit := 30 * time.Second
 	cases := []struct {
@@ -115,6 +120,7 @@ func TestLimiterRate(t *testing.T) {
 }
 
 func TestLimiterConcurrency(t *testing.T) {
+	t.Parallel()
 	l := NewLimiter(Settings{Concurrency: 3}, 0, 0)
 	var cur, peak atomic.Int64
 	var wg sync.WaitGroup
@@ -159,7 +165,13 @@ func TestLimiterLiveChange(t *testing.T) {
 		}
 		got <- time.Now()
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// The waiter is parked in Acquire before the change, not yet to come.
+	waitFor(t, 5*time.Second, "the waiter blocked in Acquire", func() bool {
+		return len(stacks.Matching(func(g string) bool {
+			return strings.Contains(g, "TestLimiterLiveChange.func") && strings.Contains(g, "(*Limiter).") &&
+				strings.Contains(g, " [select")
+		})) > 0
+	})
 	changed := time.Now()
 	l.Set(Settings{Rate: 1000, Burst: 1, Concurrency: 1})
 	select {
@@ -184,6 +196,7 @@ func TestLimiterLiveChange(t *testing.T) {
 }
 
 func TestBreaker(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	l := NewLimiter(Settings{Concurrency: 10}, 3, 5*time.Second)
 	l.now = func() time.Time { return now }
@@ -217,6 +230,7 @@ func TestBreaker(t *testing.T) {
 }
 
 func TestTarget(t *testing.T) {
+	t.Parallel()
 	u1, _ := url.Parse("http://a/ingest")
 	u2, _ := url.Parse("http://b/base/?k=v")
 	p := &Pool{urls: []*url.URL{u1, u2}}

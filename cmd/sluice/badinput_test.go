@@ -12,6 +12,7 @@ import (
 // internals.
 func TestBadInput(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes:

@@ -11,7 +11,8 @@ import (
 // deliveries with retries, a dead letter, and its replay.
 func TestBrokerPath(t *testing.T) {
 	integration(t)
-	eachBroker(t, []string{"kafka", "rabbitmq"}, []string{"flaky", "dead"}, func(t *testing.T, kind, brokerCfg, _ string) {
+	t.Parallel()
+	eachBrokerParallel(t, []string{"kafka", "rabbitmq"}, []string{"flaky", "dead"}, func(t *testing.T, kind, brokerCfg, _ string) {
 		brokerPath(t, brokerCfg, kind == "rabbitmq")
 	})
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 func TestSubmitDeliverPoll(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
 		return 201, map[string]string{"Content-Type": "application/json", "X-Backend": "yes"}, `{"stored":"` + h.Path + `"}`
 	})
@@ -95,10 +97,15 @@ backends:
 	if resp.StatusCode != 409 {
 		t.Fatalf("/response while pending: %d, want 409", resp.StatusCode)
 	}
-	// A long poll returns as soon as the outcome lands, not at its deadline.
-	go func() { time.Sleep(300 * time.Millisecond); close(release) }()
+	// A long poll returns as soon as the outcome lands, not at its deadline:
+	// the backend answers 300 ms after the long poll went out.
+	var once sync.Once
 	start := time.Now()
-	resp, body = do(t, "GET", g.base+"/v1/requests/"+a.ID+"?wait=20s", "", nil)
+	resp, body = doTraced(t, "GET", g.base+"/v1/requests/"+a.ID+"?wait=20s", &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) {
+			once.Do(func() { time.AfterFunc(300*time.Millisecond, func() { close(release) }) })
+		},
+	})
 	var r record
 	_ = json.Unmarshal(body, &r)
 	if r.Status != "succeeded" || time.Since(start) > 5*time.Second {
@@ -108,7 +115,17 @@ backends:
 		t.Fatalf("terminal poll carries Retry-After")
 	}
 	// A long poll on a request that stays pending returns after its wait.
-	be.setRespond(func(h hit, n int) (int, map[string]string, string) { time.Sleep(3 * time.Second); return 200, nil, "" })
+	// A backend slower than the wait: it answers when the test ends (sooner
+	// than a fixed delay would, so the gateway's stop does not wait for it).
+	slow := make(chan struct{})
+	t.Cleanup(func() { close(slow) }) // runs before the gateway stops
+	be.setRespond(func(h hit, n int) (int, map[string]string, string) {
+		select {
+		case <-slow:
+		case <-time.After(30 * time.Second):
+		}
+		return 200, nil, ""
+	})
 	b := g.submit("/r", "y", nil)
 	start = time.Now()
 	_, body = do(t, "GET", g.base+"/v1/requests/"+b.ID+"?wait=1s", "", nil)
@@ -120,6 +137,7 @@ backends:
 
 func TestRetriesThenSuccess(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
 		if n < 3 {
 			return 503, nil, "busy"
@@ -151,6 +169,7 @@ backends:
 
 func TestNonRetryableFailure(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) { return 422, nil, "bad record" })
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -162,14 +181,13 @@ backends:
 		r.Response.Body != "bad record" || r.LastError != "422 Unprocessable Entity" {
 		t.Fatalf("record: %+v", r)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if n := len(be.hitsFor(a.ID)); n != 1 {
-		t.Fatalf("non-retryable status tried %d times", n)
-	}
+	// Terminal, it is not tried again: watched for a window.
+	never(t, 200*time.Millisecond, "the non-retryable request tried again", func() bool { return len(be.hitsFor(a.ID)) != 1 })
 }
 
 func TestDeadLetterAndReplay(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	be := newBackend(t, func(h hit, n int) (int, map[string]string, string) { return 500, nil, "down" })
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -309,6 +327,7 @@ backends:
 
 func TestIdempotencyKey(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -322,10 +341,11 @@ backends:
 	}
 	g.await(a.ID, 20*time.Second)
 	g.await(c.ID, 20*time.Second)
-	time.Sleep(200 * time.Millisecond)
+	// One delivery for the key, and no second one later: watched for a window.
 	if n := len(be.hitsFor(a.ID)); n != 1 {
 		t.Fatalf("backend got the keyed request %d times", n)
 	}
+	never(t, 200*time.Millisecond, "the keyed request delivered again", func() bool { return len(be.hitsFor(a.ID)) != 1 })
 }
 
 func TestAdminBackendsAndPause(t *testing.T) {
@@ -349,8 +369,8 @@ backends:
 	if resp.StatusCode != 200 || got.Rate != 50 || got.Concurrency != 4 || !got.Paused {
 		t.Fatalf("patch: %d %s", resp.StatusCode, body)
 	}
-	// Paused: requests wait in the queue. Past max_backlog, ingress answers 503.
-	time.Sleep(100 * time.Millisecond)
+	// Paused (the PATCH answered once the pause was in force): requests wait
+	// in the queue. Past max_backlog, ingress answers 503.
 	var ids []string
 	saw503 := false
 	for range 12 {
@@ -372,10 +392,8 @@ backends:
 	if !saw503 || len(ids) < 5 {
 		t.Fatalf("max_backlog 5: %d accepted, 503 seen %v", len(ids), saw503)
 	}
-	time.Sleep(300 * time.Millisecond)
-	if be.count() != 0 {
-		t.Fatalf("paused backend got %d deliveries", be.count())
-	}
+	// Nothing reaches a paused backend: watched for a window.
+	never(t, 300*time.Millisecond, "a delivery to the paused backend", func() bool { return be.count() != 0 })
 	start := time.Now()
 	do(t, "PATCH", g.admin+"/admin/backends/b", `{"paused":false}`, nil)
 	for _, id := range ids {
@@ -407,6 +425,7 @@ backends:
 // drain rate.
 func TestRetryAfterEstimate(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]
@@ -427,6 +446,7 @@ backends:
 
 func TestAdminToken(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 admin_token: s3cret
@@ -446,6 +466,7 @@ backends:
 
 func TestConcurrentSubmitsAllDelivered(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	be := newBackend(t, nil)
 	g := startGateway(t, `
 routes: [{ name: r, path: /r, backend: b }]

@@ -43,6 +43,7 @@ func freePort(t *testing.T) int {
 // and every id that got a 202 succeeds.
 func TestKafkaKilledMidStream(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	if testing.Short() || os.Getenv("KAFKA_BROKERS") != "" {
 		t.Skip("runs its own kfake process")
 	}
@@ -63,7 +64,10 @@ backends:
 	_ = k.Process.Signal(syscall.SIGKILL)
 	_ = k.Wait()
 	before := st.count()
-	time.Sleep(3 * time.Second)
+	// Kafka is away: submits get 503 once the gateway notices, and (next to
+	// none) are accepted for as long as it stays away: watched for 2 s.
+	waitFor(t, 30*time.Second, "a 503 while Kafka is down", func() bool { return st.n503.Load() > 0 })
+	never(t, 2*time.Second, "more than 50 submits accepted while Kafka was down", func() bool { return st.count()-before > 50 })
 	during := st.count() - before
 	kfakeProc(t, port, kdir)
 	st.waitFor(t, st.count()+100, "Kafka came back")
@@ -82,6 +86,7 @@ backends:
 // answers 503 with Retry-After, and recovers by itself when Kafka comes up.
 func TestStartedBeforeKafka(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	if testing.Short() || os.Getenv("KAFKA_BROKERS") != "" {
 		t.Skip("runs its own kfake process")
 	}

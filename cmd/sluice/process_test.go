@@ -51,7 +51,8 @@ func sluiceBinary(t *testing.T) string { return buildOnce(t, ".") }
 // proc is sluice running as a child process.
 type proc struct {
 	cmd        *exec.Cmd
-	base       string
+	base       string // http://ingress
+	admin      string // http://admin
 	exited     chan error
 	mu         sync.Mutex
 	logs       strings.Builder
@@ -70,7 +71,7 @@ func (p *proc) start(t *testing.T) *proc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	up := make(chan string, 1)
+	up := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -79,9 +80,9 @@ func (p *proc) start(t *testing.T) *proc {
 			p.mu.Lock()
 			p.logs.WriteString(line + "\n")
 			p.mu.Unlock()
-			var l struct{ Message, Listen string }
+			var l struct{ Message, Listen, Admin string }
 			if json.Unmarshal([]byte(line), &l) == nil && l.Message == "sluice is up" {
-				up <- l.Listen
+				up <- [2]string{l.Listen, l.Admin}
 			}
 		}
 		_, _ = io.Copy(io.Discard, stderr)
@@ -97,7 +98,7 @@ func (p *proc) start(t *testing.T) *proc {
 	})
 	select {
 	case addr := <-up:
-		p.base = "http://" + addr
+		p.base, p.admin = "http://"+addr[0], "http://"+addr[1]
 	case err := <-p.exited:
 		t.Fatalf("sluice exited at start: %v\n%s", err, p.logs.String())
 	case <-time.After(30 * time.Second):
@@ -178,7 +179,8 @@ func awaitAll(t *testing.T, base string, ids []string, d time.Duration) {
 // id that got a 202 is delivered and succeeds.
 func TestKill9LosesNothing(t *testing.T) {
 	integration(t)
-	eachBroker(t, []string{"embedded", "rabbitmq"}, []string{"b"}, func(t *testing.T, _, brokerCfg, _ string) {
+	t.Parallel()
+	eachBrokerParallel(t, []string{"embedded", "rabbitmq"}, []string{"b"}, func(t *testing.T, _, brokerCfg, _ string) {
 		kill9(t, brokerCfg)
 	})
 }
@@ -254,9 +256,7 @@ backends:
 	if len(ids) != 40 {
 		t.Fatalf("%d of 40 accepted", len(ids))
 	}
-	for be.count() < 4 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, 30*time.Second, "four deliveries in flight", func() bool { return be.count() >= 4 })
 	start := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

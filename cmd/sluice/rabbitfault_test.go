@@ -33,18 +33,20 @@ backends:
 	st.waitFor(t, 200, "start")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	n503 := st.n503.Load()
 	if err := rabbitctl.Ctl(ctx, "stop_app"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second)
+	waitFor(t, 30*time.Second, "a 503 while RabbitMQ is stopped", func() bool { return st.n503.Load() > n503 })
 	if err := rabbitctl.Ctl(ctx, "start_app"); err != nil {
 		t.Fatal(err)
 	}
 	st.waitFor(t, st.count()+200, "stop_app/start_app")
+	n503 = st.n503.Load()
 	if err := rabbitctl.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second)
+	waitFor(t, 30*time.Second, "a 503 while RabbitMQ is killed", func() bool { return st.n503.Load() > n503 })
 	rabbitRunning(t)
 	st.waitFor(t, st.count()+200, "SIGKILL and restart")
 	ids := st.end()

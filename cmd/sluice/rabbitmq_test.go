@@ -35,8 +35,21 @@ func rabbitPrefix(t *testing.T, backends ...string) string {
 // "kafka", "rabbitmq"), with the config lines that select it (declaring
 // backends) and a prefix of the subtest's own for topics, queues and keys.
 func eachBroker(t *testing.T, kinds []string, backends []string, f func(t *testing.T, kind, brokerCfg, prefix string)) {
+	eachBrokerRun(t, false, kinds, backends, f)
+}
+
+// eachBrokerParallel is eachBroker with the subtests run in parallel, for
+// a test that is parallel itself.
+func eachBrokerParallel(t *testing.T, kinds []string, backends []string, f func(t *testing.T, kind, brokerCfg, prefix string)) {
+	eachBrokerRun(t, true, kinds, backends, f)
+}
+
+func eachBrokerRun(t *testing.T, parallel bool, kinds []string, backends []string, f func(t *testing.T, kind, brokerCfg, prefix string)) {
 	for _, kind := range kinds {
 		t.Run(kind, func(t *testing.T) {
+			if parallel {
+				t.Parallel()
+			}
 			switch kind {
 			case "kafka":
 				addrs, prefix := kafkaBrokers(t)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"sort"
@@ -34,17 +36,21 @@ func scaleOut(t *testing.T, brokerCfg, prefix string) {
 	dir := t.TempDir()
 	cfg := splitConfig(t, dir, brokerCfg, prefix, be.URL, "    rate: 50\n    burst: 1\n    concurrency: 8\n")
 	front := startRoles(t, cfg, "ingress,collector")
-	startRoles(t, cfg, "worker")
-	startRoles(t, cfg, "worker")
+	w1 := startRoles(t, cfg, "worker")
+	w2 := startRoles(t, cfg, "worker")
 
 	ids := submitStream(front.base, 800, nil, nil)
 	if len(ids) != 800 {
 		t.Fatalf("%d of 800 accepted", len(ids))
 	}
-	// Let both workers join and split the partitions, then measure.
-	time.Sleep(4 * time.Second)
+	// Measure once both workers deliver and have split the backend between
+	// them (each its part, the parts adding up to the whole).
+	waitFor(t, 60*time.Second, "both workers delivering, each with its share", func() bool {
+		s1, s2 := workerStats(t, w1), workerStats(t, w2)
+		return s1.Attempts > 0 && s2.Attempts > 0 && s1.Share < 1 && s2.Share < 1 && math.Abs(s1.Share+s2.Share-1) < 0.01
+	})
 	start := be.count()
-	time.Sleep(6 * time.Second)
+	time.Sleep(6 * time.Second) // the measurement window
 	got := float64(be.count()-start) / 6
 	t.Logf("backend saw %.1f deliveries/s from two worker processes at rate 50", got)
 	if got < 45 || got > 55 {
@@ -53,6 +59,26 @@ func scaleOut(t *testing.T, brokerCfg, prefix string) {
 	// Every request still ends succeeded, polled through the front process.
 	sort.Strings(ids)
 	awaitAll(t, front.base, ids[:20], 60*time.Second)
+}
+
+// workerStats is what a worker process's admin API says of backend b.
+func workerStats(t *testing.T, p *proc) (s struct {
+	Share    float64
+	Attempts int64
+}) {
+	t.Helper()
+	resp, body := do(t, "GET", p.admin+"/admin/backends/b", "", nil)
+	var b struct {
+		Stats struct {
+			Share    float64 `json:"share"`
+			Attempts int64   `json:"attempts"`
+		} `json:"stats"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("worker's /admin/backends/b: %d %s", resp.StatusCode, body)
+	}
+	s.Share, s.Attempts = b.Stats.Share, b.Stats.Attempts
+	return s
 }
 
 // splitConfig is a config for separate ingress, worker and collector
@@ -81,6 +107,7 @@ func redisAddrForTests() string {
 // got a 202 succeeds.
 func TestWorkerKilledPartitionsMove(t *testing.T) {
 	integration(t)
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("multi-process test")
 	}
@@ -98,9 +125,7 @@ func TestWorkerKilledPartitionsMove(t *testing.T) {
 	if len(ids) != 600 {
 		t.Fatalf("%d of 600 accepted", len(ids))
 	}
-	for be.count() < 150 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, 60*time.Second, "150 deliveries", func() bool { return be.count() >= 150 })
 	if err := victim.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
