@@ -360,8 +360,8 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ln) }()
 	// Serve starts the writers before it answers anything: once it answers,
-	// they are there, and a Shutdown cannot come before Serve is under way
-	// (one that did would leave Serve serving, and this test hanging).
+	// they are there (TestShutdownBeforeServe covers a Shutdown that comes
+	// first).
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	waitFor(t, "Serve to answer", func() bool {
 		resp, err := c.Get("http://" + ln.Addr().String() + "/v1/requests/x")
