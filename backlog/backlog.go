@@ -86,11 +86,17 @@ func (m *Monitor) Poll(ctx context.Context) {
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := m.b.Stats(qctx, topic)
 		cancel()
+		// Publishes while Stats ran may or may not be in st.Depth. Counted
+		// as added they would read as drained, once in depth: a paused
+		// backend measured a drain of 2/s from one such publish. They are
+		// taken as in the depth; if they were not, the next poll sees them
+		// there and the drain reads low, never high.
+		during := v.added.Swap(0)
 		now := m.now()
 		m.mu.Lock()
 		if err != nil {
 			v.available = false
-			v.added.Add(added) // still unseen by any poll
+			v.added.Add(added + during) // still unseen by any poll
 		} else {
 			if v.available && !v.polledAt.IsZero() {
 				v.measure(st, added, now)

@@ -30,6 +30,38 @@ func (f *fakeStats) take(n int64) {
 	f.mu.Unlock()
 }
 
+// racingStats is a topic to which a publish lands while Stats runs: the
+// snapshot may already hold it.
+type racingStats struct {
+	fakeStats
+	m *Monitor
+}
+
+func (r *racingStats) Stats(ctx context.Context, topic string) (broker.QueueStats, error) {
+	r.queue(1)
+	r.m.Add(topic, 1) // the ingress counts its publish after the broker took it
+	return r.fakeStats.Stats(ctx, topic)
+}
+
+// TestPublishDuringStatsIsNoDrain: a paused backend drains nothing, however
+// the publishes fall against the polls. A publish counted both in the
+// snapshot and as added read as drained: Retry-After 26 s for a backlog of
+// 50 at rate 10.
+func TestPublishDuringStatsIsNoDrain(t *testing.T) {
+	r := &racingStats{}
+	r.m = New(r, []string{"t"}, 500*time.Millisecond)
+	now := time.Unix(1000, 0)
+	r.m.now = func() time.Time { return now }
+	for range 10 {
+		r.m.Poll(context.Background())
+		now = now.Add(500 * time.Millisecond)
+	}
+	e := r.m.Estimate("t", 10, 16)
+	if e.Drain != 0 || e.Depth != 10 {
+		t.Fatalf("nothing consumed, 10 published: drain %.1f/s, depth %d; want 0 and 10", e.Drain, e.Depth)
+	}
+}
+
 // monitorAt is a monitor on a fake topic and clock; tick advances the clock
 // by half a second and polls.
 func monitorAt() (*Monitor, *fakeStats, func()) {
