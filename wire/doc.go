@@ -1,8 +1,8 @@
 // Package wire is how sluice's requests and events travel through the
 // broker: it turns a job.Request or job.Event into a broker.Message and
-// back. It is the only package that knows the message format; ingress and
-// the worker manager encode requests, workers decode them and encode
-// events, the collector decodes events.
+// back. It is the only package that knows the message format: ingress and
+// dead-letter replay (workers.DeadLetters) encode requests, workers decode
+// them and encode events, the collector decodes events.
 //
 // A request travels as its client's body, unchanged, in the message body,
 // keyed by the request id; everything else rides in "sluice-" headers

@@ -28,8 +28,9 @@
 // FIFO; the tiers are forwarded by one consumer group shared by every
 // process.
 //
-// Every goroutine has an owner that stops and waits for it: the Broker owns
-// topic preparation and the forwarders, a subscription owns its reader's
+// Every goroutine has an owner that stops and waits for it: Broker.Run owns
+// the topic preparation Open could not finish and the forwarders, and
+// returns once they have stopped; a subscription owns its reader's
 // start, its commit loop and the republishers of Nacks Kafka could not take
 // at once.
 package kafka

@@ -18,10 +18,11 @@
 // upgrading connection) and <prefix><queue>.migrating (see below).
 //
 // amqp091-go never reconnects by itself and its channels are not
-// goroutine-safe, so a manager goroutine owns two connections (publishing
-// and consuming apart, so that a resource alarm blocking publishers does
-// not stall acknowledgements), reconnecting with backoff and jitter and
-// declaring the topology again. Publishers take confirm-mode channels from a
+// goroutine-safe, so the broker holds two connections (publishing and
+// consuming apart, so that a resource alarm blocking publishers does not
+// stall acknowledgements). Open connects and declares the topology, and
+// starts nothing; Broker.Run reconnects with backoff and jitter, declaring
+// the topology again, and runs the migrations Open leaves to it. Publishers take confirm-mode channels from a
 // pool and publish with mandatory set: a message no queue takes comes back
 // as a basic.return and fails instead of being confirmed into nothing. A
 // per-publish number in a header ties each return to its publish; one
@@ -33,10 +34,10 @@
 // Held-back messages wait in the delay queues, never blocking their queue;
 // one back early from a tier moves on to a smaller tier, and one due within
 // the smallest tier waits in its consumer. Every goroutine has an owner
-// that stops and waits for it: Broker.Close waits for all of them, the
-// subscriptions' included.
+// that stops and waits for it: Run waits for the link's goroutines before
+// it returns, and Broker.Close for the subscriptions'.
 //
-// Poison messages: x-delivery-limit (Options.DeliveryLimit, default 100)
+// Poison messages: x-delivery-limit (Options.DeliveryLimit, default 1000)
 // counts hand-backs, not retries: a consumer that dies or closes holding a
 // message, or a Nack without delay. A request handed back more often is
 // dead-lettered to its backend's stream, where the admin API lists and

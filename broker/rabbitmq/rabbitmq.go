@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -247,10 +248,9 @@ var _ broker.Broker = (*Broker)(nil)
 // the publish channels.
 func Open(ctx context.Context, opts Options) (*Broker, error) {
 	b := newBroker(opts)
-	// The migration a first connection may run is not cut short by ctx:
-	// it stops at a consistent point only by its own bounds.
-	work := context.WithoutCancel(ctx)
-	l, err := b.retryConnect(ctx, func() (*link, error) { return b.connect(work) })
+	// A migration ctx cuts short stops at a consistent point; Run's next
+	// connection takes it up again.
+	l, err := b.retryConnect(ctx, func() (*link, error) { return b.connect(ctx) })
 	if err == nil {
 		b.adopt(l)
 	}
@@ -340,7 +340,7 @@ func (b *Broker) current() *link {
 	return b.cur
 }
 
-// askRedeclare has the manager declare the topology again: a publish came
+// askRedeclare has Run declare the topology again: a publish came
 // back unroutable or a consumer found its queue gone (someone deleted it).
 func (b *Broker) askRedeclare() {
 	select {
@@ -430,20 +430,43 @@ func (b *Broker) isClosing() bool {
 	return b.closing
 }
 
-func dial(url, name string) (*amqp.Connection, error) {
+// dialTimeout bounds a connection's dial and handshake (amqp091's own
+// default), or ctx's deadline when that comes first.
+const dialTimeout = 30 * time.Second
+
+// dial connects to url under ctx: its end stops the TCP dial, and its
+// deadline bounds the AMQP handshake (which amqp091 otherwise gives 30 s,
+// whatever the caller's context).
+func dial(ctx context.Context, url, name string) (*amqp.Connection, error) {
 	return amqp.DialConfig(url, amqp.Config{Heartbeat: 5 * time.Second, Locale: "en_US",
-		Properties: amqp.Table{"connection_name": name}})
+		Properties: amqp.Table{"connection_name": name},
+		Dial: func(network, addr string) (net.Conn, error) {
+			conn, err := (&net.Dialer{Timeout: dialTimeout}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			deadline := time.Now().Add(dialTimeout)
+			if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+				deadline = d
+			}
+			// Cleared by amqp091 once the handshake is done.
+			if err := conn.SetDeadline(deadline); err != nil {
+				_ = conn.Close()
+				return nil, err
+			}
+			return conn, nil
+		}})
 }
 
 // connect opens a link and declares the topology (migrating what earlier
 // versions left, see upgrade); ctx ends a migration early. The link's
 // publish channels are opened by fill.
 func (b *Broker) connect(ctx context.Context) (*link, error) {
-	pub, err := dial(b.opts.URL, "sluice-publish")
+	pub, err := dial(ctx, b.opts.URL, "sluice-publish")
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	sub, err := dial(b.opts.URL, "sluice-consume")
+	sub, err := dial(ctx, b.opts.URL, "sluice-consume")
 	if err != nil {
 		b.closeConn(pub, "publish")
 		return nil, fmt.Errorf("connect: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -201,5 +202,39 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("%s: not within %v", what, d)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestOpenHonoursItsContext: a server that takes the TCP connection and
+// never answers the AMQP handshake holds Open no longer than its context
+// (amqp091 alone waits 30 s, whatever the context says).
+func TestOpenHonoursItsContext(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // silent until the test ends
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	b, err := Open(ctx, Options{URL: "amqp://guest:guest@" + ln.Addr().String() + "/", Backends: []string{"a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Open took %s with a 1 s context", took)
+	}
+	if err := b.Ping(context.Background()); err == nil {
+		t.Fatal("Ping succeeded against a server that never answered")
 	}
 }

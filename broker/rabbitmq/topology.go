@@ -247,11 +247,11 @@ const lockWait = 10 * time.Second
 // moved messages back into it.
 //
 // It fails only when queues were refused and it cannot see to them (no
-// connection, another process holding the lock past lockWait): the manager
+// connection, another process holding the lock past lockWait): Run
 // connects again later rather than go on with a queue another process is
 // about to delete.
 func (b *Broker) upgrade(ctx context.Context, major int, refused []refusal) error {
-	conn, err := dial(b.opts.URL, "sluice-upgrade")
+	conn, err := dial(ctx, b.opts.URL, "sluice-upgrade")
 	if err != nil {
 		if len(refused) > 0 {
 			return fmt.Errorf("migrate %s: %w", refused[0].name, err)
