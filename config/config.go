@@ -10,7 +10,6 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/sluice-gw/sluice/broker"
-	"github.com/sluice-gw/sluice/results"
 	"gopkg.in/yaml.v3"
 )
 
@@ -138,7 +137,7 @@ type Results struct {
 	Store    string          `yaml:"store"` // embedded (default) | redis
 	Embedded ResultsEmbedded `yaml:"embedded"`
 	Redis    *Redis          `yaml:"redis"`
-	TTL      Duration        `yaml:"ttl"` // default 24h (results.DefaultTTL)
+	TTL      Duration        `yaml:"ttl"` // default 24h (resultsTTL)
 }
 
 // ResultsEmbedded configures the on-disk result store.
@@ -346,7 +345,7 @@ func (c *Config) ApplyDefaults() {
 		}
 	}
 	if c.Results.TTL == 0 {
-		c.Results.TTL = Duration(results.DefaultTTL)
+		c.Results.TTL = Duration(resultsTTL)
 	}
 	for i := range c.Routes {
 		r := &c.Routes[i]
@@ -399,9 +398,11 @@ const EmbeddedMaxMessageBytes = 64 << 20
 
 // The adapters' default max message sizes (kafka.DefaultMaxMessageBytes,
 // rabbitmq.DefaultMaxMessageBytes), which the cross-check of max_body
-// needs. They are copies: importing the adapters would pull their broker
-// libraries into config; TestAdapterDefaults keeps them equal.
+// needs, and the result stores' TTL. They are copies: importing the
+// adapters would pull their libraries into config, and config stays apart
+// from the ports; TestAdapterDefaults keeps them equal.
 const (
+	resultsTTL              = 24 * time.Hour
 	kafkaMaxMessageBytes    = 4 << 20
 	rabbitMQMaxMessageBytes = 16 << 20
 )

@@ -13,6 +13,7 @@ import (
 	"github.com/sluice-gw/sluice/broker/embedded"
 	"github.com/sluice-gw/sluice/broker/kafka"
 	"github.com/sluice-gw/sluice/broker/rabbitmq"
+	"github.com/sluice-gw/sluice/results"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -219,5 +220,35 @@ func TestAdapterDefaults(t *testing.T) {
 		t.Fatalf("config's copies of the adapters' defaults differ: kafka %d/%d, rabbitmq %d/%d, embedded %d/%d",
 			kafkaMaxMessageBytes, kafka.DefaultMaxMessageBytes, rabbitMQMaxMessageBytes, rabbitmq.DefaultMaxMessageBytes,
 			EmbeddedMaxMessageBytes, embedded.MaxPayload)
+	}
+	if resultsTTL != results.DefaultTTL {
+		t.Fatalf("results.ttl default %s, the stores' %s", resultsTTL, results.DefaultTTL)
+	}
+}
+
+// TestNotYetKeys: a key SPEC names whose feature this release lacks is
+// refused by name, unless it asks for nothing: null, or false (in any YAML
+// spelling) for backends[].adaptive, which was always a boolean.
+func TestNotYetKeys(t *testing.T) {
+	base := "routes: [{ name: r, path: /r, backend: b }]\nbackends: [{ name: b, urls: [\"http://127.0.0.1:1/\"]%s }]\n%s"
+	for _, tc := range []struct {
+		name, backend, top, refused string
+	}{
+		{name: "adaptive off", backend: ", adaptive: off"},
+		{name: "adaptive FALSE", backend: ", adaptive: FALSE"},
+		{name: "adaptive null", backend: ", adaptive: null"},
+		{name: "adaptive on", backend: ", adaptive: true", refused: "backends[0].adaptive: not supported yet"},
+		{name: "auth false", top: "auth: false\n", refused: "auth: not supported yet"},
+		{name: "auth null", top: "auth:\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(fmt.Sprintf(base, tc.backend, tc.top)), t.TempDir())
+			switch {
+			case tc.refused == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.refused != "" && (err == nil || !strings.Contains(err.Error(), tc.refused)):
+				t.Fatalf("got %v, want %q", err, tc.refused)
+			}
+		})
 	}
 }

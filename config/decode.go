@@ -34,11 +34,22 @@ var errSyntax = errors.New("config is not valid YAML")
 // key path with [] for any index. They have no field, so nothing can read
 // them; they are refused by name (an unset value, null or false, passes)
 // rather than as unknown keys, and leave this list as their features land.
+// backends[].adaptive: false was always accepted and still is.
 var notYet = map[string]bool{
 	"auth":                true,
 	"routes[].clients":    true,
 	"routes[].rate_limit": true,
 	"backends[].adaptive": true,
+}
+
+// unset reports whether a not-yet key's value asks for nothing: null, or
+// false for a boolean key (in any spelling YAML reads as false).
+func unset(n *yaml.Node, boolean bool) bool {
+	if n.Tag == "!!null" {
+		return true
+	}
+	var b bool
+	return boolean && n.Kind == yaml.ScalarNode && n.Decode(&b) == nil && !b
 }
 
 // notYetMark prefixes, in Config.zeros, the not-yet keys a file sets.
@@ -96,7 +107,7 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, zeros map[s
 			idx, ok := fields[key]
 			switch {
 			case !ok && notYet[anyIndex.ReplaceAllString(sub, "[]")]:
-				if val := n.Content[i+1]; val.Tag != "!!null" && !(val.Tag == "!!bool" && val.Value == "false") {
+				if !unset(n.Content[i+1], strings.HasSuffix(sub, ".adaptive")) {
 					zeros[notYetMark+sub] = true // Validate reports it
 				}
 				continue
