@@ -181,7 +181,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	p.adminProc = p.grp.Go("admin", func(ctx context.Context) error { return serveHTTP(ctx, p.admin, admLn) })
 	ingAddr := ""
 	if p.ingress != nil {
-		p.ingressProc = p.grp.Go("ingress", func(context.Context) error { return p.ingress.Serve(ingLn) })
+		p.ingressProc = p.grp.Go("ingress", func(ctx context.Context) error { return g.serveIngress(ctx, p.ingress, ingLn) })
 		ingAddr = ingLn.Addr().String()
 	}
 	log.Info().Str("listen", ingAddr).Str("admin", admLn.Addr().String()).
@@ -233,12 +233,30 @@ func (g *Gateway) stop(p *parts) {
 	_ = p.admin.Shutdown(sctx)
 	g.logStop(p.grp, p.adminProc)
 	g.logStop(p.grp, p.storeProc)  // writes what it still holds
-	g.logStop(p.grp, p.brokerProc) // then Run closes the broker
+	g.logStop(p.grp, p.brokerProc) // then Gateway.Run closes the broker
 }
 
 func (g *Gateway) logStop(grp *group, p *proc) {
 	if err := grp.Stop(p); err != nil && p != nil {
 		g.log.Error().Err(err).Str("role", p.name).Msg("stopped with an error")
+	}
+}
+
+// serveIngress serves ing on ln until it is shut down. The ordered stop
+// shuts it down first; a stop out of that order (StopAll) does it here.
+func (g *Gateway) serveIngress(ctx context.Context, ing *ingress.Server, ln net.Listener) error {
+	served := make(chan error, 1)
+	go func() { served <- ing.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownTimeout.D()/2)
+		defer cancel()
+		if err := ing.Shutdown(sctx); err != nil {
+			g.log.Error().Err(err).Msg("ingress shutdown")
+		}
+		return <-served
 	}
 }
 

@@ -64,7 +64,8 @@ func (g *group) Stop(p *proc) error {
 }
 
 // StopAll stops what is still running, last started first: the safety net
-// behind the ordered shutdown, for a start that failed half way.
+// behind the ordered shutdown, should Run ever leave early with parts
+// running (a panic in a Ready callback, say).
 func (g *group) StopAll() {
 	g.mu.Lock()
 	procs := append([]*proc(nil), g.procs...)

@@ -490,3 +490,36 @@ func TestAckFastHungBrokerAtShutdown(t *testing.T) {
 		t.Fatalf("record %+v: a write that may have landed was recorded as failed", r)
 	}
 }
+
+// TestAckFastRefusedDuringShutdown: a request the broker refuses for good
+// while the stop is under way is recorded as refused (too large), not as
+// lost at shutdown.
+func TestAckFastRefusedDuringShutdown(t *testing.T) {
+	t.Parallel()
+	publishing := make(chan struct{})
+	var once sync.Once
+	var s *Server
+	s, st := testServer(t, "fast", func(context.Context, string, broker.Message) error {
+		once.Do(func() { close(publishing) })
+		// Answer once the shutdown has stopped new writes: this one is
+		// under way, and its answer is what counts.
+		waitFor(t, "the shutdown to stop new writes", func() bool { return s.fast.abort.Err() != nil })
+		return fmt.Errorf("%w: test", broker.ErrTooLarge)
+	})
+	ctx := call(s, "POST", "/r", "x", nil)
+	if ctx.Response.StatusCode() != 202 {
+		t.Fatalf("%d", ctx.Response.StatusCode())
+	}
+	id := idOf(t, ctx.Response.Body())
+	<-publishing
+	// publish_timeout is 200 ms: new writes stop 200 ms before this ends.
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.Shutdown(sctx); err != nil {
+		t.Fatalf("shutdown: %v (nothing was lost)", err)
+	}
+	r, _ := st.Get(context.Background(), id)
+	if r == nil || r.Status != job.Failed || !strings.Contains(r.LastError, "too large") {
+		t.Fatalf("record %+v, want failed as too large", r)
+	}
+}

@@ -111,11 +111,11 @@ func (f *fastPublisher) publish(req *job.Request) {
 	})
 	switch {
 	case err == nil:
-	case f.abort.Err() != nil:
-		f.addLost(req, timedOut)
-	case errors.Is(err, broker.ErrTooLarge):
+	case errors.Is(err, broker.ErrTooLarge): // refused for good, even at shutdown
 		f.fail([]*job.Request{req}, "the queue refused it: too large")
 		f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
+	case errors.Is(err, context.Canceled) && f.abort.Err() != nil: // shutdown: never written
+		f.addLost(req, timedOut)
 	default:
 		f.fail([]*job.Request{req}, "the queue refused it")
 		f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")

@@ -129,7 +129,7 @@ const (
 	freshFor   = 5 * time.Second
 	freshFirst = 10 * time.Millisecond
 	freshLast  = 320 * time.Millisecond
-	freshReads = 8 // from 10 ms, half again as long each time: about 0.5 s in all
+	freshReads = 9 // from 10 ms, half again as long each time: about 0.75 s in all
 )
 
 // get reads id's record, again for a fresh id with a shared store.

@@ -309,7 +309,7 @@ const maxPullWait = time.Second
 // A message held back until later goes back to JetStream with the remaining
 // delay, so it waits there without blocking anything.
 func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
-	again := retry.Backoff(100*time.Millisecond, time.Second) // after a failed pull; the connection recovers by itself
+	again := retry.Backoff(100*time.Millisecond, 500*time.Millisecond) // after a failed pull; the connection recovers by itself
 	for {
 		select {
 		case <-s.closed:

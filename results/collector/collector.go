@@ -87,8 +87,9 @@ func (c *Collector) Run(ctx context.Context) error {
 		return err
 	}
 	defer sub.Close()
-	fetchRetry := retry.Backoff(500*time.Millisecond, 5*time.Second)
-	storeRetry := retry.Backoff(time.Second, 10*time.Second)
+	// Short caps: after an outage, outcomes are stored within a second or two.
+	fetchRetry := retry.Backoff(500*time.Millisecond, time.Second)
+	storeRetry := retry.Backoff(time.Second, 2*time.Second)
 	for {
 		ds, err := sub.Fetch(fctx, c.opts.Batch)
 		if err != nil {

@@ -409,8 +409,8 @@ func (s *Store) listen(ctx context.Context) {
 		stop()
 		_ = ps.Close()
 	}()
-	_ = ps.Subscribe(ctx, s.channel()) // a failed subscribe is retried by Receive
-	again := retry.Backoff(time.Second, 5*time.Second)
+	_ = ps.Subscribe(ctx, s.channel())                 // a failed subscribe is retried by Receive
+	again := retry.Backoff(time.Second, 2*time.Second) // long polls wake within 2 s of Redis's return
 	idle := 0
 	for ctx.Err() == nil {
 		m, err := ps.ReceiveTimeout(ctx, time.Second)
