@@ -8,8 +8,14 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/sluice-gw/sluice/admin"
+	"github.com/sluice-gw/sluice/backlog"
+	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/internal/stacks"
+	"github.com/sluice-gw/sluice/results/collector"
+	"github.com/sluice-gw/sluice/workers"
 )
 
 // ours lists the goroutines running code of this module (its tests aside).
@@ -21,7 +27,8 @@ func ours() []string {
 }
 
 // TestConstructorsStartNothing: opening the broker and the store and
-// building every part starts no goroutine of ours; Run does, and every one
+// building every part (ingress, pools, dead letters, collector, backlog
+// monitor, admin API) starts no goroutine of ours; Run does, and every one
 // has ended when Run returns.
 func TestConstructorsStartNothing(t *testing.T) {
 	dir := t.TempDir()
@@ -51,8 +58,17 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 	if err != nil {
 		t.Fatal(err)
 	}
+	topics := []string{broker.RequestTopic("b")}
+	monitor := backlog.New(br, topics, time.Second)
+	manager := workers.NewManager(cfg, br, zerolog.Nop())
+	if _, err := ingress.New(cfg, br, store, monitor, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	collector.New(br, store, zerolog.Nop(), collector.Options{})
+	admin.New("", false, manager, workers.NewDeadLetters(br, manager.Names(), store, zerolog.Nop()), monitor, nil)
 	if left := ours(); len(left) > 0 {
-		t.Fatalf("opening the broker and the store started %d goroutines of ours, e.g.\n%s", len(left), left[0])
+		t.Fatalf("opening the broker and the store and building every part started %d goroutines of ours, e.g.\n%s",
+			len(left), left[0])
 	}
 	_ = store.Close()
 	_ = br.Close()

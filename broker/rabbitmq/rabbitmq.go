@@ -279,12 +279,12 @@ func (b *Broker) MaxMessageBytes() int { return b.opts.MaxMessageBytes }
 
 // logf logs a warning: something sluice works around or tries again.
 func (b *Broker) logf(format string, args ...any) {
-	b.opts.Log.Warn().Str("broker", "rabbitmq").Msgf(format, args...)
+	b.opts.Log.Warn().Msgf(format, args...)
 }
 
 // infof logs what an upgrade did.
 func (b *Broker) infof(format string, args ...any) {
-	b.opts.Log.Info().Str("broker", "rabbitmq").Msgf(format, args...)
+	b.opts.Log.Info().Msgf(format, args...)
 }
 
 // closeChannel closes ch, logging a failure other than its being closed

@@ -175,7 +175,7 @@ type consumer struct {
 // deliveries it holds back or buffered go back to the queue with the
 // channel.
 func (s *subscription) consume(l *link, pause <-chan struct{}) bool {
-	log := s.b.opts.Log.With().Str("broker", "rabbitmq").Str("topic", s.topic).Logger()
+	log := s.b.opts.Log.With().Str("topic", s.topic).Logger()
 	ach, err := l.sub.Channel()
 	if err != nil {
 		log.Debug().Err(err).Msg("rabbitmq: open a consumer channel (retrying)")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -61,9 +62,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 		return errConfig
 	}
 	gw, err := gateway.New(cfg, gateway.Options{Roles: roles, Log: newLogger(cfg, stderr), Ready: ready})
-	if err != nil {
-		fmt.Fprintf(stderr, "sluice serve: -%v\n", err)
+	if errors.Is(err, gateway.ErrRoles) {
+		fmt.Fprintf(stderr, "sluice serve: -%v\n", err) // "-roles: ..."
 		return errUsage
+	}
+	if err != nil {
+		return err
 	}
 	return gw.Run(ctx)
 }
