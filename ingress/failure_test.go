@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/internal/wait"
 	"github.com/sluice-gw/sluice/job"
 )
 
@@ -43,17 +44,17 @@ func TestIdempotencyWaitsForTheFirst(t *testing.T) {
 	hdr := map[string]string{"Idempotency-Key": "k"}
 	first := make(chan *responseOf, 1)
 	go func() { first <- respond(call(s, "POST", "/r", "a", hdr)) }()
-	waitFor(t, "the first submit's claim", func() bool { return st.claimOf("k") != nil })
+	wait.For(t, 5*time.Second, "the first submit's claim", func() bool { return st.claimOf("k") != nil })
 	second := make(chan *responseOf, 1)
 	go func() { second <- respond(call(s, "POST", "/r", "a", hdr)) }()
-	waitFor(t, "the second submit to find the key claimed", func() bool {
+	wait.For(t, 5*time.Second, "the second submit to find the key claimed", func() bool {
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		return st.claimCalls >= 2
 	})
 	// While the first is unpublished, the second stays unanswered: watched
 	// for a window, since a wait for nothing has no end.
-	never(t, 100*time.Millisecond, "the second submit answered before the first was queued", func() bool {
+	wait.Never(t, 100*time.Millisecond, "the second submit answered before the first was queued", func() bool {
 		return len(second) > 0
 	})
 	close(release)
@@ -81,7 +82,7 @@ func TestIdempotencyConflictWhileWriting(t *testing.T) {
 	s.cfg.PublishTimeout = config.Duration(3 * time.Second)
 	hdr := map[string]string{"Idempotency-Key": "k"}
 	go call(s, "POST", "/r", "a", hdr)
-	waitFor(t, "the first submit's claim", func() bool { return st.claimOf("k") != nil })
+	wait.For(t, 5*time.Second, "the first submit's claim", func() bool { return st.claimOf("k") != nil })
 	start := time.Now()
 	ctx := call(s, "POST", "/r", "a", hdr)
 	if ctx.Response.StatusCode() != 409 || len(ctx.Response.Header.Peek("Retry-After")) == 0 {
@@ -249,7 +250,7 @@ func TestAckFastPermanentErrorRecorded(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	// Refused for good, it is not written again: watched for a window.
-	never(t, 300*time.Millisecond, "a request refused for good published again", func() bool { return n.Load() != 1 })
+	wait.Never(t, 300*time.Millisecond, "a request refused for good published again", func() bool { return n.Load() != 1 })
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := s.Shutdown(sctx); err != nil {
@@ -294,7 +295,7 @@ func TestLongPollLimit(t *testing.T) {
 	id := idOf(t, call(s, "POST", "/r", "x", nil).Response.Body())
 	_ = st
 	go call(s, "GET", "/v1/requests/"+id+"?wait=2s", "", nil)
-	waitFor(t, "the first long poll", func() bool { return s.polls.Load() >= 1 })
+	wait.For(t, 5*time.Second, "the first long poll", func() bool { return s.polls.Load() >= 1 })
 	c := call(s, "GET", "/v1/requests/"+id+"?wait=2s", "", nil)
 	if c.Response.StatusCode() != 503 || len(c.Response.Header.Peek("Retry-After")) == 0 {
 		t.Fatalf("second long poll: %d", c.Response.StatusCode())
@@ -451,7 +452,7 @@ func TestShutdownClosesSilentConnections(t *testing.T) {
 	if line, _ := bufio.NewReader(used).ReadString('\n'); !strings.Contains(line, "202") {
 		t.Fatalf("submit: %q", line)
 	}
-	waitFor(t, "both connections accepted", func() bool {
+	wait.For(t, 5*time.Second, "both connections accepted", func() bool {
 		s.lnMu.Lock()
 		defer s.lnMu.Unlock()
 		return len(s.lns) == 1 && s.lns[0].open.Load() == 2
@@ -503,7 +504,7 @@ func TestAckFastRefusedDuringShutdown(t *testing.T) {
 		once.Do(func() { close(publishing) })
 		// Answer once the shutdown has stopped new writes: this one is
 		// under way, and its answer is what counts.
-		waitFor(t, "the shutdown to stop new writes", func() bool { return s.fast.abort.Err() != nil })
+		wait.For(t, 5*time.Second, "the shutdown to stop new writes", func() bool { return s.fast.abort.Err() != nil })
 		return fmt.Errorf("%w: test", broker.ErrTooLarge)
 	})
 	ctx := call(s, "POST", "/r", "x", nil)

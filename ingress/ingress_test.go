@@ -19,6 +19,7 @@ import (
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/internal/stacks"
+	"github.com/sluice-gw/sluice/internal/wait"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/wire"
 )
@@ -270,7 +271,7 @@ func TestAckFastBuffersAndFlushes(t *testing.T) {
 			t.Fatalf("ack fast: %d", c.Response.StatusCode())
 		}
 	}
-	waitFor(t, "a write refused while the broker is away", func() bool { mu.Lock(); defer mu.Unlock(); return failed > 0 })
+	wait.For(t, 5*time.Second, "a write refused while the broker is away", func() bool { mu.Lock(); defer mu.Unlock(); return failed > 0 })
 	mu.Lock()
 	fail = false // the broker comes back; buffered requests are not lost
 	mu.Unlock()
@@ -321,7 +322,7 @@ func TestMaxInflight(t *testing.T) {
 	for range 2 {
 		go func() { done <- call(s, "POST", "/r", "x", nil).Response.StatusCode() }()
 	}
-	waitFor(t, "two publishes pending", func() bool { return s.inflight.Load() >= 2 })
+	wait.For(t, 5*time.Second, "two publishes pending", func() bool { return s.inflight.Load() >= 2 })
 	start := time.Now()
 	ctx := call(s, "POST", "/r", "x", nil)
 	if ctx.Response.StatusCode() != 503 || time.Since(start) > 50*time.Millisecond {
@@ -363,7 +364,7 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 	// they are there (TestShutdownBeforeServe covers a Shutdown that comes
 	// first).
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	waitFor(t, "Serve to answer", func() bool {
+	wait.For(t, 5*time.Second, "Serve to answer", func() bool {
 		resp, err := c.Get("http://" + ln.Addr().String() + "/v1/requests/x")
 		if err != nil {
 			return false
@@ -374,7 +375,7 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 	// The writers are matched by their function, not by a package-qualified
 	// receiver: -race inlines start into Serve, and their frame then reads
 	// ingress.(*Server).Serve.(*fastPublisher).start.func1.1.
-	waitFor(t, "the ack: fast writers to start", func() bool {
+	wait.For(t, 5*time.Second, "the ack: fast writers to start", func() bool {
 		return len(stacks.Matching(func(g string) bool {
 			return strings.Contains(g, "sluice/ingress.") && strings.Contains(g, "(*fastPublisher).start.func1.1(")
 		})) > 0
@@ -387,7 +388,7 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 	if err := <-served; err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "every ingress goroutine to end", func() bool { return len(stacks.Running("sluice/ingress")) == 0 })
+	wait.For(t, 5*time.Second, "every ingress goroutine to end", func() bool { return len(stacks.Running("sluice/ingress")) == 0 })
 }
 
 // TestShutdownBeforeServe: a stop that comes before Serve has started

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/internal/wait"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/wire"
 )
@@ -252,7 +253,7 @@ func TestInFlightEventBeforeOutcome(t *testing.T) {
 	}
 	// Nothing is published once deliver returned: watched for a window
 	// longer than the slow broker's publish.
-	never(t, 200*time.Millisecond, "an event published after deliver returned", func() bool {
+	wait.Never(t, 200*time.Millisecond, "an event published after deliver returned", func() bool {
 		return len(br.events(t)) != 2
 	})
 }
@@ -340,7 +341,7 @@ func TestStopSettlesBeforeClose(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	waitFor(t, 5*time.Second, "all three deliveries in flight", func() bool { return arrived.Load() == 3 })
+	wait.For(t, 5*time.Second, "all three deliveries in flight", func() bool { return arrived.Load() == 3 })
 	cancel()
 	select {
 	case <-done:
@@ -390,7 +391,7 @@ func TestStopDrainTimeoutHandsBack(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- p.Run(ctx) }()
-			waitFor(t, 5*time.Second, "the delivery in flight", func() bool { return arrived.Load() == 1 })
+			wait.For(t, 5*time.Second, "the delivery in flight", func() bool { return arrived.Load() == 1 })
 			start := time.Now()
 			if c.stopBy > 0 {
 				p.StopBy(start.Add(c.stopBy), start.Add(time.Second))
@@ -549,13 +550,13 @@ func TestPauseHandsBackHeldMessages(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, 5*time.Second, "the subscription paused", func() bool { return count("pause") > 0 })
+	wait.For(t, 5*time.Second, "the subscription paused", func() bool { return count("pause") > 0 })
 	// Paused, the pool holds still: one spinning on the pause would pause
 	// the subscription again and again within this window.
-	never(t, 200*time.Millisecond, "the subscription paused again", func() bool { return count("pause") > 1 })
+	wait.Never(t, 200*time.Millisecond, "the subscription paused again", func() bool { return count("pause") > 1 })
 	set.Paused = false
 	p.lim.Set(set)
-	waitFor(t, 5*time.Second, "the subscription resumed", func() bool { return count("resume") > 0 })
+	wait.For(t, 5*time.Second, "the subscription resumed", func() bool { return count("resume") > 0 })
 	cancel()
 	select {
 	case <-done:

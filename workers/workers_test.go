@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/internal/stacks"
+	"github.com/sluice-gw/sluice/internal/wait"
 	"github.com/sluice-gw/sluice/job"
 )
 
@@ -166,7 +167,7 @@ func TestLimiterLiveChange(t *testing.T) {
 		got <- time.Now()
 	}()
 	// The waiter is parked in Acquire before the change, not yet to come.
-	waitFor(t, 5*time.Second, "the waiter blocked in Acquire", func() bool {
+	wait.For(t, 5*time.Second, "the waiter blocked in Acquire", func() bool {
 		return len(stacks.Matching(func(g string) bool {
 			return strings.Contains(g, "TestLimiterLiveChange.func") && strings.Contains(g, "(*Limiter).") &&
 				strings.Contains(g, " [select")

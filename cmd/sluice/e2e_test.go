@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 func TestSubmitDeliverPoll(t *testing.T) {
@@ -182,7 +184,7 @@ backends:
 		t.Fatalf("record: %+v", r)
 	}
 	// Terminal, it is not tried again: watched for a window.
-	never(t, 200*time.Millisecond, "the non-retryable request tried again", func() bool { return len(be.hitsFor(a.ID)) != 1 })
+	wait.Never(t, 200*time.Millisecond, "the non-retryable request tried again", func() bool { return len(be.hitsFor(a.ID)) != 1 })
 }
 
 func TestDeadLetterAndReplay(t *testing.T) {
@@ -345,7 +347,7 @@ backends:
 	if n := len(be.hitsFor(a.ID)); n != 1 {
 		t.Fatalf("backend got the keyed request %d times", n)
 	}
-	never(t, 200*time.Millisecond, "the keyed request delivered again", func() bool { return len(be.hitsFor(a.ID)) != 1 })
+	wait.Never(t, 200*time.Millisecond, "the keyed request delivered again", func() bool { return len(be.hitsFor(a.ID)) != 1 })
 }
 
 func TestAdminBackendsAndPause(t *testing.T) {
@@ -393,7 +395,7 @@ backends:
 		t.Fatalf("max_backlog 5: %d accepted, 503 seen %v", len(ids), saw503)
 	}
 	// Nothing reaches a paused backend: watched for a window.
-	never(t, 300*time.Millisecond, "a delivery to the paused backend", func() bool { return be.count() != 0 })
+	wait.Never(t, 300*time.Millisecond, "a delivery to the paused backend", func() bool { return be.count() != 0 })
 	start := time.Now()
 	do(t, "PATCH", g.admin+"/admin/backends/b", `{"paused":false}`, nil)
 	for _, id := range ids {

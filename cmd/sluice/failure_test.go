@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // TestLargeBodiesOnKafka: a 1 MiB request (the default max_body) is
@@ -38,7 +40,7 @@ backends:
 	if n := len(be.hitsFor(a.ID)); n != 1 {
 		t.Fatalf("backend got the request %d times", n)
 	}
-	never(t, 2*time.Second, "the request delivered again", func() bool { return len(be.hitsFor(a.ID)) != 1 })
+	wait.Never(t, 2*time.Second, "the request delivered again", func() bool { return len(be.hitsFor(a.ID)) != 1 })
 	body := strings.Repeat("a", 1<<20)
 	b := g.submit("/r", body, nil)
 	if r := g.await(b.ID, 30*time.Second); r.Status != "succeeded" {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // kfakeProc runs kfake as its own process on port with data in dir.
@@ -66,8 +68,8 @@ backends:
 	before := st.count()
 	// Kafka is away: submits get 503 once the gateway notices, and (next to
 	// none) are accepted for as long as it stays away: watched for 2 s.
-	waitFor(t, 30*time.Second, "a 503 while Kafka is down", func() bool { return st.n503.Load() > 0 })
-	never(t, 2*time.Second, "more than 50 submits accepted while Kafka was down", func() bool { return st.count()-before > 50 })
+	wait.For(t, 30*time.Second, "a 503 while Kafka is down", func() bool { return st.n503.Load() > 0 })
+	wait.Never(t, 2*time.Second, "more than 50 submits accepted while Kafka was down", func() bool { return st.count()-before > 50 })
 	during := st.count() - before
 	kfakeProc(t, port, kdir)
 	st.waitFor(t, st.count()+100, "Kafka came back")

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 var (
@@ -256,7 +258,7 @@ backends:
 	if len(ids) != 40 {
 		t.Fatalf("%d of 40 accepted", len(ids))
 	}
-	waitFor(t, 30*time.Second, "four deliveries in flight", func() bool { return be.count() >= 4 })
+	wait.For(t, 30*time.Second, "four deliveries in flight", func() bool { return be.count() >= 4 })
 	start := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/internal/rabbitctl"
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // TestRabbitMQRestartsMidStream: through sluice, RabbitMQ is stopped
@@ -37,7 +38,7 @@ backends:
 	if err := rabbitctl.Ctl(ctx, "stop_app"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "a 503 while RabbitMQ is stopped", func() bool { return st.n503.Load() > n503 })
+	wait.For(t, 30*time.Second, "a 503 while RabbitMQ is stopped", func() bool { return st.n503.Load() > n503 })
 	if err := rabbitctl.Ctl(ctx, "start_app"); err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +47,7 @@ backends:
 	if err := rabbitctl.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "a 503 while RabbitMQ is killed", func() bool { return st.n503.Load() > n503 })
+	wait.For(t, 30*time.Second, "a 503 while RabbitMQ is killed", func() bool { return st.n503.Load() > n503 })
 	rabbitRunning(t)
 	st.waitFor(t, st.count()+200, "SIGKILL and restart")
 	ids := st.end()

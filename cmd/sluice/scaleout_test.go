@@ -9,6 +9,8 @@ import (
 	"sort"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // startRoles starts `sluice serve -roles roles` as a child process.
@@ -45,7 +47,7 @@ func scaleOut(t *testing.T, brokerCfg, prefix string) {
 	}
 	// Measure once both workers deliver and have split the backend between
 	// them (each its part, the parts adding up to the whole).
-	waitFor(t, 60*time.Second, "both workers delivering, each with its share", func() bool {
+	wait.For(t, 60*time.Second, "both workers delivering, each with its share", func() bool {
 		s1, s2 := workerStats(t, w1), workerStats(t, w2)
 		return s1.Attempts > 0 && s2.Attempts > 0 && s1.Share < 1 && s2.Share < 1 && math.Abs(s1.Share+s2.Share-1) < 0.01
 	})
@@ -125,7 +127,7 @@ func TestWorkerKilledPartitionsMove(t *testing.T) {
 	if len(ids) != 600 {
 		t.Fatalf("%d of 600 accepted", len(ids))
 	}
-	waitFor(t, 60*time.Second, "150 deliveries", func() bool { return be.count() >= 150 })
+	wait.For(t, 60*time.Second, "150 deliveries", func() bool { return be.count() >= 150 })
 	if err := victim.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
