@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/results/storetest"
 )
 
 // openIdle opens a store without running it (tests that drive flush and
@@ -29,32 +30,11 @@ func openIdle(t *testing.T, opts Options) *Store {
 	return s
 }
 
-// run starts s.Run; stop ends it, waits for it and returns its error.
-// t's cleanup stops it, before the store is closed.
-func run(t *testing.T, s *Store) (stop func() error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() { cancel(); err = <-done })
-		return err
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
-	return stop
-}
-
 // openStore opens a store in dir and runs it until t ends.
 func openStore(t *testing.T, dir string, ttl time.Duration) *Store {
 	t.Helper()
 	s := openIdle(t, Options{Dir: dir, TTL: ttl})
-	run(t, s)
+	storetest.Start(t, s)
 	return s
 }
 
@@ -70,7 +50,7 @@ func TestAcceptVisibleAndDurable(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
 	s := openIdle(t, Options{Dir: dir, TTL: time.Hour})
-	stop := run(t, s)
+	stop := storetest.Start(t, s)
 	if err := s.Accept(ctx, accepted("a", time.Now())); err != nil {
 		t.Fatal(err)
 	}

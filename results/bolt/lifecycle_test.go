@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/internal/stacks"
+	"github.com/sluice-gw/sluice/results/storetest"
 )
 
 // storeGoroutines returns the stacks of goroutines a store runs.
@@ -22,7 +23,7 @@ func TestGoroutinesEndWithRun(t *testing.T) {
 	if left := storeGoroutines(); len(left) != 0 {
 		t.Fatalf("goroutines run after Open, before Run:\n\n%s", strings.Join(left, "\n\n"))
 	}
-	stop := run(t, s)
+	stop := storetest.Start(t, s)
 	deadline := time.Now().Add(5 * time.Second)
 	for len(storeGoroutines()) < 2 {
 		if time.Now().After(deadline) {

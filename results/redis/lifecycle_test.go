@@ -9,6 +9,7 @@ import (
 	"github.com/sluice-gw/sluice/internal/stacks"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/results"
+	"github.com/sluice-gw/sluice/results/storetest"
 )
 
 // storeGoroutines returns the stacks of goroutines a store runs, and
@@ -59,7 +60,7 @@ func TestGoroutinesEndWithRun(t *testing.T) {
 	waitNoStoreGoroutines(t, false, "run after Open, before Run")
 	var stops []func() error
 	for i, s := range []*Store{up1, up2, down} {
-		stops = append(stops, run(t, s))
+		stops = append(stops, storetest.Start(t, s))
 		id := string(rune('a' + i))
 		_ = s.Accept(ctx, accepted(id, time.Now()))
 		ch, stop := s.Watch(id)

@@ -21,6 +21,7 @@ import (
 	"github.com/sluice-gw/sluice/results"
 	"github.com/sluice-gw/sluice/results/internal/accept"
 	"github.com/sluice-gw/sluice/results/internal/record"
+	"github.com/sluice-gw/sluice/results/storetest"
 )
 
 // redisAddr is the Redis the tests use: REDIS_ADDR, else 127.0.0.1:6379
@@ -71,23 +72,6 @@ func open(t *testing.T, opts Options) *Store {
 	return s
 }
 
-// run starts s.Run; stop ends it, waits for it and returns its error.
-// t's cleanup stops it, before the store is closed.
-func run(t *testing.T, s *Store) (stop func() error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() { cancel(); err = <-done })
-		return err
-	}
-	t.Cleanup(func() { _ = stop() })
-	return stop
-}
-
 // openRedis opens a store on the test Redis (opts.Addr unless set), runs
 // it until t ends, and checks that Redis answers.
 func openRedis(t *testing.T, opts Options) *Store {
@@ -99,7 +83,7 @@ func openRedis(t *testing.T, opts Options) *Store {
 		opts.TTL = time.Minute
 	}
 	s := open(t, opts)
-	run(t, s)
+	storetest.Start(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if err := s.Ping(ctx); err != nil {
@@ -272,7 +256,7 @@ func TestRedisFlushInChunks(t *testing.T) {
 	for i := range n { // all queued when Run starts, as after an outage
 		_ = s.Accept(ctx, accepted(fmt.Sprintf("r%d", i), time.Now()))
 	}
-	run(t, s)
+	storetest.Start(t, s)
 	deadline := time.Now().Add(20 * time.Second)
 	for s.queue.Len() > 0 {
 		if time.Now().After(deadline) {
@@ -305,7 +289,7 @@ func TestRedisFlushInChunks(t *testing.T) {
 func TestRedisDown(t *testing.T) {
 	s := open(t, Options{Addr: "127.0.0.1:1", TTL: time.Minute, MaxPending: 10,
 		StopTimeout: 300 * time.Millisecond})
-	stop := run(t, s)
+	stop := storetest.Start(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for i := range 10 {
@@ -350,7 +334,7 @@ func TestRedisDown(t *testing.T) {
 func TestRedisStopFlushes(t *testing.T) {
 	prefix := testPrefix(t)
 	s := open(t, Options{Addr: redisAddr(t), KeyPrefix: prefix, TTL: time.Minute})
-	stop := run(t, s)
+	stop := storetest.Start(t, s)
 	ctx := context.Background()
 	for i := range 3000 {
 		_ = s.Accept(ctx, accepted(fmt.Sprintf("c%d", i), time.Now()))
@@ -440,7 +424,7 @@ func TestRedisWatchSurvivesOutage(t *testing.T) {
 	prefix := testPrefix(t)
 	proxy := newFlakyProxy(t, redisAddr(t))
 	cut := open(t, Options{Addr: proxy.ln.Addr().String(), KeyPrefix: prefix, TTL: time.Minute})
-	run(t, cut)
+	storetest.Start(t, cut)
 	other := openRedis(t, Options{KeyPrefix: prefix})
 	ctx := context.Background()
 	// The subscription is up once an announcement gets through.

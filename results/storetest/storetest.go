@@ -622,16 +622,30 @@ func testAdmit(t *testing.T, open Factory) {
 // call it for every handle they return.
 func Running(t *testing.T, s results.Store) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	stop := Start(t, s)
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("run: %v", err)
 		}
 		if err := s.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
 	})
+}
+
+// Start runs s.Run until stop is called or t ends; stop ends it, waits for
+// it and returns its error (the same error to every call).
+func Start(t testing.TB, s interface{ Run(context.Context) error }) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
 }
