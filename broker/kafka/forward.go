@@ -114,7 +114,8 @@ func (b *Broker) pass(ctx, hard context.Context, target string, msg broker.Messa
 				return nil
 			case errors.Is(err, broker.ErrTooLarge) && m.Topic == b.name(target):
 				b.opts.Log.Warn().Err(err).Str("key", msg.Key).Str("topic", target).
-					Msg("kafka: a held-back message is too large for its topic; passed over, it stays in its delay tier")
+					Msg("kafka: a held-back message is too large for its topic (was its max.message.bytes lowered?); " +
+						"passed over, it stays in its delay tier and its request is not delivered again")
 				return nil
 			case errors.Is(err, broker.ErrTooLarge):
 				direct = true // at once, without the delay headers
