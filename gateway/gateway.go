@@ -195,6 +195,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case q := <-p.grp.exited:
 		runErr = fmt.Errorf("%s: %w", q.name, orStopped(q.err))
+		q.reported = true // Run returns its error: the stop need not log it
 	}
 	g.stop(p)
 	brokerClosed = true
@@ -237,7 +238,7 @@ func (g *Gateway) stop(p *parts) {
 }
 
 func (g *Gateway) logStop(grp *group, p *proc) {
-	if err := grp.Stop(p); err != nil && p != nil {
+	if err := grp.Stop(p); err != nil && !p.reported {
 		g.log.Error().Err(err).Str("role", p.name).Msg("stopped with an error")
 	}
 }

@@ -17,11 +17,12 @@ type group struct {
 
 // proc is one goroutine of the group.
 type proc struct {
-	name    string
-	cancel  context.CancelFunc
-	done    chan struct{}
-	err     error
-	stopped bool // asked to stop: its return is expected
+	name     string
+	cancel   context.CancelFunc
+	done     chan struct{}
+	err      error
+	stopped  bool // asked to stop: its return is expected
+	reported bool // its early exit is what Gateway.Run returns
 }
 
 func newGroup() *group { return &group{exited: make(chan *proc, 1)} }
