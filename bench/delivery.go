@@ -101,7 +101,7 @@ func (b *bench) deliveryOn(name, brokerCfg string) error {
 		}
 	}()
 	time.Sleep(2 * time.Second) // warm-up: connections, consumer group
-	idle := b.deliveryWindow(p, name, "steady", "submits at the rate, no backlog")
+	b.deliveryWindow(p, name, "steady", "submits at the rate, no backlog")
 	close(stop)
 	<-submitted
 
@@ -115,17 +115,14 @@ func (b *bench) deliveryOn(name, brokerCfg string) error {
 	b.idleWindow(p, name, "paused", "paused, the backlog waiting")
 	p.pause(false)
 	time.Sleep(2 * time.Second) // the first burst and the fetch pipeline fill
-	backlog := b.deliveryWindow(p, name, "backlog", fmt.Sprintf("draining a %d backlog", deliveryBacklog))
-	if idle > 0 {
-		b.rep.figure("delivery."+name+".backlog_vs_steady", backlog/idle)
-	}
+	b.deliveryWindow(p, name, "backlog", fmt.Sprintf("draining a %d backlog", deliveryBacklog))
 	return nil
 }
 
 // deliveryWindow measures sluice's CPU over deliveryWindow and the
-// deliveries the sink saw meanwhile, records them and returns the CPU per
-// delivery in µs. With -profile it takes a CPU profile of the window.
-func (b *bench) deliveryWindow(p *sluiceProc, name, what, label string) float64 {
+// deliveries the sink saw meanwhile, and records them. With -profile it
+// takes a CPU profile of the window.
+func (b *bench) deliveryWindow(p *sluiceProc, name, what, label string) {
 	var prof chan error
 	if *profileDir != "" {
 		prof = make(chan error, 1)
@@ -148,7 +145,6 @@ func (b *bench) deliveryWindow(p *sluiceProc, name, what, label string) float64 
 	b.rep.figure(key+".us_per_delivery", per)
 	fmt.Fprintf(b.log, "  %-8s %-34s %6.1f delivered/s  %.3f cores  %6.0f µs CPU per delivery\n",
 		name, label, float64(n)/el.Seconds(), used.Seconds()/el.Seconds(), per)
-	return per
 }
 
 // profile writes a CPU profile of sluice over d to path (admin_pprof on).
