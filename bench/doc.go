@@ -13,6 +13,8 @@
 //	overload 10x the connections against a bounded backlog: 503s, bounded RSS
 //	kafka    sluice through Kafka (kfake) vs the raw kafka-go writer
 //	rabbitmq sluice through RabbitMQ vs the raw amqp091 publisher
+//	delivery sluice CPU per delivery at rate 200 on each broker, draining a
+//	         backlog vs keeping up with submits at the rate
 //
 // The program is split by concern: load.go is the one load generator every
 // part measures with (closed loop, bounded in time and count); scenarios.go

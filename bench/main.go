@@ -11,13 +11,14 @@ import (
 )
 
 var (
-	sluiceBin = flag.String("sluice", "bin/sluice", "sluice binary")
-	dur       = flag.Duration("duration", 5*time.Second, "length of each ingest measurement")
-	conns     = flag.Int("conns", 64, "client connections for ingest")
-	only      = flag.String("only", "", "run only these parts, comma-separated: ingest,rate,retries,cpu,overload,kafka,rabbitmq")
-	jsonOut   = flag.Bool("json", false, "print one JSON document with every measurement and goal result on stdout; progress goes to stderr")
-	bareAddr  = flag.String("bare-server", "", "internal: run the bare fasthttp baseline on this address")
-	kfakeRun  = flag.Bool("kfake-server", false, "internal: run kfake and print its address")
+	sluiceBin  = flag.String("sluice", "bin/sluice", "sluice binary")
+	dur        = flag.Duration("duration", 5*time.Second, "length of each ingest measurement")
+	conns      = flag.Int("conns", 64, "client connections for ingest")
+	only       = flag.String("only", "", "run only these parts, comma-separated: ingest,rate,retries,cpu,overload,kafka,rabbitmq,delivery")
+	profileDir = flag.String("profile", "", "with the delivery part: write CPU profiles of sluice's windows to this directory (admin_pprof on)")
+	jsonOut    = flag.Bool("json", false, "print one JSON document with every measurement and goal result on stdout; progress goes to stderr")
+	bareAddr   = flag.String("bare-server", "", "internal: run the bare fasthttp baseline on this address")
+	kfakeRun   = flag.Bool("kfake-server", false, "internal: run kfake and print its address")
 )
 
 // main exits 0 when every goal is met, 1 when a goal is missed or a part

@@ -31,6 +31,7 @@ var parts = []part{
 	{"overload", overload},
 	{"kafka", kafka},
 	{"rabbitmq", rabbitMQ},
+	{"delivery", delivery},
 }
 
 // selectParts returns the parts named in only (comma-separated), in the

@@ -91,6 +91,14 @@ const (
 	// 61-byte header, per-record framing kafka-go estimates only roughly),
 	// not the messages in it.
 	batchRoom = 16 << 10
+
+	// writerBatch is the most messages in one write of a partition.
+	writerBatch = 128
+
+	// commitEvery is how long a settled offset may wait to be committed
+	// with those settled after it.
+	commitEvery = 50 * time.Millisecond
+
 	// publishTimeout bounds one background publish attempt (a Nack's copy,
 	// a forwarded message), so that a hung attempt is given up and tried
 	// again.
@@ -139,7 +147,13 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 			Balancer:     &kafkago.Hash{},
 			RequiredAcks: kafkago.RequireAll,
 			BatchTimeout: opts.BatchTimeout,
-			BatchSize:    1000,
+			// kafka-go allocates room for BatchSize messages with every
+			// batch (152 bytes each), full or not: at a set rate each
+			// publish is a batch of its own, and 1000 made every one
+			// allocate and clear 150 KiB. Publishes wait for their acks,
+			// so a batch holds at most the publishes in flight to one
+			// partition at once; a fuller one is written at once.
+			BatchSize: writerBatch,
 			// kafka-go refuses a message larger than this before sending
 			// it, and Kafka one larger than max.message.bytes.
 			BatchBytes:   int64(opts.MaxMessageBytes),

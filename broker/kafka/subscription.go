@@ -160,16 +160,29 @@ func (s *subscription) settle(m kafkago.Message) {
 	}
 }
 
+// commitLoop commits what was settled, at most once per commitEvery: a
+// commit is a round trip to the group coordinator, and one per settle made
+// each delivery at a set rate pay for its own. Waiting only delays the
+// commit (a crash meanwhile redelivers, never skips).
 func (s *subscription) commitLoop() {
 	defer close(s.commitDone)
+	t := time.NewTimer(commitEvery)
+	defer t.Stop()
 	for {
 		select {
 		case <-s.kick:
-			s.commitNow()
 		case <-s.stopCommit:
 			s.commitNow() // everything settled before Close
 			return
 		}
+		t.Reset(commitEvery)
+		select {
+		case <-t.C:
+		case <-s.stopCommit:
+			s.commitNow()
+			return
+		}
+		s.commitNow()
 	}
 }
 

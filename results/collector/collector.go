@@ -29,6 +29,11 @@ type Options struct {
 	// DrainPoll is how often a stop (StopBy) looks at the result topic's
 	// depth. Default 20ms.
 	DrainPoll time.Duration
+	// Linger is how long a batch that is not full waits for more events
+	// before it is committed. A store commit syncs to disk: at a set
+	// delivery rate events arrive one at a time, and without it each
+	// would pay for a commit of its own. Default 10ms; negative: none.
+	Linger time.Duration
 }
 
 // Collector moves status events from the result topic into a Store, in
@@ -51,6 +56,9 @@ func New(br Broker, store results.Store, log zerolog.Logger, opts Options) *Coll
 	}
 	if opts.DrainPoll <= 0 {
 		opts.DrainPoll = 20 * time.Millisecond
+	}
+	if opts.Linger == 0 {
+		opts.Linger = 10 * time.Millisecond
 	}
 	return &Collector{br: br, store: store, log: log, opts: opts}
 }
@@ -104,6 +112,7 @@ func (c *Collector) Run(ctx context.Context) error {
 			continue
 		}
 		fetchRetry.Reset()
+		ds = c.fill(fctx, sub, ds)
 		if err := c.commit(fctx, ds); err != nil {
 			c.log.Warn().Err(err).Int("events", len(ds)).Msg("result store write failed; events handed back")
 			if !retry.Sleep(fctx, storeRetry.NextBackOff()) {
@@ -113,6 +122,24 @@ func (c *Collector) Run(ctx context.Context) error {
 		}
 		storeRetry.Reset()
 	}
+}
+
+// fill tops ds up with the events that arrive within the linger, up to a
+// full batch. What it fetched is committed whatever ends the wait.
+func (c *Collector) fill(ctx context.Context, sub broker.Subscription, ds []broker.Delivery) []broker.Delivery {
+	if c.opts.Linger <= 0 || len(ds) >= c.opts.Batch {
+		return ds
+	}
+	lctx, cancel := context.WithTimeout(ctx, c.opts.Linger)
+	defer cancel()
+	for len(ds) < c.opts.Batch {
+		more, err := sub.Fetch(lctx, c.opts.Batch-len(ds))
+		if err != nil {
+			break
+		}
+		ds = append(ds, more...)
+	}
+	return ds
 }
 
 // commit stores the events of ds and settles every delivery: acknowledged
