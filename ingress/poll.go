@@ -75,47 +75,11 @@ func (s *Server) poll(ctx *fasthttp.RequestCtx, rest string) {
 	ctx.SetBody(body)
 }
 
-// polled is a record as clients see it when they poll (SPEC §3). The order
-// of the fields is the order of the JSON object. Who owns the record and
-// its replay generation are not shown.
-type polled struct {
-	ID           string          `json:"id"`
-	Route        string          `json:"route"`
-	Backend      string          `json:"backend"`
-	Status       job.Status      `json:"status"`
-	Attempts     int             `json:"attempts"`
-	AcceptedAt   time.Time       `json:"accepted_at"`
-	UpdatedAt    time.Time       `json:"updated_at"`
-	CompletedAt  *time.Time      `json:"completed_at,omitempty"`
-	LastError    string          `json:"last_error,omitempty"`
-	Response     *polledResponse `json:"response,omitempty"`
-	DeadLettered bool            `json:"dead_lettered"`
-}
-
-// polledResponse is the backend's answer inside a polled record.
-type polledResponse struct {
-	Status       int               `json:"status"`
-	Headers      map[string]string `json:"headers"`
-	Body         string            `json:"body"`
-	BodyEncoding string            `json:"body_encoding"`
-	Truncated    bool              `json:"truncated,omitempty"`
-}
-
-// render encodes rec for a poll, without HTML escaping (job.Marshal): a
-// backend's "<" stays one byte.
+// render encodes rec as a poll answers it (SPEC §3: the record's JSON
+// form, which hides its client and generation), without HTML escaping
+// (job.Marshal): a backend's "<" stays one byte.
 func render(rec *job.Record) []byte {
-	p := polled{
-		ID: rec.ID, Route: rec.Route, Backend: rec.Backend, Status: rec.Status, Attempts: rec.Attempts,
-		AcceptedAt: rec.AcceptedAt, UpdatedAt: rec.UpdatedAt, CompletedAt: rec.CompletedAt,
-		LastError: rec.LastError, DeadLettered: rec.DeadLettered,
-	}
-	if r := rec.Response; r != nil {
-		p.Response = &polledResponse{
-			Status: r.Status, Headers: r.Headers, Body: r.Body,
-			BodyEncoding: r.BodyEncoding, Truncated: r.Truncated,
-		}
-	}
-	b, _ := job.Marshal(p) // plain struct always encodes
+	b, _ := job.Marshal(rec) // plain struct always encodes
 	return b
 }
 

@@ -102,9 +102,9 @@ func EventFor(r *Request, s Status, attempts int) *Event {
 	}
 }
 
-// Record is a request's status as clients poll it (SPEC §3). Its JSON names
-// are the result stores' stored form (results embeds a Record); what clients
-// see when they poll is ingress's rendering of it.
+// Record is a request's status as clients poll it (SPEC §3): its JSON form
+// is what a poll answers, and what the result stores keep (results embeds
+// a Record).
 type Record struct {
 	ID           string     `json:"id"`
 	Route        string     `json:"route"`
