@@ -14,6 +14,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 func deadMsg(i int) broker.Message {
@@ -160,7 +161,7 @@ func TestOldDeadLetterQueueMoves(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 10*time.Second, "old queue filled", func() bool {
+	wait.For(t, 10*time.Second, "old queue filled", func() bool {
 		q, err := ch.QueueDeclarePassive(old, true, false, false, false, nil)
 		return err == nil && q.Messages == 300
 	})

@@ -193,18 +193,6 @@ func queuesWith(t *testing.T, prefix string) map[string]queueInfo {
 	return got
 }
 
-// eventually polls cond until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestOpenHonoursItsContext: a server that takes the TCP connection and
 // never answers the AMQP handshake holds Open no longer than its context
 // (amqp091 alone waits 30 s, whatever the context says).

@@ -13,6 +13,7 @@ import (
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/brokertest"
 	"github.com/sluice-gw/sluice/internal/stacks"
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // blockPublishing takes every channel out of b's publish pool, as a
@@ -100,7 +101,7 @@ func TestCloseWhileMovingOn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "consumer took the message", func() bool { return b.held(topic).Load() == 1 })
+	wait.For(t, 10*time.Second, "consumer took the message", func() bool { return b.held(topic).Load() == 1 })
 	closed := make(chan error, 1)
 	go func() { closed <- sub.Close() }()
 	select {
@@ -109,7 +110,7 @@ func TestCloseWhileMovingOn(t *testing.T) {
 		t.Fatal("Close blocked on the consumer's publish")
 	}
 	unblock()
-	eventually(t, 10*time.Second, "message back in its queue", func() bool {
+	wait.For(t, 10*time.Second, "message back in its queue", func() bool {
 		st, err := b.Stats(context.Background(), topic)
 		return err == nil && st.Depth == 1
 	})
@@ -132,10 +133,10 @@ func TestMoveRetriedNotRequeued(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	eventually(t, 10*time.Second, "consumer took the message", func() bool { return b.held(topic).Load() == 1 })
-	eventually(t, 20*time.Second, "several failed moves", func() bool { return b.movesFailed.Load() >= 3 })
+	wait.For(t, 10*time.Second, "consumer took the message", func() bool { return b.held(topic).Load() == 1 })
+	wait.For(t, 20*time.Second, "several failed moves", func() bool { return b.movesFailed.Load() >= 3 })
 	unblock()
-	eventually(t, 10*time.Second, "message moved to a delay tier", func() bool {
+	wait.For(t, 10*time.Second, "message moved to a delay tier", func() bool {
 		q, err := rawChannel(t).QueueDeclarePassive(b.delayQueue(10*time.Minute, topic), true, false, false, false, nil)
 		return err == nil && q.Messages == 1 && b.held(topic).Load() == 0
 	})
@@ -176,7 +177,7 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "consumer took the messages", func() bool { return b.held(topic).Load() == 3 })
+	wait.For(t, 10*time.Second, "consumer took the messages", func() bool { return b.held(topic).Load() == 3 })
 	closed := make(chan struct{})
 	go func() { _ = b.Close(); close(closed) }()
 	select {
@@ -216,7 +217,7 @@ func TestResultsKeepEveryEvent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 10*time.Second, fmt.Sprintf("round %d: the consumer holds all %d events (one was dropped?)", round+1, len(want)),
+		wait.For(t, 10*time.Second, fmt.Sprintf("round %d: the consumer holds all %d events (one was dropped?)", round+1, len(want)),
 			func() bool { return b.held(topic).Load() == int64(len(want)) })
 		_ = sub.Close() // hands them back
 	}
@@ -238,7 +239,7 @@ func TestPauseHandsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	eventually(t, 10*time.Second, "the consumer holds all five", func() bool { return b.held(topic).Load() == 5 })
+	wait.For(t, 10*time.Second, "the consumer holds all five", func() bool { return b.held(topic).Load() == 5 })
 	first := brokertest.FetchOne(t, sub, 5*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -249,7 +250,7 @@ func TestPauseHandsBack(t *testing.T) {
 	if err := pauser.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "paused: nothing held, no consumer, four ready", func() bool {
+	wait.For(t, 10*time.Second, "paused: nothing held, no consumer, four ready", func() bool {
 		q, err := rawChannel(t).QueueDeclarePassive(b.name(topic), true, false, false, false, nil)
 		return err == nil && b.held(topic).Load() == 0 && q.Consumers == 0 && q.Messages == 4
 	})

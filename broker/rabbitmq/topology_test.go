@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/brokertest"
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // TestTopology checks what Open declares: request queues with an explicit
@@ -103,7 +104,7 @@ func TestOldDelayQueuesRetire(t *testing.T) {
 		Headers: amqp.Table{hdrKey: "w"}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "old delay queue filled", func() bool {
+	wait.For(t, 10*time.Second, "old delay queue filled", func() bool {
 		q, err := ch.QueueDeclarePassive(oldQ(time.Hour), true, false, false, false, nil)
 		return err == nil && q.Messages == 1
 	})

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-gw/sluice/internal/wait"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/results"
 )
@@ -129,18 +130,6 @@ func mustApply(t *testing.T, s results.Store, events ...*job.Event) {
 	}
 }
 
-// eventually polls cond until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func testAcceptThenGet(t *testing.T, open Factory) {
 	a, b := open(t, time.Hour)
 	ctx := ctxT(t, 10*time.Second)
@@ -151,7 +140,7 @@ func testAcceptThenGet(t *testing.T, open Factory) {
 	if d := same(mustGet(t, a, rec.ID), rec); d != "" {
 		t.Fatalf("accepted record not readable at once: %s", d)
 	}
-	eventually(t, 5*time.Second, "accepted record readable through the other handle", func() bool {
+	wait.For(t, 5*time.Second, "accepted record readable through the other handle", func() bool {
 		r, err := b.Get(ctx, rec.ID)
 		return err == nil && same(r, rec) == ""
 	})
@@ -411,7 +400,7 @@ func testTTL(t *testing.T, open Factory) {
 	mustGet(t, a, acc)
 	mustGet(t, a, applied)
 	for _, id := range []string{acc, applied} {
-		eventually(t, 10*time.Second, "record gone after the ttl", func() bool {
+		wait.For(t, 10*time.Second, "record gone after the ttl", func() bool {
 			_, err := b.Get(ctx, id)
 			return errors.Is(err, results.ErrNotFound)
 		})
@@ -510,7 +499,7 @@ func testClaimLease(t *testing.T, open Factory) {
 	if time.Since(start) < lease {
 		wantClaim(t, "within the lease", c, id1, results.ClaimPending)
 	}
-	eventually(t, 10*time.Second, "lease taken over", func() bool {
+	wait.For(t, 10*time.Second, "lease taken over", func() bool {
 		c = claim(t, b, "c", "k", job.NewID(), time.Hour)
 		return c.State != results.ClaimPending
 	})
@@ -587,7 +576,7 @@ func testClaimExpiry(t *testing.T, open Factory) {
 	}
 	var c results.Claim
 	id2 := job.NewID()
-	eventually(t, 10*time.Second, "key free after the ttl", func() bool {
+	wait.For(t, 10*time.Second, "key free after the ttl", func() bool {
 		c = claim(t, b, "c", "k", id2, time.Hour)
 		return c.State == results.ClaimOwned
 	})
@@ -596,7 +585,7 @@ func testClaimExpiry(t *testing.T, open Factory) {
 	id3 := job.NewID()
 	wantClaim(t, "owned key", claim(t, a, "c", "k3", id3, time.Hour), id3, results.ClaimOwned)
 	id4 := job.NewID()
-	eventually(t, 10*time.Second, "owned key free after the ttl", func() bool {
+	wait.For(t, 10*time.Second, "owned key free after the ttl", func() bool {
 		c = claim(t, b, "c", "k3", id4, time.Hour)
 		return c.State == results.ClaimOwned
 	})
