@@ -306,8 +306,6 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 	id := job.NewID()
 	client := "" // set by authentication once it exists
 	idemKey := string(ctx.Request.Header.Peek("Idempotency-Key"))
-	reqCtx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout.D())
-	defer cancel()
 	if idemKey != "" {
 		claim, err := s.claim(client, idemKey, id)
 		switch {
@@ -326,7 +324,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		// queued already; else it is written again under the same id.
 		if claim.ID != id {
 			id = claim.ID
-			if rec, err := s.store.Get(reqCtx, id); err == nil && rec != nil {
+			if rec, err := s.getWithin(id); err == nil && rec != nil {
 				s.release(client, idemKey, id, true)
 				s.accepted(ctx, id, retryAfter(est))
 				return
@@ -346,7 +344,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 			problem(ctx, 503, "the in-memory buffer is full; try later", 1)
 			return
 		}
-	} else if err := s.pub.Publish(reqCtx, r.topic, wire.EncodeRequest(req)); err != nil {
+	} else if err := s.publish(r.topic, req); err != nil {
 		// Failed or timed out, maybe landed: the key keeps this id, so a
 		// retry writes it again instead of making a second request.
 		s.release(client, idemKey, id, false)
@@ -359,10 +357,25 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		return
 	}
 	s.backlog.Add(r.topic, 1)
-	_ = s.store.Accept(reqCtx, &job.Record{ID: id, Route: r.cfg.Name, Backend: r.backend.Name, Client: client,
+	_ = s.store.Accept(context.Background(), &job.Record{ID: id, Route: r.cfg.Name, Backend: r.backend.Name, Client: client,
 		Status: job.Queued, AcceptedAt: req.AcceptedAt, UpdatedAt: req.AcceptedAt})
 	s.release(client, idemKey, id, true)
 	s.accepted(ctx, id, retryAfter(est))
+}
+
+// publish writes req to topic within publish_timeout (ack: durable; ack:
+// fast's writers have their own).
+func (s *Server) publish(topic string, req *job.Request) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout.D())
+	defer cancel()
+	return s.pub.Publish(ctx, topic, wire.EncodeRequest(req))
+}
+
+// getWithin reads id's record within publish_timeout.
+func (s *Server) getWithin(id string) (*job.Record, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout.D())
+	defer cancel()
+	return s.store.Get(ctx, id)
 }
 
 // claim takes the idempotency key for id, waiting up to claimWait while
