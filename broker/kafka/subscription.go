@@ -107,14 +107,9 @@ func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, e
 	defer cancel()
 	defer context.AfterFunc(s.ctx, cancel)()
 	var out []broker.Delivery
+	fctx := wctx
 	for len(out) < max {
-		fctx := wctx
-		var cancelNow context.CancelFunc = func() {}
-		if len(out) > 0 { // only what is ready now
-			fctx, cancelNow = context.WithTimeout(wctx, time.Millisecond)
-		}
 		m, err := s.r.FetchMessage(fctx)
-		cancelNow()
 		if err != nil {
 			switch {
 			case s.ctx.Err() != nil:
@@ -139,6 +134,11 @@ func (s *subscription) Fetch(ctx context.Context, max int) ([]broker.Delivery, e
 		p.out = append(p.out, m.Offset)
 		s.mu.Unlock()
 		out = append(out, &delivery{s: s, m: m})
+		if len(out) == 1 && max > 1 { // the rest: only what is ready now
+			var cancelNow context.CancelFunc
+			fctx, cancelNow = context.WithTimeout(wctx, time.Millisecond)
+			defer cancelNow()
+		}
 	}
 	return out, nil
 }

@@ -227,8 +227,9 @@ type Broker struct {
 	stop      chan struct{} // closed by Close
 	shut      sync.Once
 	wg        sync.WaitGroup // subscriptions' run loops
-	inUse     sync.Map       // topic -> *atomic.Int64: deliveries held by this process
-	acked     sync.Map       // topic -> *atomic.Int64: acknowledgements by this process
+	// counts per topic, made with the topology and read-only after:
+	// deliveries held and acknowledgements made by this process.
+	counts map[string]*topicCounts
 	// movesFailed counts moves to a smaller delay tier that failed and
 	// will be tried again.
 	movesFailed atomic.Int64
@@ -271,7 +272,23 @@ func newBroker(opts Options) *Broker {
 		b.dead[broker.DeadLetterTopic(be)] = be
 		b.targets = append(b.targets, broker.RequestTopic(be))
 	}
+	b.counts = make(map[string]*topicCounts, len(b.queues))
+	for topic := range b.queues {
+		b.counts[topic] = &topicCounts{}
+	}
 	return b
+}
+
+// topicCounts are this process's deliveries of one topic.
+type topicCounts struct{ held, acked atomic.Int64 }
+
+// countsOf returns topic's counts; a topic outside the topology (which no
+// subscription or Stats reaches) gets fresh ones.
+func (b *Broker) countsOf(topic string) *topicCounts {
+	if c := b.counts[topic]; c != nil {
+		return c
+	}
+	return &topicCounts{}
 }
 
 // MaxMessageBytes is the largest message (body and headers) Publish sends.
@@ -550,15 +567,9 @@ func (b *Broker) withChannel(f func(*amqp.Channel) error) error {
 	return f(ch)
 }
 
-func (b *Broker) held(topic string) *atomic.Int64 {
-	v, _ := b.inUse.LoadOrStore(topic, new(atomic.Int64))
-	return v.(*atomic.Int64)
-}
+func (b *Broker) held(topic string) *atomic.Int64 { return &b.countsOf(topic).held }
 
-func (b *Broker) ackCount(topic string) *atomic.Int64 {
-	v, _ := b.acked.LoadOrStore(topic, new(atomic.Int64))
-	return v.(*atomic.Int64)
-}
+func (b *Broker) ackCount(topic string) *atomic.Int64 { return &b.countsOf(topic).acked }
 
 // Stats counts the queue's ready messages (and its delayed ones, in old
 // delay queues too while they drain) plus the deliveries this process
