@@ -50,7 +50,9 @@ func forwardable(name string, connection string) bool {
 	if hopByHop[c] || c == "Authorization" || c == "X-Api-Key" {
 		return false
 	}
-	for _, f := range strings.Split(connection, ",") {
+	for rest := connection; rest != ""; { // no Split: this runs for every header
+		var f string
+		f, rest, _ = strings.Cut(rest, ",")
 		if strings.EqualFold(strings.TrimSpace(f), name) {
 			return false
 		}

@@ -87,7 +87,7 @@ func (f *fastPublisher) enqueue(req *job.Request) error {
 }
 
 func (f *fastPublisher) publish(req *job.Request) {
-	topic := broker.RequestTopic(req.Backend)
+	topic, msg := broker.RequestTopic(req.Backend), wire.EncodeRequest(req) // once, however many tries
 	timedOut := false // the last write timed out: it may have landed
 	try := 0
 	err := retry.Do(f.abort, retry.Backoff(100*time.Millisecond, 2*time.Second), func() error {
@@ -98,7 +98,7 @@ func (f *fastPublisher) publish(req *job.Request) {
 		// Not bound to abort: a write under way runs to its timeout, which
 		// close leaves room for, so its outcome is known.
 		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-		err := f.pub.Publish(ctx, topic, wire.EncodeRequest(req))
+		err := f.pub.Publish(ctx, topic, msg)
 		timedOut = ctx.Err() != nil
 		cancel()
 		if err != nil && !errors.Is(err, broker.ErrUnavailable) {

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	problems "github.com/sluice-gw/sluice/problem"
 )
 
 // limitListener admits at most max open connections, and at most perIP
@@ -63,10 +65,10 @@ func (l *limitListener) closeSilent() {
 
 // overLimit is the whole answer to a connection past the limit.
 var overLimit = func() []byte {
-	body := `{"type":"/problems/unavailable","title":"Service Unavailable","status":503,"detail":"too many connections; try later"}`
+	body := problems.New(503, "too many connections; try later").JSON()
 	return []byte("HTTP/1.1 503 Service Unavailable\r\n" +
 		"Content-Type: application/problem+json\r\nRetry-After: 1\r\nConnection: close\r\n" +
-		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body)
+		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body))
 }()
 
 func (l *limitListener) Accept() (net.Conn, error) {

@@ -96,8 +96,10 @@ const (
 	freshReads = 9 // from 10 ms, half again as long each time: about 0.75 s in all
 )
 
-// get reads id's record, again for a fresh id with a shared store.
-func (s *Server) get(ctx context.Context, id string) (*job.Record, error) {
+// get reads id's record, again for a fresh id with a shared store. A poll
+// not counted as a long poll yet (counted false) is counted while it reads
+// again.
+func (s *Server) get(ctx context.Context, id string, counted bool) (*job.Record, error) {
 	rec, err := s.store.Get(ctx, id)
 	if !errors.Is(err, job.ErrNotFound) || !s.sharedStore {
 		return rec, err
@@ -106,29 +108,23 @@ func (s *Server) get(ctx context.Context, id string) (*job.Record, error) {
 	if age := time.Since(at); !ok || age > freshFor || age < -freshFor {
 		return rec, err
 	}
-	if n := s.polls.Add(1); n > int64(s.cfg.MaxLongPolls) {
-		s.polls.Add(-1)
-		return rec, err
+	if !counted {
+		if n := s.polls.Add(1); n > int64(s.cfg.MaxLongPolls) {
+			s.polls.Add(-1)
+			return rec, err
+		}
+		defer s.polls.Add(-1)
 	}
-	defer s.polls.Add(-1)
-	reads := 0
-	again, err := retry.Value(ctx, retry.Backoff(freshFirst, freshLast), func() (*job.Record, error) {
-		if reads++; reads == 1 {
-			return nil, job.ErrNotFound // read above: wait before the next
+	wait := retry.Backoff(freshFirst, freshLast)
+	for range freshReads {
+		if !retry.Sleep(ctx, wait.NextBackOff()) {
+			return nil, job.ErrNotFound // the poll ended first
 		}
-		rec, err := s.store.Get(ctx, id)
-		if errors.Is(err, job.ErrNotFound) && reads > freshReads {
-			return rec, retry.Permanent(err) // not there after all: 404
+		if rec, err = s.store.Get(ctx, id); !errors.Is(err, job.ErrNotFound) {
+			return rec, err
 		}
-		if err != nil && !errors.Is(err, job.ErrNotFound) {
-			return rec, retry.Permanent(err)
-		}
-		return rec, err
-	})
-	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-		return rec, job.ErrNotFound // the poll ended first
 	}
-	return again, err
+	return rec, err
 }
 
 // lookup gets id's record; with wait > 0 it holds until the record is
@@ -136,7 +132,7 @@ func (s *Server) get(ctx context.Context, id string) (*job.Record, error) {
 func (s *Server) lookup(id string, wait time.Duration) (*job.Record, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+wait)
 	defer cancel()
-	rec, err := s.get(ctx, id)
+	rec, err := s.get(ctx, id, wait > 0) // poll counted a waiting poll already
 	if err != nil || wait <= 0 || rec.Status.Terminal() {
 		return rec, err
 	}
@@ -166,7 +162,6 @@ func (s *Server) lookup(id string, wait time.Duration) (*job.Record, error) {
 // replay answers with the backend's terminal response as it was.
 func (s *Server) replay(ctx *fasthttp.RequestCtx, rec *job.Record) {
 	if !rec.Status.Terminal() {
-		ctx.Response.Header.Set("Retry-After", "1")
 		problem(ctx, 409, "the request is "+string(rec.Status)+"; its response is not there yet", 1)
 		return
 	}
