@@ -88,7 +88,7 @@ func (f *fastPublisher) enqueue(req *job.Request) error {
 
 func (f *fastPublisher) publish(req *job.Request) {
 	topic, msg := broker.RequestTopic(req.Backend), wire.EncodeRequest(req) // once, however many tries
-	timedOut := false // the last write timed out: it may have landed
+	timedOut := false                                                       // the last write timed out: it may have landed
 	try := 0
 	err := retry.Do(f.abort, retry.Backoff(100*time.Millisecond, 2*time.Second), func() error {
 		if err := f.abort.Err(); err != nil {
