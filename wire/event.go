@@ -12,27 +12,18 @@ import (
 // event is a job.Event as it travels: the order of the fields is the order
 // of the JSON object.
 type event struct {
-	ID           string    `json:"id"`
-	Route        string    `json:"route"`
-	Backend      string    `json:"backend"`
-	Client       string    `json:"client,omitempty"`
-	Gen          int       `json:"gen"`
-	Status       string    `json:"status"`
-	Attempts     int       `json:"attempts"`
-	AcceptedAt   time.Time `json:"accepted_at"`
-	At           time.Time `json:"at"`
-	LastError    string    `json:"last_error,omitempty"`
-	Response     *response `json:"response,omitempty"`
-	DeadLettered bool      `json:"dead_lettered,omitempty"`
-}
-
-// response is a job.Response inside an event.
-type response struct {
-	Status       int               `json:"status"`
-	Headers      map[string]string `json:"headers"`
-	Body         string            `json:"body"`
-	BodyEncoding string            `json:"body_encoding"`
-	Truncated    bool              `json:"truncated,omitempty"`
+	ID           string        `json:"id"`
+	Route        string        `json:"route"`
+	Backend      string        `json:"backend"`
+	Client       string        `json:"client,omitempty"`
+	Gen          int           `json:"gen"`
+	Status       string        `json:"status"`
+	Attempts     int           `json:"attempts"`
+	AcceptedAt   time.Time     `json:"accepted_at"`
+	At           time.Time     `json:"at"`
+	LastError    string        `json:"last_error,omitempty"`
+	Response     *job.Response `json:"response,omitempty"` // its own JSON form, as in a record
+	DeadLettered bool          `json:"dead_lettered,omitempty"`
 }
 
 // EncodeEvent encodes e for the result topic.
@@ -40,13 +31,7 @@ func EncodeEvent(e *job.Event) broker.Message {
 	w := event{
 		ID: e.ID, Route: e.Route, Backend: e.Backend, Client: e.Client, Gen: e.Gen,
 		Status: string(e.Status), Attempts: e.Attempts, AcceptedAt: e.AcceptedAt, At: e.At,
-		LastError: e.LastError, DeadLettered: e.DeadLettered,
-	}
-	if r := e.Response; r != nil {
-		w.Response = &response{
-			Status: r.Status, Headers: r.Headers, Body: r.Body,
-			BodyEncoding: r.BodyEncoding, Truncated: r.Truncated,
-		}
+		LastError: e.LastError, Response: e.Response, DeadLettered: e.DeadLettered,
 	}
 	b, _ := job.Marshal(w) // plain struct always encodes
 	return broker.Message{Key: e.ID, Body: b}
@@ -64,13 +49,7 @@ func DecodeEvent(m broker.Message) (*job.Event, error) {
 	e := &job.Event{
 		ID: w.ID, Route: w.Route, Backend: w.Backend, Client: w.Client, Gen: w.Gen,
 		Status: job.Status(w.Status), Attempts: w.Attempts, AcceptedAt: w.AcceptedAt, At: w.At,
-		LastError: w.LastError, DeadLettered: w.DeadLettered,
-	}
-	if r := w.Response; r != nil {
-		e.Response = &job.Response{
-			Status: r.Status, Headers: r.Headers, Body: r.Body,
-			BodyEncoding: r.BodyEncoding, Truncated: r.Truncated,
-		}
+		LastError: w.LastError, Response: w.Response, DeadLettered: w.DeadLettered,
 	}
 	return e, nil
 }
