@@ -166,7 +166,7 @@ func TestBackends(t *testing.T) {
 	if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Rate != 5 || !got.Paused || got.Concurrency != 8 {
 		t.Fatalf("patch: %d %s", resp.StatusCode, body)
 	}
-	if s := h.Backends.(*workers.Manager).Pool("logs").Limiter().Settings(); s.Rate != 5 || !s.Paused {
+	if s, _ := h.Backends.Status("logs"); s.Rate != 5 || !s.Paused {
 		t.Fatalf("limiter after patch: %+v", s)
 	}
 }

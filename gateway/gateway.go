@@ -170,7 +170,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	// Start, in the reverse of the order of the stop.
 	p.brokerProc = p.grp.Go("broker", p.broker.Run)
 	p.storeProc = p.grp.Go("results", p.store.Run)
-	monitor.Poll(ctx)
 	p.monitor = p.grp.Go("monitor", monitor.Run)
 	if g.has(Collector) {
 		p.collect = p.grp.Go("collector", p.collector.Run)

@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -14,7 +15,7 @@ import (
 )
 
 // ErrUnknownBackend reports a backend name that is not configured.
-var ErrUnknownBackend = fmt.Errorf("unknown backend")
+var ErrUnknownBackend = errors.New("unknown backend")
 
 // Manager runs the pools of all backends and reports and tunes them.
 type Manager struct {
@@ -35,9 +36,6 @@ func NewManager(cfg *config.Config, br broker.Broker, log zerolog.Logger) *Manag
 
 // Names lists the backends in config order.
 func (m *Manager) Names() []string { return slices.Clone(m.names) }
-
-// Pool returns the pool of backend name, or nil.
-func (m *Manager) Pool(name string) *Pool { return m.pools[name] }
 
 // Status is one backend's settings, limiter state and counts in this
 // process.

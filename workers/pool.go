@@ -109,9 +109,6 @@ func NewPool(b config.Backend, br Broker, log zerolog.Logger, drain time.Duratio
 // Name is the backend's name.
 func (p *Pool) Name() string { return p.cfg.Name }
 
-// Limiter is the pool's live-tunable gate.
-func (p *Pool) Limiter() *Limiter { return p.lim }
-
 // Run delivers until ctx ends, then stops in order: fetching stops, the
 // deliveries in flight finish (up to the drain time; then they are cut
 // short and handed back), and only then the subscription closes, so every
@@ -281,9 +278,11 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 	if err != nil {
 		permit.Release()
 		p.log.Error().Err(err).Msg("dropping undecodable request message")
-		actx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		actx, cancel := context.WithTimeout(context.Background(), p.within())
 		defer cancel()
-		_ = d.Ack(actx)
+		if err := d.Ack(actx); err != nil {
+			p.log.Warn().Err(err).Msg("ack of an undecodable message; the broker hands it out again")
+		}
 		return
 	}
 	attempt := req.Attempts + 1

@@ -15,6 +15,7 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/gateway"
 )
 
@@ -186,7 +187,7 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("service %s: sluice check %s: %v\n%s", s.Name, proc.source, err, stderr.String())
 			continue
 		}
-		cfg, err := loadConfig(proc.source)
+		cfg, err := config.Load(proc.source)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -505,7 +506,7 @@ func TestDockerfile(t *testing.T) {
 		t.Fatalf("the image's config %s (%s): %v\n%s", cfgPath, src, err, stderr.String())
 	}
 	// Relative paths resolve against the config's folder in the image.
-	cfg, err := loadConfig(filepath.Join("../..", src))
+	cfg, err := config.Load(filepath.Join("../..", src))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -84,7 +85,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, ready
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*path)
+	cfg, err := config.Load(*path)
 	if err != nil {
 		printConfigErrors(stderr, *path, err)
 		return errConfig
@@ -243,7 +244,7 @@ func bannerFor(cfg *config.Config, ingress, admin, store string, o demo.Options)
 	}
 	b.StoreHow = fmt.Sprintf("%s-%s a request, %s, %g%% of them fail with 503", o.Latency, o.Latency+o.Jitter, at, o.FailRate*100)
 	for _, r := range cfg.Routes {
-		if !strings.HasSuffix(r.Path, "/") && (len(r.Methods) == 0 || containsFold(r.Methods, http.MethodPost)) {
+		if !strings.HasSuffix(r.Path, "/") && slices.Contains(r.Methods, http.MethodPost) { // methods: upper case, [POST] by default
 			b.Route = r.Path
 			break
 		}
@@ -252,15 +253,6 @@ func bannerFor(cfg *config.Config, ingress, admin, store string, o demo.Options)
 		b.Backend = cfg.Backends[0].Name
 	}
 	return b
-}
-
-func containsFold(list []string, s string) bool {
-	for _, v := range list {
-		if strings.EqualFold(v, s) {
-			return true
-		}
-	}
-	return false
 }
 
 // dataHint says how to reset the embedded broker's and result store's

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-gw/sluice/config"
 )
 
 // demoOutput collects what `sluice demo` writes to stdout and signals when
@@ -347,7 +349,7 @@ func TestDemoCannotStart(t *testing.T) {
 func TestDemoFooter(t *testing.T) {
 	t.Setenv("SLUICE_ADMIN_TOKEN", "")
 	t.Chdir("../..")
-	cfg, err := loadConfig("sluice.yaml")
+	cfg, err := config.Load("sluice.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/sluice-gw/sluice/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -117,7 +119,7 @@ func check(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	if _, err := loadConfig(*path); err != nil {
+	if _, err := config.Load(*path); err != nil {
 		printConfigErrors(stderr, *path, err)
 		return errConfig
 	}

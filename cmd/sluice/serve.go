@@ -16,10 +16,6 @@ import (
 	"github.com/sluice-gw/sluice/gateway"
 )
 
-func loadConfig(path string) (*config.Config, error) {
-	return config.Load(path)
-}
-
 // newLogger logs to w as JSON, or as text with log.format: console —
 // coloured only when w is a terminal (and $NO_COLOR is empty), so a log
 // written to a file or a pipe carries no escape codes.
@@ -56,7 +52,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 		fmt.Fprintf(stderr, "sluice serve: -%v\n", err)
 		return errUsage
 	}
-	cfg, err := loadConfig(*path)
+	cfg, err := config.Load(*path)
 	if err != nil {
 		printConfigErrors(stderr, *path, err)
 		return errConfig
