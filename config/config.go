@@ -52,6 +52,9 @@ type Config struct {
 	// zeros holds the key paths the file sets to 0, so that Validate can
 	// refuse a 0 written out where 0 would otherwise mean "the default".
 	zeros map[string]bool
+	// notYet holds the keys set that SPEC names but this release lacks
+	// (decode's notYet), for Validate to report among the other problems.
+	notYet []string
 }
 
 // Log selects the log level and format.

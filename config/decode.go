@@ -23,7 +23,7 @@ func decode(data []byte, c *Config) error {
 	}
 	var errs []error
 	c.zeros = map[string]bool{}
-	walk(root.Content[0], reflect.ValueOf(c).Elem(), "", &errs, c.zeros)
+	walk(root.Content[0], reflect.ValueOf(c).Elem(), "", &errs, c)
 	return errors.Join(errs...)
 }
 
@@ -52,16 +52,13 @@ func unset(n *yaml.Node, boolean bool) bool {
 	return boolean && n.Kind == yaml.ScalarNode && n.Decode(&b) == nil && !b
 }
 
-// notYetMark prefixes, in Config.zeros, the not-yet keys a file sets.
-const notYetMark = "\x00notyet:"
-
 var anyIndex = regexp.MustCompile(`\[\d+\]`)
 
 var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 
-// walk decodes n into v; zeros collects the key paths written out as 0 (or
+// walk decodes n into v; c.zeros collects the key paths written out as 0 (or
 // an empty duration, size or string).
-func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, zeros map[string]bool) {
+func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, c *Config) {
 	fail := func(format string, args ...any) {
 		name := path
 		if name == "" {
@@ -80,7 +77,7 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, zeros map[s
 			fail("%s", err.Error())
 			return
 		}
-		zeros[path] = v.IsZero()
+		c.zeros[path] = v.IsZero()
 		return
 	}
 	switch v.Kind() {
@@ -88,7 +85,7 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, zeros map[s
 		if v.IsNil() {
 			v.Set(reflect.New(v.Type().Elem()))
 		}
-		walk(n, v.Elem(), path, errs, zeros)
+		walk(n, v.Elem(), path, errs, c)
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			fail("must be a mapping")
@@ -108,14 +105,14 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, zeros map[s
 			switch {
 			case !ok && notYet[anyIndex.ReplaceAllString(sub, "[]")]:
 				if !unset(n.Content[i+1], strings.HasSuffix(sub, ".adaptive")) {
-					zeros[notYetMark+sub] = true // Validate reports it
+					c.notYet = append(c.notYet, sub) // Validate reports it
 				}
 				continue
 			case !ok:
 				*errs = append(*errs, fmt.Errorf("%s: unknown key", sub))
 				continue
 			}
-			walk(n.Content[i+1], v.Field(idx), sub, errs, zeros)
+			walk(n.Content[i+1], v.Field(idx), sub, errs, c)
 		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
@@ -124,7 +121,7 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, zeros map[s
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
-			walk(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i), errs, zeros)
+			walk(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i), errs, c)
 		}
 		v.Set(s)
 	default:
@@ -136,7 +133,7 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, zeros map[s
 			fail("must be a %s, got %q", kindName(v.Kind()), n.Value)
 			return
 		}
-		zeros[path] = v.IsZero()
+		c.zeros[path] = v.IsZero()
 	}
 }
 

@@ -187,14 +187,7 @@ func (c *Config) Validate() error {
 	if c.Results.TTL < 0 {
 		bad("results.ttl", "must be > 0")
 	}
-	var later []string
-	for k := range c.zeros {
-		if key, ok := strings.CutPrefix(k, notYetMark); ok {
-			later = append(later, key)
-		}
-	}
-	slices.Sort(later)
-	for _, key := range later {
+	for _, key := range slices.Sorted(slices.Values(c.notYet)) {
 		bad(key, "not supported yet in this release")
 	}
 
