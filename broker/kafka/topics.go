@@ -116,8 +116,9 @@ func (b *Broker) ensureTopics(ctx context.Context, topics []string) error {
 			continue
 		}
 		tc := kafkago.TopicConfig{Topic: n, NumPartitions: b.opts.Partitions, ReplicationFactor: rf}
+		want := b.settings(logical[n], rf)
 		for _, k := range settingNames {
-			tc.ConfigEntries = append(tc.ConfigEntries, kafkago.ConfigEntry{ConfigName: k, ConfigValue: b.settings(logical[n], rf)[k]})
+			tc.ConfigEntries = append(tc.ConfigEntries, kafkago.ConfigEntry{ConfigName: k, ConfigValue: want[k]})
 		}
 		create = append(create, tc)
 	}

@@ -195,11 +195,8 @@ func (l *link) quiet(stop <-chan struct{}, maxWait time.Duration, f func()) {
 }
 
 func (l *link) close() {
-	for _, c := range []*amqp.Connection{l.pub, l.sub} {
-		if err := c.CloseDeadline(time.Now().Add(5 * time.Second)); err != nil && !errors.Is(err, amqp.ErrClosed) {
-			l.log.Debug().Err(err).Msg("rabbitmq: close connection")
-		}
-	}
+	closeConn(l.log, l.pub, "publish")
+	closeConn(l.log, l.sub, "consume")
 }
 
 // Broker is the RabbitMQ broker. It is safe for concurrent use; no AMQP
@@ -314,9 +311,11 @@ func (b *Broker) closeChannel(ch *amqp.Channel) {
 
 // closeConn closes conn, logging a failure other than its being closed
 // already.
-func (b *Broker) closeConn(conn *amqp.Connection, what string) {
+func (b *Broker) closeConn(conn *amqp.Connection, what string) { closeConn(b.opts.Log, conn, what) }
+
+func closeConn(log zerolog.Logger, conn *amqp.Connection, what string) {
 	if err := conn.CloseDeadline(time.Now().Add(5 * time.Second)); err != nil && !errors.Is(err, amqp.ErrClosed) {
-		b.opts.Log.Debug().Err(err).Str("connection", what).Msg("rabbitmq: close connection")
+		log.Debug().Err(err).Str("connection", what).Msg("rabbitmq: close connection")
 	}
 }
 

@@ -440,12 +440,8 @@ func (b *Broker) idle(ctx context.Context, conn *amqp.Connection, queue string) 
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w: %d consumers on %s", errInUse, q.Consumers, queue)
 		}
-		t := time.NewTimer(20 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !retry.Sleep(ctx, 20*time.Millisecond) {
 			return broker.ErrClosed
-		case <-t.C:
 		}
 	}
 }

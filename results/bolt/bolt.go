@@ -88,7 +88,6 @@ func (o Options) withDefaults() (Options, error) {
 type Store struct {
 	db        *bbolt.DB
 	opts      Options
-	ttl       time.Duration
 	hub       watch.Hub
 	now       func() time.Time
 	ran       atomic.Bool
@@ -153,7 +152,7 @@ func Open(opts Options) (*Store, error) {
 	// ones together; bbolt's default wait of 10ms for company would add
 	// that much to every submit with an Idempotency-Key.
 	db.MaxBatchDelay = 2 * time.Millisecond
-	return &Store{db: db, opts: opts, ttl: opts.TTL, now: time.Now, queue: accept.New(opts.MaxPending)}, nil
+	return &Store{db: db, opts: opts, now: time.Now, queue: accept.New(opts.MaxPending)}, nil
 }
 
 // Run writes accepted records every FlushInterval and sweeps expired ones
@@ -273,7 +272,7 @@ func (s *Store) Get(_ context.Context, id string) (*job.Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", results.ErrUnavailable, err)
 	}
-	if rec == nil || s.now().After(rec.UpdatedAt.Add(s.ttl)) {
+	if rec == nil || s.now().After(rec.UpdatedAt.Add(s.opts.TTL)) {
 		return nil, results.ErrNotFound
 	}
 	return rec, nil
@@ -353,7 +352,7 @@ func (s *Store) Claim(_ context.Context, client, key, id string, lease time.Dura
 		own := func(boundID string) error {
 			out = results.Claim{ID: boundID, State: results.ClaimOwned}
 			v, _ := json.Marshal(storedClaim{ID: boundID, State: claimOwned,
-				Lease: now.Add(lease), Expiry: now.Add(s.ttl)})
+				Lease: now.Add(lease), Expiry: now.Add(s.opts.TTL)})
 			return b.Put(k, v)
 		}
 		var c storedClaim
@@ -391,7 +390,7 @@ func (s *Store) Release(_ context.Context, client, key, id string, queued bool) 
 			return nil
 		}
 		if queued {
-			c = storedClaim{ID: id, State: claimQueued, Expiry: now.Add(s.ttl)}
+			c = storedClaim{ID: id, State: claimQueued, Expiry: now.Add(s.opts.TTL)}
 		} else {
 			c = storedClaim{ID: id, State: claimReleased, Expiry: c.Expiry}
 		}
@@ -412,13 +411,13 @@ func (s *Store) Release(_ context.Context, client, key, id string, queued bool) 
 // chunks.
 func (s *Store) Sweep(ctx context.Context) {
 	now := s.now()
-	cutoff := now.Add(-s.ttl)
+	cutoff := now.Add(-s.opts.TTL)
 	s.sweepBucket(ctx, bucketRecords, func(k, v []byte) (dead, stop bool) {
 		if at, ok := job.IssuedAtRaw(k); ok && at.After(cutoff) {
 			return false, true
 		}
 		r, err := record.Decode(v)
-		return err != nil || now.After(r.UpdatedAt.Add(s.ttl)), false
+		return err != nil || now.After(r.UpdatedAt.Add(s.opts.TTL)), false
 	})
 	s.sweepBucket(ctx, bucketIdem, func(_, v []byte) (dead, stop bool) {
 		var c storedClaim

@@ -307,7 +307,7 @@ func TestSweepClaims(t *testing.T) {
 	const n = sweepChunk + 10
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		for i := range n {
-			v, _ := json.Marshal(storedClaim{ID: fmt.Sprint(i), State: claimQueued, Expiry: now.Add(s.ttl)})
+			v, _ := json.Marshal(storedClaim{ID: fmt.Sprint(i), State: claimQueued, Expiry: now.Add(s.opts.TTL)})
 			if err := tx.Bucket(bucketIdem).Put(claimKey("c", fmt.Sprint(i)), v); err != nil {
 				return err
 			}

@@ -31,12 +31,9 @@ type Queue struct {
 	AfterMiss func()
 }
 
-// New returns a queue whose Admit refuses once max records wait
-// (results.DefaultMaxPending when max <= 0).
+// New returns a queue whose Admit refuses once max records wait (the
+// adapters' options default it).
 func New(max int) *Queue {
-	if max <= 0 {
-		max = results.DefaultMaxPending
-	}
 	return &Queue{m: map[string]*job.Record{}, max: max}
 }
 
