@@ -208,12 +208,13 @@ func (s *Store) flush() error {
 			return nil
 		}
 		err := s.db.Update(func(tx *bbolt.Tx) error {
-			recs := tx.Bucket(bucketRecords)
+			recs := records(tx)
 			for _, r := range batch {
-				if recs.Get(recordKey(r.ID)) != nil {
+				key := recordKey(r.ID)
+				if recs.Get(key) != nil {
 					continue // an event got there first; it is newer
 				}
-				if err := s.put(tx, r); err != nil {
+				if err := put(recs, key, r); err != nil {
 					return err
 				}
 			}
@@ -237,15 +238,20 @@ func recordKey(id string) []byte {
 	return []byte(id)
 }
 
-// put writes r.
-func (s *Store) put(tx *bbolt.Tx, r *job.Record) error {
+// records is tx's bucket of records, filled for appends.
+func records(tx *bbolt.Tx) *bbolt.Bucket {
+	recs := tx.Bucket(bucketRecords)
+	recs.FillPercent = 0.9 // mostly appends
+	return recs
+}
+
+// put writes r under key (recordKey(r.ID)) in recs.
+func put(recs *bbolt.Bucket, key []byte, r *job.Record) error {
 	v, err := record.Encode(r)
 	if err != nil {
 		return err
 	}
-	recs := tx.Bucket(bucketRecords)
-	recs.FillPercent = 0.9 // mostly appends
-	return recs.Put(recordKey(r.ID), v)
+	return recs.Put(key, v)
 }
 
 // read returns id's record on disk, or nil.
@@ -288,11 +294,12 @@ func (s *Store) Apply(_ context.Context, events []*job.Event) error {
 	changed := make([]string, 0, len(order))
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		changed = changed[:0]
-		recs := tx.Bucket(bucketRecords)
+		recs := records(tx)
 		for _, id := range order {
 			var old *job.Record
 			onDisk := false
-			if v := recs.Get(recordKey(id)); v != nil {
+			key := recordKey(id)
+			if v := recs.Get(key); v != nil {
 				r, err := record.Decode(v)
 				if err != nil {
 					return err
@@ -311,13 +318,13 @@ func (s *Store) Apply(_ context.Context, events []*job.Event) error {
 			}
 			if !applied {
 				if old != nil && !onDisk { // an older event: still write the accepted record
-					if err := s.put(tx, old); err != nil {
+					if err := put(recs, key, old); err != nil {
 						return err
 					}
 				}
 				continue
 			}
-			if err := s.put(tx, &cur); err != nil {
+			if err := put(recs, key, &cur); err != nil {
 				return err
 			}
 			changed = append(changed, id)
