@@ -218,12 +218,13 @@ func (b *Broker) MaxMessageBytes() int { return b.opts.MaxMessageBytes }
 func (b *Broker) fetchBytes() int { return b.opts.MaxMessageBytes + batchRoom }
 
 func toKafka(topic string, msg broker.Message) kafkago.Message {
-	m := kafkago.Message{Topic: topic, Key: []byte(msg.Key), Value: msg.Body,
+	key := []byte(msg.Key)
+	m := kafkago.Message{Topic: topic, Key: key, Value: msg.Body,
 		Headers: make([]kafkago.Header, 0, len(msg.Headers)+2)}
 	for k, v := range msg.Headers {
 		m.Headers = append(m.Headers, kafkago.Header{Key: k, Value: []byte(v)})
 	}
-	m.Headers = append(m.Headers, kafkago.Header{Key: hdrKey, Value: []byte(msg.Key)})
+	m.Headers = append(m.Headers, kafkago.Header{Key: hdrKey, Value: key}) // read-only: one copy serves both
 	return m
 }
 
@@ -252,7 +253,7 @@ func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) 
 	}
 	m := b.route(topic, msg, time.Now())
 	n := size(m)
-	if m.Topic == b.name(topic) {
+	if msg.NotBefore.IsZero() || m.Topic == b.name(topic) { // not in a tier now
 		// Counted as if it waited in a tier: a message taken now must
 		// still fit when a Nack sends it through one.
 		n += delayRoom(topic)
@@ -307,7 +308,7 @@ func size(m kafkago.Message) int {
 // delayRoom is what a message for topic grows by in a delay tier: the
 // target and not-before headers.
 func delayRoom(topic string) int {
-	return 10 + len(hdrTarget) + len(topic) + 10 + len(hdrNotBefore) + len(strconv.FormatInt(-1<<63, 10))
+	return 10 + len(hdrTarget) + len(topic) + 10 + len(hdrNotBefore) + len("-9223372036854775808") // the longest not-before
 }
 
 // route picks the Kafka topic for msg: its own, or the delay tier it waits in.
