@@ -235,19 +235,13 @@ func TestAckFastPermanentErrorRecorded(t *testing.T) {
 		t.Fatalf("%d", ctx.Response.StatusCode())
 	}
 	id := idOf(t, ctx.Response.Body())
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r, _ := st.Get(context.Background(), id)
-		if r != nil && r.Status == job.Failed {
-			if r.LastError == "" {
-				t.Fatal("failed without a reason")
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("record %+v, want failed", r)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var r *job.Record
+	wait.For(t, 5*time.Second, "the record failed", func() bool {
+		r, _ = st.Get(context.Background(), id)
+		return r != nil && r.Status == job.Failed
+	})
+	if r.LastError == "" {
+		t.Fatal("failed without a reason")
 	}
 	// Refused for good, it is not written again: watched for a window.
 	wait.Never(t, 300*time.Millisecond, "a request refused for good published again", func() bool { return n.Load() != 1 })
@@ -399,8 +393,7 @@ func connectionLimit(t *testing.T, total, perIP int) {
 		t.Fatalf("third connection: %q %q", line, rest.String())
 	}
 	held[0].Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	wait.For(t, 5*time.Second, "a freed slot reused (a 404 for an unknown request)", func() bool {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
@@ -408,14 +401,8 @@ func connectionLimit(t *testing.T, total, perIP int) {
 		fmt.Fprintf(c, "GET /v1/requests/x HTTP/1.1\r\nHost: x\r\n\r\n")
 		line, _ := bufio.NewReader(c).ReadString('\n')
 		c.Close()
-		if strings.Contains(line, "404") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a freed slot was not reused: %q", line)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return strings.Contains(line, "404")
+	})
 	held[1].Close()
 }
 
@@ -455,7 +442,7 @@ func TestShutdownClosesSilentConnections(t *testing.T) {
 	wait.For(t, 5*time.Second, "both connections accepted", func() bool {
 		s.lnMu.Lock()
 		defer s.lnMu.Unlock()
-		return len(s.lns) == 1 && s.lns[0].open.Load() == 2
+		return len(s.lns) == 1 && s.lns[0].open() == 2
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

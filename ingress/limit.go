@@ -17,9 +17,8 @@ import (
 // cannot take every slot.
 type limitListener struct {
 	net.Listener
-	max   int64
+	max   int
 	perIP int
-	open  atomic.Int64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -30,7 +29,7 @@ type limitListener struct {
 }
 
 func newLimitListener(ln net.Listener, max, perIP int) *limitListener {
-	return &limitListener{Listener: ln, max: int64(max), perIP: perIP,
+	return &limitListener{Listener: ln, max: max, perIP: perIP,
 		conns: map[*limitConn]struct{}{}, byIP: map[string]int{}}
 }
 
@@ -77,12 +76,18 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip := hostOf(c.RemoteAddr())
+		var ip string
+		if l.perIP > 0 {
+			ip = hostOf(c.RemoteAddr())
+		}
+		lc := &limitConn{Conn: c, l: l, ip: ip}
 		l.mu.Lock()
-		over := l.open.Load() >= l.max || (l.perIP > 0 && l.byIP[ip] >= l.perIP)
+		over := len(l.conns) >= l.max || (l.perIP > 0 && l.byIP[ip] >= l.perIP)
 		if !over {
-			l.open.Add(1)
-			l.byIP[ip]++
+			l.conns[lc] = struct{}{}
+			if l.perIP > 0 {
+				l.byIP[ip]++
+			}
 		}
 		l.mu.Unlock()
 		if over {
@@ -93,10 +98,6 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			}()
 			continue
 		}
-		lc := &limitConn{Conn: c, l: l, ip: ip}
-		l.mu.Lock()
-		l.conns[lc] = struct{}{}
-		l.mu.Unlock()
 		return lc, nil
 	}
 }
@@ -120,12 +121,20 @@ func (c *limitConn) Read(b []byte) (int, error) {
 func (c *limitConn) Close() error {
 	c.once.Do(func() {
 		c.l.mu.Lock()
-		c.l.open.Add(-1)
 		delete(c.l.conns, c)
-		if c.l.byIP[c.ip]--; c.l.byIP[c.ip] <= 0 {
-			delete(c.l.byIP, c.ip)
+		if c.l.perIP > 0 {
+			if c.l.byIP[c.ip]--; c.l.byIP[c.ip] <= 0 {
+				delete(c.l.byIP, c.ip)
+			}
 		}
 		c.l.mu.Unlock()
 	})
 	return c.Conn.Close()
+}
+
+// open counts the connections open now.
+func (l *limitListener) open() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
 }
