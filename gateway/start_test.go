@@ -97,11 +97,7 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return within 10 s of its context's end")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for left := ours(); len(left) > 0; left = ours() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines of ours left after Run returned, e.g.\n%s", len(left), left[0])
-		}
-		time.Sleep(20 * time.Millisecond)
+	if left := stacks.Left(5*time.Second, ours); len(left) > 0 {
+		t.Fatalf("%d goroutines of ours left after Run returned, e.g.\n%s", len(left), left[0])
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/brokertest"
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // refuseProduce makes Kafka refuse every write to Kafka topic name (""
@@ -80,14 +81,8 @@ func TestCloseStopsRepublisher(t *testing.T) {
 	// Close while the republisher is in the middle of an attempt: kafka-go
 	// makes three produce requests per write, the Nack's own are over.
 	refused := hits()
-	deadline := time.Now().Add(10 * time.Second)
-	for hits() == refused {
-		if time.Now().After(deadline) {
-			lift()
-			t.Fatal("no republish attempt after a Nack Kafka refused")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	defer lift() // also when wait.For fails the test; lifted again below
+	wait.For(t, 10*time.Second, "a republish attempt after a Nack Kafka refused", func() bool { return hits() != refused })
 	start := time.Now()
 	if err := sub.Close(); err != nil {
 		t.Fatal(err)

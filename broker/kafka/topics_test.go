@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/brokertest"
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // metadata returns Kafka topic name's partition count and replication
@@ -173,13 +174,7 @@ func TestOpenBeforeKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	deadline := time.Now().Add(30 * time.Second)
-	for b.Ping(ctxT(t, time.Second)) != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready 30s after Kafka came up: %v", b.Ping(ctxT(t, time.Second)))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	wait.For(t, 30*time.Second, "the broker ready (Ping) after Kafka came up", func() bool { return b.Ping(ctxT(t, time.Second)) == nil })
 	wantConfigs(t, addrs, b.name(broker.DeadLetterTopic("a")), map[string]string{"retention.ms": "-1"})
 	if err := b.Publish(ctxT(t, 10*time.Second), broker.RequestTopic("a"), broker.Message{Key: "k"}); err != nil {
 		t.Fatalf("publish once Kafka is up: %v", err)

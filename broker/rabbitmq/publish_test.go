@@ -12,24 +12,18 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // publishSoon publishes msg, retrying briefly: the pool may still be
 // refilling after a channel died.
 func publishSoon(t *testing.T, b *Broker, topic string, msg broker.Message) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	wait.For(t, 10*time.Second, "publishing to work again", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := b.Publish(ctx, topic, msg)
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("publishing does not work any more: %v", err)
-		}
-	}
+		defer cancel()
+		return b.Publish(ctx, topic, msg) == nil
+	})
 }
 
 // TestServerRefusesSize publishes messages over the server's

@@ -187,12 +187,8 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 	}
 	// A goroutine that just signalled it is done may still be on its way
 	// out; one that is blocked stays.
-	deadline := time.Now().Add(2 * time.Second)
-	for gs := ownGoroutines(); len(gs) > 0; gs = ownGoroutines() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines outlived Close:\n%s", len(gs), strings.Join(gs, "\n\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
+	if gs := stacks.Left(2*time.Second, ownGoroutines); len(gs) > 0 {
+		t.Fatalf("%d goroutines outlived Close:\n%s", len(gs), strings.Join(gs, "\n\n"))
 	}
 	_ = sub.Close()
 	if _, err := sub.Fetch(ctx, 1); err == nil {
@@ -254,10 +250,8 @@ func TestPauseHandsBack(t *testing.T) {
 		q, err := rawChannel(t).QueueDeclarePassive(b.name(topic), true, false, false, false, nil)
 		return err == nil && b.held(topic).Load() == 0 && q.Consumers == 0 && q.Messages == 4
 	})
-	time.Sleep(300 * time.Millisecond) // nothing comes back while paused
-	if n := b.held(topic).Load(); n != 0 {
-		t.Fatalf("paused subscription took %d messages", n)
-	}
+	// Nothing comes back while paused: watched for a window.
+	wait.Never(t, 300*time.Millisecond, "the paused subscription took messages", func() bool { return b.held(topic).Load() != 0 })
 	if err := pauser.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ package stacks
 import (
 	"runtime"
 	"strings"
+	"time"
 )
 
 // Matching returns the stack of every goroutine for which keep is true.
@@ -35,4 +36,20 @@ func Running(pkg string) []string {
 	return Matching(func(g string) bool {
 		return strings.Contains(g, pkg+".") && !strings.Contains(g, "_test.go") && !strings.Contains(g, pkg+".Test")
 	})
+}
+
+// Left polls list until it returns no stack or d has passed, and returns
+// what list returned last: none when every goroutine it looks for ended in
+// time, else their stacks, for the test to fail with. A goroutine that just
+// signalled it is done may still be on its way out; one that is blocked
+// stays.
+func Left(d time.Duration, list func() []string) []string {
+	deadline := time.Now().Add(d)
+	for {
+		left := list()
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sluice-gw/sluice/internal/stacks"
+	"github.com/sluice-gw/sluice/internal/wait"
 	"github.com/sluice-gw/sluice/results/storetest"
 )
 
@@ -24,13 +25,8 @@ func TestGoroutinesEndWithRun(t *testing.T) {
 		t.Fatalf("goroutines run after Open, before Run:\n\n%s", strings.Join(left, "\n\n"))
 	}
 	stop := storetest.Start(t, s)
-	deadline := time.Now().Add(5 * time.Second)
-	for len(storeGoroutines()) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("no flush loop and sweeper found while the store runs: the stack marks are stale")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	wait.For(t, 5*time.Second, "the flush loop and sweeper while the store runs (stale stack marks?)",
+		func() bool { return len(storeGoroutines()) >= 2 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -34,16 +34,8 @@ func storeGoroutines(client bool) []string {
 // within 5s (give or take the scheduler).
 func waitNoStoreGoroutines(t *testing.T, client bool, when string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		left := storeGoroutines(client)
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines %s:\n\n%s", len(left), when, strings.Join(left, "\n\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
+	if left := stacks.Left(5*time.Second, func() []string { return storeGoroutines(client) }); len(left) > 0 {
+		t.Fatalf("%d goroutines %s:\n\n%s", len(left), when, strings.Join(left, "\n\n"))
 	}
 }
 

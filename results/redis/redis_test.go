@@ -17,6 +17,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/sluice-gw/sluice/internal/wait"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/results"
 	"github.com/sluice-gw/sluice/results/internal/accept"
@@ -257,13 +258,7 @@ func TestRedisFlushInChunks(t *testing.T) {
 		_ = s.Accept(ctx, accepted(fmt.Sprintf("r%d", i), time.Now()))
 	}
 	storetest.Start(t, s)
-	deadline := time.Now().Add(20 * time.Second)
-	for s.queue.Len() > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d accepted records still unwritten", s.queue.Len())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wait.For(t, 20*time.Second, "every accepted record written", func() bool { return s.queue.Len() == 0 })
 	sizes.mu.Lock()
 	seen := slices.Clone(sizes.sizes)
 	sizes.mu.Unlock() // the hook takes it again for a connection Get may dial
