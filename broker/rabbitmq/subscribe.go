@@ -107,15 +107,9 @@ func (s *subscription) run() {
 		s.pmu.Lock()
 		paused, changed := s.paused, s.changed
 		s.pmu.Unlock()
-		if paused {
-			select {
-			case <-s.closed:
-				return
-			case <-s.b.stop:
-				return
-			case <-changed:
-			}
-			continue
+		var up <-chan struct{} // paused: nil, waiting only for a change
+		if !paused {
+			up = s.b.connected()
 		}
 		select {
 		case <-s.closed:
@@ -124,7 +118,7 @@ func (s *subscription) run() {
 			return
 		case <-changed:
 			continue
-		case <-s.b.connected():
+		case <-up:
 		}
 		if l := s.b.current(); l != nil {
 			s.pmu.Lock()
