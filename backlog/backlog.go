@@ -29,8 +29,9 @@ type Monitor struct {
 }
 
 type topicView struct {
-	added     atomic.Int64 // published through Add since the last poll
-	depth     int64
+	added     atomic.Int64 // requests published through Add since the last poll
+	perMsg    float64      // requests per message, learned by Packed; 0 = 1
+	depth     int64        // messages
 	consumed  int64
 	drain     float64   // messages per second while there is work; 0 = not measured yet
 	stalled   time.Time // since when a backlog has not moved; zero while it moves
@@ -114,7 +115,8 @@ func (m *Monitor) Poll(ctx context.Context) {
 // acknowledgements happen in worker processes, can see).
 func (v *topicView) measure(st broker.QueueStats, added int64, now time.Time) {
 	dt := now.Sub(v.polledAt).Seconds()
-	done := max(0, st.Consumed-v.consumed, v.depth+added-st.Depth)
+	msgs := int64(math.Round(float64(added) / v.ratio())) // what the broker counts
+	done := max(0, st.Consumed-v.consumed, v.depth+msgs-st.Depth)
 	rate := float64(done) / dt
 	switch {
 	case v.depth > 0 && st.Depth > 0 && done > 0: // worked the whole interval: capacity
@@ -134,7 +136,31 @@ func (v *topicView) measure(st broker.QueueStats, added int64, now time.Time) {
 	}
 }
 
-// Add counts n messages published to topic since the last poll, so Depth
+// Packed learns that one message just written to topic carries requests
+// requests (group commit): a broker counts messages, and the estimates are
+// in requests, so depths and drain rates are scaled by the recent average.
+func (m *Monitor) Packed(topic string, requests int) {
+	v := m.topics[topic]
+	if v == nil || requests < 1 {
+		return
+	}
+	m.mu.Lock()
+	if v.perMsg == 0 {
+		v.perMsg = 1
+	}
+	v.perMsg = 0.98*v.perMsg + 0.02*float64(requests)
+	m.mu.Unlock()
+}
+
+// ratio is v's requests per message; m.mu is held.
+func (v *topicView) ratio() float64 {
+	if v.perMsg < 1 {
+		return 1
+	}
+	return v.perMsg
+}
+
+// Add counts n requests published to topic since the last poll, so Depth
 // stays current between polls.
 func (m *Monitor) Add(topic string, n int64) {
 	if v := m.topics[topic]; v != nil {
@@ -166,10 +192,11 @@ func (m *Monitor) Estimate(topic string, rate float64, slots int) Estimate {
 		return Estimate{}
 	}
 	m.mu.RLock()
-	e := Estimate{Depth: v.depth + v.added.Load(), Drain: v.drain}
+	r := v.ratio()
+	e := Estimate{Depth: int64(math.Round(float64(v.depth)*r)) + v.added.Load(), Drain: v.drain * r}
 	stalled := !v.stalled.IsZero() && m.now().Sub(v.stalled) >= StallAfter
 	m.mu.RUnlock()
-	r := e.Drain
+	r = e.Drain
 	if rate > 0 && r > rate {
 		r = rate
 	}

@@ -58,6 +58,9 @@ func (c *Config) Validate() error {
 	noZero("max_connections", "must be >= 1")
 	noZero("max_long_polls", "must be >= 1")
 	noZero("results.ttl", "must be > 0")
+	noZero("group_commit.max_requests", "must be >= 1; 1 turns group commit off")
+	noZero("group_commit.max_bytes", "must be > 0")
+	noZero("group_commit.writes", "must be >= 1")
 	for i := range c.Backends {
 		key := fmt.Sprintf("backends[%d]", i)
 		noZero(key+".concurrency", "must be >= 1")
@@ -89,6 +92,15 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxLongPolls < 0 {
 		bad("max_long_polls", "must be >= 1")
+	}
+	if c.GroupCommit.MaxRequests < 0 {
+		bad("group_commit.max_requests", "must be >= 1; 1 turns group commit off")
+	}
+	if c.GroupCommit.MaxBytes < 0 {
+		bad("group_commit.max_bytes", "must be > 0")
+	}
+	if c.GroupCommit.Writes < 0 {
+		bad("group_commit.writes", "must be >= 1")
 	}
 	if c.Ack != "durable" && c.Ack != "fast" {
 		bad("ack", "must be durable or fast, got %q", c.Ack)

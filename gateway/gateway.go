@@ -20,6 +20,7 @@ import (
 	"github.com/sluice-gw/sluice/broker/rabbitmq"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/ingress"
+	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/results"
 	"github.com/sluice-gw/sluice/results/bolt"
 	"github.com/sluice-gw/sluice/results/collector"
@@ -152,6 +153,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	monitor := backlog.New(p.broker, topics, 500*time.Millisecond)
 	p.manager = workers.NewManager(cfg, p.broker, log)
+	p.manager.SkipSettled(settledIn(p.store))
 	if g.has(Ingress) {
 		if p.ingress, err = ingress.New(cfg, p.broker, p.store, monitor, log); err != nil {
 			return err
@@ -336,4 +338,25 @@ func (g *Gateway) openStore() (results.Store, error) {
 			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()})
 	}
 	return bolt.Open(bolt.Options{Dir: cfg.Path(cfg.Results.Embedded.Dir), TTL: cfg.Results.TTL.D()})
+}
+
+// settledIn tells, from the result store, which requests of a batch
+// handed out again need no delivery: those with an outcome, and those
+// whose retry is queued on its own (its copy is written before its
+// retrying event). A request the store does not know is delivered.
+func settledIn(store results.Store) workers.Settled {
+	return func(ctx context.Context, ids []string) ([]bool, error) {
+		out := make([]bool, len(ids))
+		for i, id := range ids {
+			rec, err := store.Get(ctx, id)
+			switch {
+			case errors.Is(err, job.ErrNotFound):
+			case err != nil:
+				return nil, err
+			default:
+				out[i] = rec.Status.Terminal() || rec.Status == job.Retrying
+			}
+		}
+		return out, nil
+	}
 }

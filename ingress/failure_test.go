@@ -80,6 +80,7 @@ func TestIdempotencyConflictWhileWriting(t *testing.T) {
 		return ctx.Err()
 	})
 	s.cfg.PublishTimeout = config.Duration(3 * time.Second)
+	s.pub.(*grouper).opts.Timeout = 3 * time.Second // its writes' bound, fixed by New
 	hdr := map[string]string{"Idempotency-Key": "k"}
 	go call(s, "POST", "/r", "a", hdr)
 	wait.For(t, 5*time.Second, "the first submit's claim", func() bool { return st.claimOf("k") != nil })

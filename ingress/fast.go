@@ -99,7 +99,8 @@ func (f *fastPublisher) publish(req *job.Request) {
 		// close leaves room for, so its outcome is known.
 		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 		err := f.pub.Publish(ctx, topic, msg)
-		timedOut = ctx.Err() != nil
+		// A write of the group that held it may time out before ctx does.
+		timedOut = ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded)
 		cancel()
 		if err != nil && !errors.Is(err, broker.ErrUnavailable) {
 			return retry.Permanent(err)

@@ -47,6 +47,8 @@ type Store interface {
 type Backlog interface {
 	Estimate(topic string, rate float64, slots int) backlog.Estimate
 	Add(topic string, n int64)
+	// Packed learns how many requests one message of topic carries.
+	Packed(topic string, requests int)
 }
 
 // MaxWait caps ?wait= on polls.
@@ -67,7 +69,7 @@ type route struct {
 // Server is the ingress. Create it with New.
 type Server struct {
 	cfg      *config.Config
-	pub      broker.Publisher
+	pub      broker.Publisher // group commit (grouper) over the broker
 	store    Store
 	backlog  Backlog
 	log      zerolog.Logger
@@ -95,6 +97,10 @@ const claimWait = time.Second
 
 // New compiles the routes of cfg. It starts nothing: Serve does.
 func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog, log zerolog.Logger) (*Server, error) {
+	gc := cfg.GroupCommit
+	pub = newGrouper(pub, GroupOptions{MaxRequests: gc.MaxRequests, Writes: gc.Writes,
+		MaxBytes: int(min(int64(gc.MaxBytes), cfg.MaxMessageBytes()-broker.Overhead)),
+		Timeout:  cfg.PublishTimeout.D(), Packed: backlog.Packed})
 	s := &Server{cfg: cfg, pub: pub, store: store, backlog: backlog, log: log,
 		exact: map[string]*route{}, sharedStore: cfg.Results.Store == "redis"}
 	s.closing, s.closeNow = context.WithCancel(context.Background())

@@ -130,6 +130,7 @@ type fakeBacklog struct{ est backlog.Estimate }
 
 func (f *fakeBacklog) Estimate(string, float64, int) backlog.Estimate { return f.est }
 func (f *fakeBacklog) Add(string, int64)                              {}
+func (f *fakeBacklog) Packed(string, int)                             {}
 
 var (
 	_ broker.Publisher = (*fakePublisher)(nil)

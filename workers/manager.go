@@ -34,6 +34,14 @@ func NewManager(cfg *config.Config, br broker.Broker, log zerolog.Logger) *Manag
 	return m
 }
 
+// SkipSettled makes every pool skip the requests settled already when a
+// batch is handed out again (after a crash). Call it before Run.
+func (m *Manager) SkipSettled(settled Settled) {
+	for _, p := range m.pools {
+		p.settled = settled
+	}
+}
+
 // Names lists the backends in config order.
 func (m *Manager) Names() []string { return slices.Clone(m.names) }
 

@@ -69,6 +69,7 @@ type Pool struct {
 	drain        time.Duration
 	settleWithin time.Duration // settleTimeout; shorter in tests
 	stopBy       atomic.Pointer[stopTimes]
+	settled      Settled // nil: every request of a batch handed out again is delivered
 	Counter      Counters
 }
 
@@ -128,6 +129,7 @@ func (p *Pool) Run(ctx context.Context) error {
 			p.followShare(ctx, sh)
 		}()
 	}
+	sub = newUnpacking(sub, p.broker, broker.RequestTopic(p.cfg.Name), p.settled, p.log, p.within)
 	// Deliveries outlive ctx by up to the drain time.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
