@@ -176,3 +176,36 @@ func TestEstimateFromDepth(t *testing.T) {
 		t.Fatalf("depth falling 20/s: %+v", e)
 	}
 }
+
+// TestEstimatePacked: with group commit a broker message carries several
+// requests; depths and drain rates are in requests all the same.
+func TestEstimatePacked(t *testing.T) {
+	m, f, tick := monitorAt()
+	for range 400 { // the ingress has been writing 10 requests per message
+		m.Packed("t", 10)
+	}
+	f.queue(10) // 100 requests
+	tick()
+	if e := m.Estimate("t", 20, 8); e.Depth < 95 || e.Depth > 100 || secs(e) < 4.5 || secs(e) > 5.1 {
+		t.Fatalf("10 messages of 10 requests at rate 20: %+v (%.1f s), want about 100 requests and 5 s", e, secs(e))
+	}
+	for range 4 { // the consumers take one message (10 requests) per half second
+		f.take(1)
+		tick()
+	}
+	if e := m.Estimate("t", 0, 8); e.Drain < 18 || e.Drain > 20.5 || e.Depth < 57 || e.Depth > 60 {
+		t.Fatalf("6 messages left, 2 messages/s taken: %+v; want about 60 requests at about 20/s", e)
+	}
+	// Requests this process added since the poll count as requests.
+	m.Add("t", 5)
+	if e := m.Estimate("t", 0, 8); e.Depth < 62 || e.Depth > 65 {
+		t.Fatalf("5 more: depth %d", e.Depth)
+	}
+	// A monitor that never learned a ratio counts messages.
+	m2, f2, tick2 := monitorAt()
+	f2.queue(10)
+	tick2()
+	if e := m2.Estimate("t", 20, 8); e.Depth != 10 {
+		t.Fatalf("no ratio learned: depth %d, want 10", e.Depth)
+	}
+}

@@ -17,6 +17,11 @@
 // backend's "<" stays one byte) and read leniently: unknown fields are
 // ignored.
 //
+// Requests that arrive together may travel packed in one message (group
+// commit, Pack and Unpack): the header HBatch gives their number, and the
+// body holds each one's key, headers and body as length-prefixed strings.
+// A request alone is never packed.
+//
 // The format is a contract with messages already waiting in users'
 // queues: a sluice upgraded while requests wait must still read them.
 // Change it only by adding optional fields; the golden tests pin it.
