@@ -38,7 +38,13 @@ type unpacking struct {
 	log     zerolog.Logger
 	within  func() time.Duration // how long a settling write may take
 
-	buf []*part // unpacked, not yet returned by Fetch; oldest first
+	buf []held // fetched, not yet returned by Fetch; oldest first
+}
+
+// held is a delivery waiting in the buffer, and since when.
+type held struct {
+	d  broker.Delivery
+	at time.Time
 }
 
 func newUnpacking(sub broker.Subscription, pub broker.Publisher, topic string, settled Settled, log zerolog.Logger, within func() time.Duration) *unpacking {
@@ -46,9 +52,9 @@ func newUnpacking(sub broker.Subscription, pub broker.Publisher, topic string, s
 }
 
 // Fetch returns buffered requests first; with none buffered it fetches
-// from the broker and unpacks what came.
+// from the broker and unpacks what came, keeping what is past max.
 func (u *unpacking) Fetch(ctx context.Context, max int) ([]broker.Delivery, error) {
-	if len(u.buf) > 0 && time.Since(u.buf[0].batch.at) > holdLimit {
+	if len(u.buf) > 0 && time.Since(u.buf[0].at) > holdLimit {
 		u.requeue()
 	}
 	if len(u.buf) == 0 {
@@ -56,32 +62,27 @@ func (u *unpacking) Fetch(ctx context.Context, max int) ([]broker.Delivery, erro
 		if err != nil {
 			return nil, err
 		}
-		var out []broker.Delivery
+		now := time.Now()
 		for _, d := range ds {
 			if !wire.IsBatch(d.Message()) {
-				out = append(out, d)
+				u.buf = append(u.buf, held{d, now})
 				continue
 			}
 			for _, p := range u.unpack(d) {
-				out = append(out, p)
+				u.buf = append(u.buf, held{p, now})
 			}
 		}
-		if len(out) <= max {
-			return out, nil
+		if len(u.buf) == 0 { // all skipped or dropped: nothing to deliver yet
+			return nil, nil
 		}
-		// The requests past max wait here; what came alone is returned
-		// first, so nothing of the broker's but batches is held.
-		for _, d := range out[max:] {
-			u.buf = append(u.buf, d.(*part))
-		}
-		return out[:max], nil
 	}
 	n := min(max, len(u.buf))
 	out := make([]broker.Delivery, n)
-	for i, p := range u.buf[:n] {
-		out[i] = p
+	for i, h := range u.buf[:n] {
+		out[i] = h.d
 	}
-	u.buf = append(u.buf[:0], u.buf[n:]...)
+	clear(u.buf[:n])
+	u.buf = u.buf[n:]
 	return out, nil
 }
 
@@ -97,7 +98,7 @@ func (u *unpacking) unpack(d broker.Delivery) []*part {
 		}
 		return nil
 	}
-	b := &batch{u: u, d: d, left: len(msgs), at: time.Now()}
+	b := &batch{u: u, d: d, left: len(msgs)}
 	parts := make([]*part, len(msgs))
 	for i, m := range msgs {
 		parts[i] = &part{batch: b, msg: m}
@@ -127,13 +128,18 @@ func (u *unpacking) unpack(d broker.Delivery) []*part {
 	return out
 }
 
-// requeue queues the buffered requests again on their own and settles
-// them in their batches.
+// requeue hands the buffered deliveries back: a request of a batch is
+// queued again on its own (and settled in its batch), a message that came
+// alone goes back to the broker.
 func (u *unpacking) requeue() {
 	buf := u.buf
 	u.buf = nil
-	for _, p := range buf {
-		_ = p.Nack(context.Background(), 0)
+	for _, h := range buf {
+		ctx, cancel := context.WithTimeout(context.Background(), u.within())
+		if err := h.d.Nack(ctx, 0); err != nil {
+			u.log.Warn().Err(err).Msg("hand back; the broker hands it out again after its ack deadline")
+		}
+		cancel()
 	}
 }
 
@@ -166,7 +172,6 @@ func (u *unpacking) Resume(ctx context.Context) error {
 type batch struct {
 	u    *unpacking
 	d    broker.Delivery
-	at   time.Time
 	mu   sync.Mutex
 	left int
 	back []broker.Message // handed back: queued again on their own

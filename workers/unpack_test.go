@@ -158,7 +158,7 @@ func TestUnpackHandsBackBuffered(t *testing.T) {
 			_ = ds[0].Ack(context.Background())
 			switch how {
 			case "hold limit":
-				u.buf[0].batch.at = time.Now().Add(-2 * holdLimit)
+				u.buf[0].at = time.Now().Add(-2 * holdLimit)
 				fctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 				defer cancel()
 				if ds, _ := u.Fetch(fctx, 10); len(ds) != 0 {
@@ -235,5 +235,35 @@ func TestPoolDeliversABatch(t *testing.T) {
 	}
 	if succeeded != len(ids) {
 		t.Fatalf("%d succeeded events, want %d", succeeded, len(ids))
+	}
+}
+
+// Fetch never returns more than max, whatever mix of batches and single
+// messages the broker handed out; single messages kept past max go back to
+// the broker on Close.
+func TestUnpackMixedNeverPastMax(t *testing.T) {
+	log := &actionLog{}
+	b := batchOf(log, "a", "b", "c")
+	single := &fakeDelivery{msg: wire.EncodeRequest(request("z")), log: log}
+	u := newUnpacking(&fakeSub{ds: []broker.Delivery{b, single}, log: log}, &fakeBroker{}, "requests.x", nil, zerolog.Nop(), within)
+	var got []string
+	for range 2 {
+		ds, err := u.Fetch(context.Background(), 2)
+		if err != nil || len(ds) > 2 {
+			t.Fatalf("fetch of 2: %v, %v", keys(ds), err)
+		}
+		got = append(got, keys(ds)...)
+	}
+	if fmt.Sprint(got) != "[a b c z]" {
+		t.Fatalf("handed out %v", got)
+	}
+	single2 := &fakeDelivery{msg: wire.EncodeRequest(request("y")), log: log}
+	u = newUnpacking(&fakeSub{ds: []broker.Delivery{batchOf(log, "p", "q"), single2}, log: log}, &fakeBroker{}, "requests.x", nil, zerolog.Nop(), within)
+	if ds, _ := u.Fetch(context.Background(), 2); fmt.Sprint(keys(ds)) != "[p q]" {
+		t.Fatalf("handed out %v", keys(ds))
+	}
+	_ = u.Close()
+	if single2.nacks != 1 {
+		t.Fatalf("a single message kept in the buffer was not handed back at Close (nacks %d)", single2.nacks)
 	}
 }
