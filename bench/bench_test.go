@@ -109,8 +109,16 @@ func TestGoalTable(t *testing.T) {
 
 func TestSelectParts(t *testing.T) {
 	all, err := selectParts("")
-	if err != nil || len(all) != len(parts) {
-		t.Fatalf("selectParts(\"\") = %d parts, %v", len(all), err)
+	if err != nil || len(all) != len(parts)-1 {
+		t.Fatalf("selectParts(\"\") = %d parts, %v, want all but soak", len(all), err)
+	}
+	for _, p := range all {
+		if p.name == "soak" {
+			t.Fatal("the soak runs by default; it should run only when named")
+		}
+	}
+	if sel, err := selectParts("soak"); err != nil || len(sel) != 1 || sel[0].name != "soak" {
+		t.Fatalf("selectParts(\"soak\") = %v, %v", sel, err)
 	}
 	sel, err := selectParts("kafka, ingest")
 	if err != nil {

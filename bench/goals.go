@@ -114,6 +114,14 @@ var goals = append([]goal{
 	// 0.73-0.89x after the fix of issue 10); and a delivery at a set rate
 	// costs 775-1134 µs of CPU (embedded, Kafka, RabbitMQ; 1115-1206 µs on
 	// Kafka before it), 5x what it costs unthrottled (the cpu part).
+
+	// The soak (run only with -only soak): once the first ttl window is
+	// over, records expire as fast as they come, so RSS and the result
+	// store's disk stay flat instead of growing with traffic × ttl.
+	{part: "soak", what: "RSS growth after the first ttl window", figure: "soak.rss_growth_pct",
+		cmp: atMost, want: 20, unit: "%"},
+	{part: "soak", what: "result store disk growth after the first ttl window", figure: "soak.disk_growth_pct",
+		cmp: atMost, want: 20, unit: "%"},
 }, deliveryGoals("embedded", "kafka", "rabbitmq")...)
 
 // deliveryGoals are the delivery part's goals, the same for each broker.

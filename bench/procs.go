@@ -95,6 +95,15 @@ type sluiceConfig struct {
 	backend  string
 	broker   string // the broker key; "" is the embedded broker in a temporary directory
 	embedded string // with the embedded broker: more of its keys, e.g. "sync: always"
+	results  string // more keys of results, e.g. "ttl: 2m"
+}
+
+// resultsExtra is cfg.results as more keys of the results map.
+func resultsExtra(keys string) string {
+	if keys == "" {
+		return ""
+	}
+	return ", " + keys
 }
 
 type sluiceProc struct {
@@ -129,12 +138,12 @@ admin_listen: "127.0.0.1:0"
 log: { level: info }
 %s
 %s
-results: { embedded: { dir: %s } }
+results: { embedded: { dir: %s }%s }
 routes: [{ name: logs, path: /v1/logs, backend: sink }]
 backends:
   - name: sink
     urls: [%q]
-%s`, cfg.top, brokerCfg, filepath.Join(dir, "r"), sinkURL, backend.String())
+%s`, cfg.top, brokerCfg, filepath.Join(dir, "r"), resultsExtra(cfg.results), sinkURL, backend.String())
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		_ = os.RemoveAll(dir)

@@ -21,24 +21,33 @@ var errSkipped = errors.New("skipped")
 type part struct {
 	name string
 	run  func(b *bench) error
+	// long parts run only when -only names them.
+	long bool
 }
 
 var parts = []part{
-	{"ingest", ingest},
-	{"rate", rate},
-	{"retries", retries},
-	{"cpu", cpuPerDelivery},
-	{"overload", overload},
-	{"kafka", kafka},
-	{"rabbitmq", rabbitMQ},
-	{"delivery", delivery},
+	{name: "ingest", run: ingest},
+	{name: "rate", run: rate},
+	{name: "retries", run: retries},
+	{name: "cpu", run: cpuPerDelivery},
+	{name: "overload", run: overload},
+	{name: "kafka", run: kafka},
+	{name: "rabbitmq", run: rabbitMQ},
+	{name: "delivery", run: delivery},
+	{name: "soak", run: soak, long: true},
 }
 
 // selectParts returns the parts named in only (comma-separated), in the
 // bench's order; all of them for "".
 func selectParts(only string) ([]part, error) {
 	if only == "" {
-		return parts, nil
+		var sel []part
+		for _, p := range parts {
+			if !p.long {
+				sel = append(sel, p)
+			}
+		}
+		return sel, nil
 	}
 	want := map[string]bool{}
 	for n := range strings.SplitSeq(only, ",") {

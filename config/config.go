@@ -162,7 +162,20 @@ type Results struct {
 	Embedded ResultsEmbedded `yaml:"embedded"`
 	Redis    *Redis          `yaml:"redis"`
 	TTL      Duration        `yaml:"ttl"` // default 24h (resultsTTL)
+	// KeepResponse says which outcomes keep the backend's response
+	// (status, headers, body): always (the default), failures (failed and
+	// dead-lettered ones only) or never. A succeeded request's record
+	// without its response takes about 85 bytes on disk instead of about
+	// 230 and more with a body.
+	KeepResponse string `yaml:"keep_response"`
 }
+
+// The values of results.keep_response.
+const (
+	KeepAlways   = "always"
+	KeepFailures = "failures"
+	KeepNever    = "never"
+)
 
 // ResultsEmbedded configures the on-disk result store.
 type ResultsEmbedded struct {
@@ -191,6 +204,9 @@ type Route struct {
 	Backend string   `yaml:"backend"`
 	MaxBody Size     `yaml:"max_body"` // default 1MiB
 	Schema  string   `yaml:"schema"`   // JSON Schema file for the body
+	// TTL is how long this route's outcomes stay pollable after their
+	// last update. Default results.ttl.
+	TTL Duration `yaml:"ttl"`
 }
 
 // Backend is one delivery target and how fast it may be driven.
@@ -313,6 +329,7 @@ func (c *Config) ApplyDefaults() {
 	def(&c.Broker.Embedded.Dir, "./data/queue")
 	def(&c.Results.Store, "embedded")
 	def(&c.Results.Embedded.Dir, "./data/results")
+	def(&c.Results.KeepResponse, KeepAlways)
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = Duration(15 * time.Second)
 	}
@@ -390,6 +407,9 @@ func (c *Config) ApplyDefaults() {
 		}
 		if r.MaxBody == 0 {
 			r.MaxBody = 1 << 20
+		}
+		if r.TTL == 0 {
+			r.TTL = c.Results.TTL
 		}
 	}
 	for i := range c.Backends {

@@ -61,6 +61,8 @@ func TestDefaults(t *testing.T) {
 		{"shutdown_timeout", c.ShutdownTimeout.D(), 15 * time.Second},
 		{"broker.kind", c.Broker.Kind, "embedded"},
 		{"results.ttl", c.Results.TTL.D(), 24 * time.Hour},
+		{"results.keep_response", c.Results.KeepResponse, "always"},
+		{"routes[0].ttl", c.Routes[0].TTL.D(), 24 * time.Hour},
 		{"methods", strings.Join(c.Routes[0].Methods, ","), "POST"},
 		{"max_body", int64(c.Routes[0].MaxBody), int64(1 << 20)},
 		{"rate", b.Rate, 0.0},
@@ -87,7 +89,10 @@ func TestDefaults(t *testing.T) {
 func TestExplicitValuesKept(t *testing.T) {
 	c, err := Parse([]byte(`
 ack: fast
-routes: [{ name: r, path: /r/, backend: b, max_body: 512KiB, methods: [put] }]
+results: { ttl: 2h, keep_response: failures }
+routes:
+  - { name: r, path: /r/, backend: b, max_body: 512KiB, methods: [put], ttl: 10m }
+  - { name: s, path: /s, backend: b }
 backends:
   - name: b
     urls: ["http://127.0.0.1:1/"]
@@ -100,8 +105,11 @@ backends:
 		t.Fatal(err)
 	}
 	b := c.Backends[0]
-	if c.Ack != "fast" || c.Routes[0].MaxBody != 512<<10 || c.Routes[0].Methods[0] != "PUT" {
+	if c.Ack != "fast" || c.Routes[0].MaxBody != 512<<10 || c.Routes[0].Methods[0] != "PUT" || c.Routes[0].TTL.D() != 10*time.Minute {
 		t.Errorf("route values not kept: %+v", c.Routes[0])
+	}
+	if c.Routes[1].TTL.D() != 2*time.Hour || c.Results.KeepResponse != KeepFailures {
+		t.Errorf("route ttl %v (want results.ttl, 2h), keep_response %q", c.Routes[1].TTL.D(), c.Results.KeepResponse)
 	}
 	if b.Rate != 2.5 || b.Burst != 3 || len(b.Retry.OnStatus) != 0 || *b.Breaker.Failures != 0 {
 		t.Errorf("backend values not kept: %+v", b)

@@ -73,6 +73,7 @@ func (c *Config) Validate() error {
 	}
 	for i := range c.Routes {
 		noZero(fmt.Sprintf("routes[%d].max_body", i), "must be > 0")
+		noZero(fmt.Sprintf("routes[%d].ttl", i), "must be > 0")
 	}
 	checkAddr := func(key, addr string) {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -199,6 +200,11 @@ func (c *Config) Validate() error {
 	if c.Results.TTL < 0 {
 		bad("results.ttl", "must be > 0")
 	}
+	switch c.Results.KeepResponse {
+	case KeepAlways, KeepFailures, KeepNever:
+	default:
+		bad("results.keep_response", "must be always, failures or never, got %q", c.Results.KeepResponse)
+	}
 	for _, key := range slices.Sorted(slices.Values(c.notYet)) {
 		bad(key, "not supported yet in this release")
 	}
@@ -306,6 +312,9 @@ func (c *Config) Validate() error {
 		case int64(r.MaxBody)+broker.Overhead > limit:
 			bad(key+".max_body", "%s does not fit in a message of the embedded broker, which carries at most %s with sluice's %s of headers",
 				humanSize(int64(r.MaxBody)), humanSize(limit), humanSize(broker.Overhead))
+		}
+		if r.TTL < 0 {
+			bad(key+".ttl", "must be > 0")
 		}
 		if r.Schema != "" {
 			if _, err := schemas.Compile(c.Path(r.Schema)); err != nil {

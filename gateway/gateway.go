@@ -167,7 +167,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 
-	p.collector = collector.New(p.broker, p.store, log, collector.Options{})
+	p.collector = collector.New(p.broker, p.store, log, collector.Options{Keep: keepResponse(cfg.Results.KeepResponse)})
 
 	// Start, in the reverse of the order of the stop.
 	p.brokerProc = p.grp.Go("broker", p.broker.Run)
@@ -332,12 +332,29 @@ func (g *Gateway) openBroker(ctx context.Context) (broker.Broker, error) {
 
 func (g *Gateway) openStore() (results.Store, error) {
 	cfg := g.cfg
+	routeTTL := make(map[string]time.Duration, len(cfg.Routes))
+	for _, r := range cfg.Routes {
+		if r.TTL > 0 {
+			routeTTL[r.Name] = r.TTL.D()
+		}
+	}
 	if cfg.Results.Store == "redis" {
 		r := cfg.Results.Redis
 		return redisstore.Open(redisstore.Options{Addr: r.Addr, Password: r.Password, DB: r.DB, MaxPending: r.MaxPending,
-			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D()})
+			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D(), RouteTTL: routeTTL})
 	}
-	return bolt.Open(bolt.Options{Dir: cfg.Path(cfg.Results.Embedded.Dir), TTL: cfg.Results.TTL.D()})
+	return bolt.Open(bolt.Options{Dir: cfg.Path(cfg.Results.Embedded.Dir), TTL: cfg.Results.TTL.D(), RouteTTL: routeTTL})
+}
+
+// keepResponse is results.keep_response as the collector's policy.
+func keepResponse(v string) collector.Keep {
+	switch v {
+	case config.KeepFailures:
+		return collector.KeepFailures
+	case config.KeepNever:
+		return collector.KeepNever
+	}
+	return collector.KeepAlways
 }
 
 // settledIn tells, from the result store, which requests of a batch

@@ -165,6 +165,11 @@ func (s *Server) replay(ctx *fasthttp.RequestCtx, rec *job.Record) {
 		problem(ctx, 409, "the request is "+string(rec.Status)+"; its response is not there yet", 1)
 		return
 	}
+	if rec.Response == nil && rec.Status == job.Succeeded {
+		// results.keep_response (failures or never) did not keep it.
+		problem(ctx, 410, "the backend's response to this request is not kept (results.keep_response)", 0)
+		return
+	}
 	if rec.Response == nil {
 		problem(ctx, 502, "the backend never answered: "+rec.LastError, 0)
 		return

@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,8 +25,11 @@ import (
 )
 
 var (
-	bucketRecords = []byte("records") // recordKey(id) -> storedRecord JSON
-	bucketIdem    = []byte("idempotency")
+	// bucketRecords holds records, recordKey(id) -> record.Encode: in each
+	// window file, and in results.db those written before windows existed
+	// (as JSON), which live out their ttl there.
+	bucketRecords = []byte("records")
+	bucketIdem    = []byte("idempotency") // in results.db
 )
 
 // sweepChunk is the most keys one sweep transaction looks at: the sweep
@@ -41,14 +46,22 @@ type Options struct {
 	// TTL is how long a record lives after its last update; an
 	// idempotency key lives as long. Default results.DefaultTTL (24h).
 	TTL time.Duration
+	// RouteTTL overrides TTL for the records of the routes it names.
+	RouteTTL map[string]time.Duration
+	// Window is the span of expiry times one window file holds (see
+	// window). Default the longest ttl / 8, at least a second and at most
+	// an hour: the disk holds at most one window more than the ttl's worth
+	// of records, and a store has at most about ttl/Window + 1 files open.
+	Window time.Duration
 	// MaxPending bounds the accepted records waiting in memory to be
 	// written; past it Admit refuses. Default results.DefaultMaxPending.
 	MaxPending int
 	// FlushInterval is how often accepted records are written. Default
 	// 50ms.
 	FlushInterval time.Duration
-	// SweepInterval is how often expired records and idempotency keys are
-	// deleted. Default one minute.
+	// SweepInterval is how often expired idempotency keys (and records
+	// written before windows existed) are deleted. Default one minute.
+	// Expired windows are dropped every Window/4.
 	SweepInterval time.Duration
 }
 
@@ -57,12 +70,23 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Dir == "" {
 		return o, errors.New("open result store: no dir")
 	}
-	if o.TTL < 0 || o.MaxPending < 0 || o.FlushInterval < 0 || o.SweepInterval < 0 {
+	if o.TTL < 0 || o.MaxPending < 0 || o.FlushInterval < 0 || o.SweepInterval < 0 || o.Window < 0 {
 		return o, fmt.Errorf("open result store: negative option in %+v", o)
 	}
 	if o.TTL == 0 {
 		o.TTL = results.DefaultTTL
 	}
+	longest := o.TTL
+	for r, d := range o.RouteTTL {
+		if d <= 0 {
+			return o, fmt.Errorf("open result store: ttl %v of route %q", d, r)
+		}
+		longest = max(longest, d)
+	}
+	if o.Window == 0 {
+		o.Window = min(max(longest/8, time.Second), time.Hour)
+	}
+	o.Window = max(o.Window, time.Millisecond)
 	if o.MaxPending == 0 {
 		o.MaxPending = results.DefaultMaxPending
 	}
@@ -75,10 +99,14 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// Store is a results.Store in a bbolt file on local disk, for one
-// process. Records expire TTL after their last update. New requests
-// (Accept) are kept in memory and written in batches every FlushInterval
-// by Run; events (Apply) are committed before Apply returns.
+// Store is a results.Store in bbolt files on local disk, for one
+// process. Records expire TTL (or their route's RouteTTL) after their last
+// update; each is kept in the window file of its expiry, and a window is
+// removed whole once its end has passed (see window). Idempotency keys,
+// and records written before windows existed, are in results.db and are
+// swept one by one. New requests (Accept) are kept in memory and written
+// in batches every FlushInterval by Run; events (Apply) are committed
+// before Apply returns.
 //
 // Open starts nothing. Before Run, Accept queues and Get finds the queued
 // records, Apply, Claim and Release write to the file at once, but
@@ -86,8 +114,16 @@ func (o Options) withDefaults() (Options, error) {
 // FlushInterval and sweeps every SweepInterval until its ctx ends, then
 // writes what is still queued and returns; Close closes the file after.
 type Store struct {
-	db        *bbolt.DB
-	opts      Options
+	db   *bbolt.DB // results.db: idempotency keys, legacy records
+	opts Options
+	// wmu serialises the writers of records (flush, Apply, DropExpired):
+	// a record may move between windows, which is two commits.
+	wmu sync.Mutex
+	// mu guards wins; readers hold it while they look in the windows, so
+	// a window is never closed under them.
+	mu        sync.RWMutex
+	wins      []*window   // newest first
+	legacy    atomic.Bool // results.db may still hold records
 	hub       watch.Hub
 	now       func() time.Time
 	ran       atomic.Bool
@@ -130,9 +166,7 @@ func Open(opts Options) (*Store, error) {
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("result store: %w", err)
 	}
-	db, err := bbolt.Open(filepath.Join(opts.Dir, "results.db"), 0o644, &bbolt.Options{
-		Timeout: 5 * time.Second, NoFreelistSync: true,
-	})
+	db, err := openDB(filepath.Join(opts.Dir, "results.db"))
 	if err != nil {
 		return nil, fmt.Errorf("result store: %w", err)
 	}
@@ -152,12 +186,22 @@ func Open(opts Options) (*Store, error) {
 	// ones together; bbolt's default wait of 10ms for company would add
 	// that much to every submit with an Idempotency-Key.
 	db.MaxBatchDelay = 2 * time.Millisecond
-	return &Store{db: db, opts: opts, now: time.Now, queue: accept.New(opts.MaxPending)}, nil
+	s := &Store{db: db, opts: opts, now: time.Now, queue: accept.New(opts.MaxPending)}
+	_ = db.View(func(tx *bbolt.Tx) error {
+		k, _ := tx.Bucket(bucketRecords).Cursor().First()
+		s.legacy.Store(k != nil)
+		return nil
+	})
+	if err := s.openWindows(); err != nil {
+		_ = s.closeFiles()
+		return nil, fmt.Errorf("result store: %w", err)
+	}
+	return s, nil
 }
 
-// Run writes accepted records every FlushInterval and sweeps expired ones
-// every SweepInterval until ctx ends (a sweep under way stops between
-// chunks), then writes the accepted records still in memory and returns.
+// Run writes accepted records every FlushInterval, drops expired windows
+// every Window/4 and sweeps results.db every SweepInterval until ctx ends
+// (a sweep under way stops between chunks), then writes the accepted records still in memory and returns.
 // A failed final write returns an error wrapping results.ErrUnavailable.
 func (s *Store) Run(ctx context.Context) error {
 	if s.ran.Swap(true) {
@@ -165,6 +209,7 @@ func (s *Store) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { every(ctx, s.opts.SweepInterval, func() { s.Sweep(ctx) }) })
+	wg.Go(func() { every(ctx, max(s.opts.Window/4, time.Millisecond), func() { _, _ = s.DropExpired() }) })
 	every(ctx, s.opts.FlushInterval, func() { _ = s.flush() })
 	wg.Wait()
 	if err := s.flush(); err != nil {
@@ -207,25 +252,32 @@ func (s *Store) flush() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		err := s.db.Update(func(tx *bbolt.Tx) error {
-			recs := records(tx)
-			for _, r := range batch {
-				key := recordKey(r.ID)
-				if recs.Get(key) != nil {
-					continue // an event got there first; it is newer
-				}
-				if err := put(recs, key, r); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		if err := s.flushBatch(batch); err != nil {
 			return err
 		}
 		s.queue.Written(batch)
 	}
 	return nil
+}
+
+func (s *Store) flushBatch(batch []*job.Record) error {
+	ids := make([]string, len(batch))
+	for i, r := range batch {
+		ids[i] = r.ID
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	where, err := s.lookupLocked(ids)
+	if err != nil {
+		return err
+	}
+	puts := make([]*job.Record, 0, len(batch))
+	for _, r := range batch {
+		if _, ok := where[r.ID]; !ok { // else an event got there first; it is newer
+			puts = append(puts, r)
+		}
+	}
+	return s.write(puts, nil, acceptedFill)
 }
 
 // recordKey is the bucket key of id: its decoded bytes, which start with
@@ -238,35 +290,158 @@ func recordKey(id string) []byte {
 	return []byte(id)
 }
 
-// records is tx's bucket of records, filled for appends.
-func records(tx *bbolt.Tx) *bbolt.Bucket {
-	recs := tx.Bucket(bucketRecords)
-	recs.FillPercent = 0.9 // mostly appends
-	return recs
+// The FillPercent of a window's records bucket. Keys mostly come in
+// order (ids start with their acceptance time), so a page splits where
+// this says, not in half. A record is written first when accepted and
+// then rewritten a little larger (an attempt, a completion time): pages
+// of accepted records split at acceptedFill, leaving room for that
+// growth, so the rewrites (at updateFill) fit in place and do not split
+// each page into a full one and an almost empty one.
+const (
+	acceptedFill = 0.85
+	updateFill   = 1.0
+)
+
+// ttlOf is how long a record of route lives after its last update.
+func (s *Store) ttlOf(route string) time.Duration {
+	if d, ok := s.opts.RouteTTL[route]; ok {
+		return d
+	}
+	return s.opts.TTL
 }
 
-// put writes r under key (recordKey(r.ID)) in recs.
-func put(recs *bbolt.Bucket, key []byte, r *job.Record) error {
-	v, err := record.Encode(r)
-	if err != nil {
-		return err
+// expiry is when r stops being pollable.
+func (s *Store) expiry(r *job.Record) time.Time { return r.UpdatedAt.Add(s.ttlOf(r.Route)) }
+
+// found is a record on disk and the window holding it (nil: results.db).
+type found struct {
+	rec *job.Record
+	win *window
+}
+
+// lookupLocked is lookup under s.mu.
+func (s *Store) lookupLocked(ids []string) (map[string]found, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.lookup(ids)
+}
+
+// lookup finds the records of ids on disk: in the windows, newest first,
+// then in results.db. The caller holds s.mu.
+func (s *Store) lookup(ids []string) (map[string]found, error) {
+	out := make(map[string]found, len(ids))
+	look := func(db *bbolt.DB, w *window) error {
+		return db.View(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(bucketRecords)
+			for _, id := range ids {
+				if _, ok := out[id]; ok {
+					continue
+				}
+				if v := b.Get(recordKey(id)); v != nil {
+					r, err := record.Decode(id, v)
+					if err != nil {
+						return err
+					}
+					out[id] = found{r, w}
+				}
+			}
+			return nil
+		})
 	}
-	return recs.Put(key, v)
+	for _, w := range s.wins {
+		if len(out) == len(ids) {
+			return out, nil
+		}
+		if err := look(w.db, w); err != nil {
+			return nil, err
+		}
+	}
+	if len(out) < len(ids) && s.legacy.Load() {
+		if err := look(s.db, nil); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// write puts each record of puts in the window of its expiry — or in the
+// window it is in already (where) when that one ends later: a record
+// never moves to an earlier window, so the first window holding it,
+// newest first, has its latest version. Then it deletes the copies left
+// in other files. A record whose expiry has passed is not written (and
+// its old copy goes). The moves are two commits: a crash between them
+// leaves an older copy in an earlier file, which reads never reach. The
+// caller holds s.wmu.
+func (s *Store) write(puts []*job.Record, where map[string]found, fill float64) error {
+	now := s.now()
+	byEnd := map[int64][]*job.Record{}
+	stale := map[*window][]string{} // copies to delete once the puts are in; nil: results.db
+	for _, r := range puts {
+		f, had := where[r.ID]
+		exp := s.expiry(r)
+		if !exp.After(now) {
+			if had {
+				stale[f.win] = append(stale[f.win], r.ID)
+			}
+			continue
+		}
+		end := s.endFor(exp)
+		if had && f.win != nil && f.win.end.After(end) {
+			end = f.win.end
+		}
+		if had && (f.win == nil || !f.win.end.Equal(end)) {
+			stale[f.win] = append(stale[f.win], r.ID)
+		}
+		byEnd[end.UnixMilli()] = append(byEnd[end.UnixMilli()], r)
+	}
+	for _, end := range slices.Sorted(maps.Keys(byEnd)) {
+		w, err := s.windowAt(time.UnixMilli(end))
+		if err != nil {
+			return err
+		}
+		err = w.db.Update(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(bucketRecords)
+			b.FillPercent = fill
+			for _, r := range byEnd[end] {
+				v, err := record.Encode(r)
+				if err != nil {
+					return err
+				}
+				if err := b.Put(recordKey(r.ID), v); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for w, ids := range stale {
+		db := s.db
+		if w != nil {
+			db = w.db
+		}
+		err := db.Update(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(bucketRecords)
+			for _, id := range ids {
+				if err := b.Delete(recordKey(id)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // read returns id's record on disk, or nil.
 func (s *Store) read(id string) (*job.Record, error) {
-	var rec *job.Record
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		v := tx.Bucket(bucketRecords).Get(recordKey(id))
-		if v == nil {
-			return nil
-		}
-		r, err := record.Decode(v)
-		rec = r
-		return err
-	})
-	return rec, err
+	where, err := s.lookupLocked([]string{id})
+	return where[id].rec, err
 }
 
 // Get reads id's record from disk, or from the accepted records in memory.
@@ -278,34 +453,33 @@ func (s *Store) Get(_ context.Context, id string) (*job.Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", results.ErrUnavailable, err)
 	}
-	if rec == nil || s.now().After(rec.UpdatedAt.Add(s.opts.TTL)) {
+	if rec == nil || s.now().After(s.expiry(rec)) {
 		return nil, results.ErrNotFound
 	}
 	return rec, nil
 }
 
-// Apply merges events in one transaction, then wakes the watchers of every
-// record that changed. bbolt has one writer at a time, so the read, merge
-// and write of a record cannot interleave with another Apply.
+// Apply merges events, then wakes the watchers of every record that
+// changed. Writers of records take turns (s.wmu), so the read, merge and
+// write of a record cannot interleave with another Apply; the records of
+// a batch that stay in one window are written in one transaction.
 func (s *Store) Apply(_ context.Context, events []*job.Event) error {
 	// Grouped by id, so a record with several events in the batch (in_flight
 	// then succeeded, typically) is read and written once.
 	order, byID := record.GroupByID(events)
 	changed := make([]string, 0, len(order))
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		changed = changed[:0]
-		recs := records(tx)
+	err := func() error {
+		s.wmu.Lock()
+		defer s.wmu.Unlock()
+		where, err := s.lookupLocked(order)
+		if err != nil {
+			return err
+		}
+		puts := make([]*job.Record, 0, len(order))
 		for _, id := range order {
-			var old *job.Record
-			onDisk := false
-			key := recordKey(id)
-			if v := recs.Get(key); v != nil {
-				r, err := record.Decode(v)
-				if err != nil {
-					return err
-				}
-				old, onDisk = r, true
-			} else {
+			f, onDisk := where[id]
+			old := f.rec
+			if !onDisk {
 				old = s.queue.Get(id)
 			}
 			var cur job.Record
@@ -316,21 +490,16 @@ func (s *Store) Apply(_ context.Context, events []*job.Event) error {
 			for _, e := range byID[id] {
 				applied = cur.Apply(e) || applied
 			}
-			if !applied {
-				if old != nil && !onDisk { // an older event: still write the accepted record
-					if err := put(recs, key, old); err != nil {
-						return err
-					}
-				}
-				continue
+			switch {
+			case applied:
+				puts = append(puts, &cur)
+				changed = append(changed, id)
+			case old != nil && !onDisk: // an older event: still write the accepted record
+				puts = append(puts, old)
 			}
-			if err := put(recs, key, &cur); err != nil {
-				return err
-			}
-			changed = append(changed, id)
 		}
-		return nil
-	})
+		return s.write(puts, where, updateFill)
+	}()
 	if err != nil {
 		return fmt.Errorf("%w: %v", results.ErrUnavailable, err)
 	}
@@ -410,22 +579,34 @@ func (s *Store) Release(_ context.Context, client, key, id string, queued bool) 
 	return nil
 }
 
-// Sweep deletes expired records and idempotency keys, sweepChunk keys per
-// write transaction, so nothing waits long behind it. Record keys start
-// with the acceptance time and a record expires ttl after its last update,
-// never sooner than ttl after acceptance; so only keys accepted before
-// now-ttl need a look, oldest first. The end of ctx interrupts it between
-// chunks.
+// Sweep deletes expired idempotency keys, and the expired records
+// results.db holds from before windows existed, sweepChunk keys per write
+// transaction, so nothing waits long behind it. Record keys start with
+// the acceptance time and a record expires ttl after its last update,
+// never sooner than the shortest ttl after acceptance; so only keys
+// accepted before now minus that need a look, oldest first. The end of
+// ctx interrupts it between chunks.
 func (s *Store) Sweep(ctx context.Context) {
 	now := s.now()
-	cutoff := now.Add(-s.opts.TTL)
-	s.sweepBucket(ctx, bucketRecords, func(k, v []byte) (dead, stop bool) {
-		if at, ok := job.IssuedAtRaw(k); ok && at.After(cutoff) {
-			return false, true
-		}
-		r, err := record.Decode(v)
-		return err != nil || now.After(r.UpdatedAt.Add(s.opts.TTL)), false
-	})
+	shortest := s.opts.TTL
+	for _, d := range s.opts.RouteTTL {
+		shortest = min(shortest, d)
+	}
+	cutoff := now.Add(-shortest)
+	if s.legacy.Load() {
+		s.sweepBucket(ctx, bucketRecords, func(k, v []byte) (dead, stop bool) {
+			if at, ok := job.IssuedAtRaw(k); ok && at.After(cutoff) {
+				return false, true
+			}
+			r, err := record.Decode("", v)
+			return err != nil || now.After(s.expiry(r)), false
+		})
+		_ = s.db.View(func(tx *bbolt.Tx) error {
+			k, _ := tx.Bucket(bucketRecords).Cursor().First()
+			s.legacy.Store(k != nil)
+			return nil
+		})
+	}
 	s.sweepBucket(ctx, bucketIdem, func(_, v []byte) (dead, stop bool) {
 		var c storedClaim
 		return json.Unmarshal(v, &c) != nil || !now.Before(c.Expiry), false
@@ -493,6 +674,17 @@ func (s *Store) Ping(context.Context) error { return nil }
 // never called): it writes nothing of what is still in memory. Later
 // calls return the first call's result.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	s.closeOnce.Do(func() { s.closeErr = s.closeFiles() })
 	return s.closeErr
+}
+
+// closeFiles closes results.db and every window.
+func (s *Store) closeFiles() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	errs := []error{s.db.Close()}
+	for _, w := range s.wins {
+		errs = append(errs, w.db.Close())
+	}
+	return errors.Join(errs...)
 }

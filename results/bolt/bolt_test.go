@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -114,9 +116,35 @@ func TestApplyOrderAndWatch(t *testing.T) {
 	}
 }
 
+// diskRecords counts the records in the window files.
+func diskRecords(t *testing.T, s *Store) int {
+	t.Helper()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, w := range s.wins {
+		_ = w.db.View(func(tx *bbolt.Tx) error { n += tx.Bucket(bucketRecords).Stats().KeyN; return nil })
+	}
+	return n
+}
+
+// windowFiles lists the window files in dir.
+func windowFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(dir, windowPrefix+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// TestExpiry: a record lives ttl past its last update, in the window of
+// that expiry; one already expired is not written at all; a window whose
+// end has passed is removed whole.
 func TestExpiry(t *testing.T) {
 	ctx := context.Background()
-	s := openIdle(t, Options{Dir: t.TempDir(), TTL: time.Minute})
+	dir := t.TempDir()
+	s := openIdle(t, Options{Dir: dir, TTL: time.Minute, Window: 10 * time.Second})
 	now := time.Now()
 	s.now = func() time.Time { return now }
 	old := job.NewIDAt(now.Add(-3 * time.Minute))
@@ -126,31 +154,196 @@ func TestExpiry(t *testing.T) {
 	_ = s.Accept(ctx, accepted(old, now.Add(-3*time.Minute)))
 	_ = s.Accept(ctx, accepted(slow, now.Add(-3*time.Minute)))
 	_ = s.Accept(ctx, accepted(fresh, now))
-	s.flush()
+	if err := s.flush(); err != nil {
+		t.Fatal(err)
+	}
 	done := ev(slow, job.Succeeded, 1, 0)
-	done.At = now.Add(-10 * time.Second)
+	done.At = now.Add(-30 * time.Second)
 	if err := s.Apply(ctx, []*job.Event{done}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Get(ctx, old); err != results.ErrNotFound {
 		t.Fatalf("expired record still served: %v", err)
 	}
-	s.Sweep(ctx)
 	for _, id := range []string{slow, fresh} {
 		if _, err := s.Get(ctx, id); err != nil {
 			t.Fatalf("live record %s: %v", id, err)
 		}
 	}
-	var n int
-	_ = s.db.View(func(tx *bbolt.Tx) error { n = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
-	if n != 2 {
-		t.Fatalf("%d records on disk after sweep, want 2", n)
+	if n := diskRecords(t, s); n != 2 {
+		t.Fatalf("%d records on disk, want 2 (the expired one never written)", n)
 	}
-	now = now.Add(2 * time.Minute) // now slow has expired too
+	if n := len(windowFiles(t, dir)); n != 2 {
+		t.Fatalf("%d window files for expiries 30 s apart in 10 s windows, want 2", n)
+	}
+	now = now.Add(45 * time.Second) // slow has expired, fresh not
+	if _, err := s.Get(ctx, slow); err != results.ErrNotFound {
+		t.Fatalf("expired record still served: %v", err)
+	}
+	if n, err := s.DropExpired(); n != 1 || err != nil {
+		t.Fatalf("dropped %d windows (%v), want 1", n, err)
+	}
+	if n := len(windowFiles(t, dir)); n != 1 || diskRecords(t, s) != 1 {
+		t.Fatalf("%d window files with %d records after the drop, want 1 with 1", n, diskRecords(t, s))
+	}
+	if _, err := s.Get(ctx, fresh); err != nil {
+		t.Fatalf("live record after the drop: %v", err)
+	}
+	now = now.Add(time.Minute)
+	if n, err := s.DropExpired(); n != 1 || err != nil {
+		t.Fatalf("dropped %d windows (%v), want 1", n, err)
+	}
+	if n := len(windowFiles(t, dir)); n != 0 {
+		t.Fatalf("%d window files once every record expired", n)
+	}
+}
+
+// TestWindowsAcrossUpdates: a record updated across window ends moves to
+// the later window and is found there; its copy in the earlier one goes;
+// a reopened store finds every window again; a window that ended while
+// the store was closed is removed at open.
+func TestWindowsAcrossUpdates(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := Options{Dir: dir, TTL: time.Minute, Window: time.Second,
+		RouteTTL: map[string]time.Duration{"short": 5 * time.Second}}
+	s := openIdle(t, opts)
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	ids := make([]string, 50)
+	for i := range ids {
+		ids[i] = job.NewIDAt(now)
+		_ = s.Accept(ctx, accepted(ids[i], now))
+	}
+	short := job.NewIDAt(now)
+	sr := accepted(short, now)
+	sr.Route = "short"
+	_ = s.Accept(ctx, sr)
+	if err := s.flush(); err != nil {
+		t.Fatal(err)
+	}
+	for step, st := range []job.Status{job.InFlight, job.Retrying, job.Succeeded} {
+		now = now.Add(1500 * time.Millisecond) // past a window's end each time
+		var evs []*job.Event
+		for _, id := range ids {
+			e := ev(id, st, 1, 0)
+			e.At = now
+			evs = append(evs, e)
+		}
+		if err := s.Apply(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			if r, err := s.Get(ctx, id); err != nil || r.Status != st {
+				t.Fatalf("step %d: %s read as %+v %v, want %s", step, id, r, err, st)
+			}
+		}
+		if n := diskRecords(t, s); n != len(ids)+1 {
+			t.Fatalf("step %d: %d records on disk, want %d: a moved record left a copy", step, n, len(ids)+1)
+		}
+	}
+	now = now.Add(3 * time.Second) // the short route's record has expired: its window ends
+	if _, err := s.Get(ctx, short); err != results.ErrNotFound {
+		t.Fatalf("record of a route with ttl 5s, 7.5 s on: %v", err)
+	}
+	if n, err := s.DropExpired(); n < 1 || err != nil {
+		t.Fatalf("dropped %d windows (%v)", n, err)
+	}
+	if n := diskRecords(t, s); n != len(ids) {
+		t.Fatalf("%d records on disk after the short route's window went, want %d", n, len(ids))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openIdle(t, opts)
+	s.now = func() time.Time { return now }
+	for _, id := range ids {
+		if r, err := s.Get(ctx, id); err != nil || r.Status != job.Succeeded {
+			t.Fatalf("after reopening: %s read as %+v %v", id, r, err)
+		}
+	}
+	_ = s.Close()
+	// A window that ended while the store was closed is removed at open.
+	past, err := openDB(filepath.Join(dir, windowFile(time.Now().Add(-time.Second).Truncate(time.Millisecond))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = past.Close()
+	before := len(windowFiles(t, dir))
+	s = openIdle(t, opts)
+	if after := len(windowFiles(t, dir)); after != before-1 || len(s.wins) != after {
+		t.Fatalf("%d window files before open, %d after (%d open), want the ended one gone", before, after, len(s.wins))
+	}
+}
+
+// putLegacy writes r into results.db as the JSON stores wrote before
+// windows and the compact form existed.
+func putLegacy(t *testing.T, s *Store, rs ...*job.Record) {
+	t.Helper()
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		for _, r := range rs {
+			v, _ := json.Marshal(struct {
+				Merge *[3]int `json:"merge,omitempty"`
+				*job.Record
+				Client string `json:"client,omitempty"`
+				Gen    int    `json:"gen,omitempty"`
+			}{&[3]int{r.Gen, r.Attempts, r.Status.Rank()}, r, r.Client, r.Gen})
+			if err := tx.Bucket(bucketRecords).Put(recordKey(r.ID), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.legacy.Store(true)
+}
+
+// TestLegacyRecords: records results.db holds from before windows are
+// read, updated (the update goes to a window, the old copy away) and
+// swept when they expire.
+func TestLegacyRecords(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openIdle(t, Options{Dir: dir, TTL: time.Minute})
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	a, b, gone := job.NewIDAt(now), job.NewIDAt(now), job.NewIDAt(now.Add(-5*time.Minute))
+	putLegacy(t, s, accepted(a, now), accepted(b, now), accepted(gone, now.Add(-5*time.Minute)))
+	_ = s.Close()
+	s = openIdle(t, Options{Dir: dir, TTL: time.Minute})
+	s.now = func() time.Time { return now }
+	if !s.legacy.Load() {
+		t.Fatal("legacy records not noticed at open")
+	}
+	if r, err := s.Get(ctx, a); err != nil || r.Status != job.Queued {
+		t.Fatalf("legacy record: %+v %v", r, err)
+	}
+	if _, err := s.Get(ctx, gone); err != results.ErrNotFound {
+		t.Fatalf("expired legacy record: %v", err)
+	}
+	e := ev(a, job.Succeeded, 1, 0)
+	e.At = now
+	if err := s.Apply(ctx, []*job.Event{e}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Get(ctx, a); err != nil || r.Status != job.Succeeded {
+		t.Fatalf("updated legacy record: %+v %v", r, err)
+	}
+	if n := diskRecords(t, s); n != 1 {
+		t.Fatalf("%d records in windows, want 1", n)
+	}
 	s.Sweep(ctx)
-	_ = s.db.View(func(tx *bbolt.Tx) error { n = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
-	if n != 0 {
-		t.Fatalf("%d records on disk after the second sweep, want 0", n)
+	var left int
+	_ = s.db.View(func(tx *bbolt.Tx) error { left = tx.Bucket(bucketRecords).Stats().KeyN; return nil })
+	if left != 1 {
+		t.Fatalf("%d legacy records left, want 1 (b)", left)
+	}
+	now = now.Add(2 * time.Minute)
+	s.Sweep(ctx)
+	if s.legacy.Load() {
+		t.Fatal("legacy records still looked for once all are gone")
 	}
 }
 
@@ -202,10 +395,12 @@ func TestEmbeddedStoresUnescaped(t *testing.T) {
 		t.Fatal(err)
 	}
 	var raw []byte
-	_ = s.db.View(func(tx *bbolt.Tx) error {
-		raw = bytes.Clone(tx.Bucket(bucketRecords).Get(recordKey("x")))
-		return nil
-	})
+	for _, w := range s.wins {
+		_ = w.db.View(func(tx *bbolt.Tx) error {
+			raw = bytes.Clone(tx.Bucket(bucketRecords).Get(recordKey("x")))
+			return nil
+		})
+	}
 	if len(raw) > len(body)+1000 || bytes.Contains(raw, []byte(`\u003c`)) {
 		t.Fatalf("record stored in %d bytes for a %d-byte body (HTML-escaped)", len(raw), len(body))
 	}
@@ -233,7 +428,8 @@ func TestEmbeddedAdmit(t *testing.T) {
 	}
 }
 
-// TestSweepInChunks: a sweep of many expired records holds the write lock
+// TestSweepInChunks: a sweep of many expired records (in results.db, from
+// before windows) holds the write lock
 // one chunk at a time, so an Apply (and a flush of accepted records) gets
 // through in the middle of it instead of after it.
 func TestSweepInChunks(t *testing.T) {
@@ -243,13 +439,12 @@ func TestSweepInChunks(t *testing.T) {
 	s.now = func() time.Time { return now }
 	const expired = 2*sweepChunk + 500
 	old := now.Add(-3 * time.Minute)
+	var legacy []*job.Record
 	for i := range expired { // distinct acceptance millis make distinct ids
 		at := old.Add(time.Duration(i) * time.Millisecond)
-		s.queue.Put(accepted(job.NewIDAt(at), at))
+		legacy = append(legacy, accepted(job.NewIDAt(at), at))
 	}
-	if err := s.flush(); err != nil {
-		t.Fatal(err)
-	}
+	putLegacy(t, s, legacy...)
 	live := job.NewIDAt(now)
 	_ = s.Accept(ctx, accepted(live, now))
 
@@ -326,8 +521,8 @@ func TestSweepClaims(t *testing.T) {
 	s.Sweep(ctx)
 	var keys int
 	_ = s.db.View(func(tx *bbolt.Tx) error { keys = tx.Bucket(bucketIdem).Stats().KeyN; return nil })
-	if keys != 1 || txs < 3 { // records: one; claims: two chunks
-		t.Fatalf("%d claims left after %d sweep transactions, want 1 after at least 3", keys, txs)
+	if keys != 1 || txs < 2 { // claims: two chunks (no legacy records: no look at them)
+		t.Fatalf("%d claims left after %d sweep transactions, want 1 after at least 2", keys, txs)
 	}
 }
 
@@ -336,11 +531,12 @@ func TestSweepClaims(t *testing.T) {
 func TestOptionDefaults(t *testing.T) {
 	s := openIdle(t, Options{Dir: t.TempDir()})
 	want := Options{Dir: s.opts.Dir, TTL: results.DefaultTTL, MaxPending: results.DefaultMaxPending,
-		FlushInterval: 50 * time.Millisecond, SweepInterval: time.Minute}
-	if s.opts != want {
+		FlushInterval: 50 * time.Millisecond, SweepInterval: time.Minute, Window: time.Hour}
+	if !reflect.DeepEqual(s.opts, want) {
 		t.Errorf("defaults %+v, want %+v", s.opts, want)
 	}
-	for _, o := range []Options{{}, {Dir: t.TempDir(), TTL: -time.Second}, {Dir: t.TempDir(), MaxPending: -1}} {
+	for _, o := range []Options{{}, {Dir: t.TempDir(), TTL: -time.Second}, {Dir: t.TempDir(), MaxPending: -1},
+		{Dir: t.TempDir(), RouteTTL: map[string]time.Duration{"r": 0}}} {
 		if s, err := Open(o); err == nil {
 			s.Close()
 			t.Errorf("Open(%+v) took it", o)

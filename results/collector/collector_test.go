@@ -3,6 +3,8 @@ package collector
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -106,6 +108,7 @@ type fakeStore struct {
 	results.Store // only Apply is called
 	mu            sync.Mutex
 	stored        map[string]bool
+	responses     map[string]bool // ids stored with a response
 	fail          bool
 }
 
@@ -118,6 +121,9 @@ func (s *fakeStore) Apply(_ context.Context, events []*job.Event) error {
 	}
 	for _, e := range events {
 		s.stored[e.ID] = true
+		if s.responses != nil && e.Response != nil {
+			s.responses[e.ID] = true
+		}
 	}
 	return nil
 }
@@ -199,4 +205,47 @@ func TestStopWithoutStopBy(t *testing.T) {
 	publishEvents(f, 50)
 	cancel()
 	wait(5 * time.Second)
+}
+
+// TestKeepResponse: the keep policy decides which stored outcomes carry
+// the backend's response.
+func TestKeepResponse(t *testing.T) {
+	resp := &job.Response{Status: 200, Headers: map[string]string{"Content-Type": "text/plain"}, Body: "ok", BodyEncoding: "utf8"}
+	outcomes := []*job.Event{
+		{ID: "succeeded", Status: job.Succeeded, Response: resp},
+		{ID: "failed", Status: job.Failed, Response: resp},
+		{ID: "dead", Status: job.Failed, DeadLettered: true, Response: resp},
+	}
+	for _, tc := range []struct {
+		name string
+		keep Keep
+		want string
+	}{
+		{"always", KeepAlways, "dead failed succeeded"},
+		{"failures", KeepFailures, "dead failed"},
+		{"never", KeepNever, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, s := newTopic(), &fakeStore{stored: map[string]bool{}, responses: map[string]bool{}}
+			c := New(f, s, zerolog.Nop(), Options{Keep: tc.keep})
+			ctx, cancel := context.WithCancel(context.Background())
+			wait := start(t, c, ctx)
+			for _, e := range outcomes {
+				cp := *e
+				cp.Route, cp.Backend, cp.Attempts, cp.At = "r", "b", 1, time.Now()
+				f.publish(wire.EncodeEvent(&cp))
+			}
+			c.StopBy(time.Now().Add(5 * time.Second))
+			cancel()
+			wait(10 * time.Second)
+			var got []string
+			for id := range s.responses {
+				got = append(got, id)
+			}
+			slices.Sort(got)
+			if strings.Join(got, " ") != tc.want || s.count() != len(outcomes) {
+				t.Fatalf("stored %d outcomes, with a response: %q, want %q", s.count(), got, tc.want)
+			}
+		})
+	}
 }

@@ -33,6 +33,8 @@ type Options struct {
 	// TTL is how long a record lives after its last update (a Redis TTL);
 	// an idempotency key lives as long. Default results.DefaultTTL (24h).
 	TTL time.Duration
+	// RouteTTL overrides TTL for the records of the routes it names.
+	RouteTTL map[string]time.Duration
 	// MaxPending bounds the accepted records waiting in memory while Redis
 	// is slow or away; past it Admit refuses. Default
 	// results.DefaultMaxPending.
@@ -64,6 +66,11 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.TTL == 0 {
 		o.TTL = results.DefaultTTL
+	}
+	for r, d := range o.RouteTTL {
+		if d <= 0 {
+			return o, fmt.Errorf("open result store: ttl %v of route %q", d, r)
+		}
 	}
 	if o.MaxPending == 0 {
 		o.MaxPending = results.DefaultMaxPending
@@ -153,6 +160,14 @@ func (s *Store) Run(ctx context.Context) error {
 }
 
 func (s *Store) recKey(id string) string { return s.opts.KeyPrefix + "r:" + id }
+
+// ttlOf is how long a record of route lives after its last update.
+func (s *Store) ttlOf(route string) time.Duration {
+	if d, ok := s.opts.RouteTTL[route]; ok {
+		return d
+	}
+	return s.opts.TTL
+}
 func (s *Store) idemKey(client, key string) string {
 	return s.opts.KeyPrefix + "i:" + client + "\x00" + key
 }
@@ -216,7 +231,7 @@ func (s *Store) writeAccepted(ctx context.Context, batch []*job.Record) error {
 			if err != nil {
 				return err
 			}
-			p.SetNX(ctx, s.recKey(r.ID), v, s.opts.TTL)
+			p.SetNX(ctx, s.recKey(r.ID), v, s.ttlOf(r.Route))
 		}
 		return nil
 	})
@@ -247,15 +262,18 @@ func (s *Store) read(ctx context.Context, id string) (*job.Record, error) {
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	return record.Decode(v)
+	return record.Decode(id, v)
 }
 
 // applyScript merges a record's events into it as job.Record.Apply does,
 // in one atomic step. Since a record always equals the projection of the
 // last event it took, the script only compares merge keys and stores the
 // winning event's projection, encoded by Go. It reads the stored key from
-// the value's first bytes (storedRecord leads with it); a record written
-// before merge keys existed is decoded with cjson.
+// the value's first bytes: in the compact form (record.Encode) the
+// version byte 1, the status code (its rank, but failed, code 4, ranks 3
+// and an other status, code 5, ranks 0), then generation and attempts as
+// uvarints; in the legacy JSON form a leading "merge" array, or, written
+// before merge keys existed, the whole record decoded with cjson.
 //
 // KEYS[1]: the record. ARGV[1]: ttl in ms. Then four per event, in order:
 // generation, attempts, status rank, the record the event makes.
@@ -263,9 +281,37 @@ func (s *Store) read(ctx context.Context, id string) (*job.Record, error) {
 var applyScript = goredis.NewScript(`
 local has, g, a, r = false, 0, 0, 0
 local head = redis.call('GETRANGE', KEYS[1], 0, 79)
+local pos = 3
+local function uvarint()
+  local x, m = 0, 1
+  while true do
+    local c = string.byte(head, pos)
+    if c == nil then
+      return nil
+    end
+    pos = pos + 1
+    x = x + (c % 128) * m
+    if c < 128 then
+      return x
+    end
+    m = m * 128
+  end
+end
 if head ~= '' then
   local hg, ha, hr = string.match(head, '^{"merge":%[(%-?%d+),(%-?%d+),(%-?%d+)%]')
-  if hg then
+  if string.byte(head, 1) == 1 then
+    local code = string.byte(head, 2) or 0
+    local cg = uvarint()
+    local ca = uvarint()
+    if cg and ca then
+      has, g, a, r = true, cg, ca, code
+      if code == 4 then
+        r = 3
+      elseif code > 4 then
+        r = 0
+      end
+    end
+  elseif hg then
     has, g, a, r = true, tonumber(hg), tonumber(ha), tonumber(hr)
   else
     local ok, rec = pcall(cjson.decode, redis.call('GET', KEYS[1]))
@@ -313,13 +359,12 @@ type applyCall struct {
 // the records before it merged; applying the batch again is harmless.
 func (s *Store) Apply(ctx context.Context, events []*job.Event) error {
 	order, byID := record.GroupByID(events)
-	ttl := s.opts.TTL.Milliseconds()
 	var changed []string
 	var calls []applyCall
 	size := 0
 	for i, id := range order {
 		args := make([]any, 0, 1+4*len(byID[id]))
-		args = append(args, ttl)
+		args = append(args, s.ttlOf(byID[id][0].Route).Milliseconds())
 		for _, e := range byID[id] {
 			v, err := record.Encode(record.Project(e))
 			if err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -151,13 +152,24 @@ func TestRedisStoresUnescaped(t *testing.T) {
 func TestRedisReadsLegacyRecords(t *testing.T) {
 	s := openRedis(t, Options{KeyPrefix: testPrefix(t)})
 	ctx := context.Background()
+	// Two legacy forms: plain JSON, and JSON led by the merge key (what
+	// stores wrote before the compact form).
 	legacy := func(id string, e *job.Event) {
 		r := record.Project(e)
 		v, _ := json.Marshal(struct {
+			Merge *[3]int `json:"merge,omitempty"`
 			*job.Record
 			Client string `json:"client,omitempty"`
 			Gen    int    `json:"gen,omitempty"`
-		}{r, r.Client, r.Gen})
+		}{nil, r, r.Client, r.Gen})
+		if strings.HasSuffix(id, "-m") {
+			v, _ = json.Marshal(struct {
+				Merge *[3]int `json:"merge,omitempty"`
+				*job.Record
+				Client string `json:"client,omitempty"`
+				Gen    int    `json:"gen,omitempty"`
+			}{&[3]int{r.Gen, r.Attempts, r.Status.Rank()}, r, r.Client, r.Gen})
+		}
 		if err := s.rdb.Set(ctx, s.recKey(id), v, time.Minute).Err(); err != nil {
 			t.Fatal(err)
 		}
@@ -173,6 +185,19 @@ func TestRedisReadsLegacyRecords(t *testing.T) {
 		{"replay after success", ev("c", job.Succeeded, 2, 0), ev("c", job.Queued, 0, 1), ev("c", job.Queued, 0, 1)},
 		{"retrying after in_flight", ev("d", job.InFlight, 1, 0), ev("d", job.Retrying, 1, 0), ev("d", job.Retrying, 1, 0)},
 		{"older generation", ev("e", job.InFlight, 1, 2), ev("e", job.Succeeded, 3, 1), nil},
+	}
+	for _, st := range slices.Clone(steps) { // each step again on the merge-key form
+		m := st
+		cp := func(e *job.Event) *job.Event {
+			if e == nil {
+				return nil
+			}
+			c := *e
+			c.ID += "-m"
+			return &c
+		}
+		m.stored, m.e, m.want = cp(st.stored), cp(st.e), cp(st.want)
+		steps = append(steps, m)
 	}
 	for _, st := range steps {
 		legacy(st.stored.ID, st.stored)
@@ -472,10 +497,10 @@ func TestOptionDefaults(t *testing.T) {
 	s := open(t, Options{})
 	want := Options{Addr: DefaultAddr, KeyPrefix: DefaultKeyPrefix, TTL: results.DefaultTTL,
 		MaxPending: results.DefaultMaxPending, StopTimeout: 5 * time.Second}
-	if s.opts != want {
+	if !reflect.DeepEqual(s.opts, want) {
 		t.Errorf("defaults %+v, want %+v", s.opts, want)
 	}
-	for _, o := range []Options{{TTL: -time.Second}, {MaxPending: -1}, {DB: -1}} {
+	for _, o := range []Options{{TTL: -time.Second}, {MaxPending: -1}, {DB: -1}, {RouteTTL: map[string]time.Duration{"r": 0}}} {
 		if s, err := Open(o); err == nil {
 			s.Close()
 			t.Errorf("Open(%+v) took it", o)

@@ -2,8 +2,11 @@ package record
 
 import (
 	"bytes"
+	"encoding/json"
+	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluice-gw/sluice/job"
 )
@@ -24,8 +27,29 @@ func TestRankMatchesApply(t *testing.T) {
 	}
 }
 
-// TestEncodeRecord: the merge key leads (the Redis script reads it by
-// position) and nothing is HTML-escaped.
+// TestMergeHeader: a record starts with the version, its status code and
+// its generation and attempts as uvarints — what the Redis merge script
+// reads — and the status code is the status rank but for failed.
+func TestMergeHeader(t *testing.T) {
+	for _, st := range []job.Status{job.Queued, job.InFlight, job.Retrying, job.Succeeded, job.Failed, "odd"} {
+		v, err := Encode(Project(&job.Event{ID: "x", Gen: 2, Status: st, Attempts: 300}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rank := int(v[1])
+		switch v[1] {
+		case codeFailed:
+			rank = 3
+		case codeOther:
+			rank = 0
+		}
+		if v[0] != Version || rank != st.Rank() || !bytes.Equal(v[2:5], []byte{2, 0xac, 0x02}) {
+			t.Errorf("%s: record starts % x", st, v[:6])
+		}
+	}
+}
+
+// TestEncodeRecord: nothing is escaped, so a body keeps its size.
 func TestEncodeRecord(t *testing.T) {
 	e := &job.Event{ID: "x", Gen: 2, Status: job.Retrying, Attempts: 7, LastError: "<&>",
 		Response: &job.Response{Body: strings.Repeat("<", 1000), BodyEncoding: "utf8"}}
@@ -33,14 +57,125 @@ func TestEncodeRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.HasPrefix(v, []byte(`{"merge":[2,7,2],"id":"x",`)) {
-		t.Fatalf("encoded record starts %.60s", v)
+	if len(v) > 1100 {
+		t.Fatalf("%d bytes for a 1000-byte body", len(v))
 	}
-	if bytes.Contains(v, []byte(`\u003c`)) || len(v) > 1300 {
-		t.Fatalf("HTML-escaped: %d bytes for a 1000-byte body", len(v))
-	}
-	r, err := Decode(v)
+	r, err := Decode("x", v)
 	if err != nil || r.Gen != 2 || r.Attempts != 7 || r.Response.Body != e.Response.Body || r.LastError != "<&>" {
 		t.Fatalf("decoded %+v %v", r, err)
+	}
+}
+
+// TestCompactSize: the stored form of a succeeded request without a
+// response stays small (the store's bytes per record rest on it).
+func TestCompactSize(t *testing.T) {
+	at := time.Now().UTC()
+	e := &job.Event{ID: job.NewIDAt(at), Route: "logs", Backend: "logstore", Client: "team-a",
+		Status: job.Succeeded, Attempts: 1, AcceptedAt: at, At: at.Add(250 * time.Millisecond)}
+	v, err := Encode(Project(e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v) > 48 {
+		t.Fatalf("succeeded record without response: %d bytes (% x)", len(v), v)
+	}
+}
+
+// randomRecord makes a record with every field the compact form has to
+// carry, in many combinations.
+func randomRecord(rng *rand.Rand) *job.Record {
+	pick := func(s ...string) string { return s[rng.IntN(len(s))] }
+	zones := []*time.Location{time.UTC, time.FixedZone("", 2*3600), time.FixedZone("", -(5*3600 + 30*60))}
+	tm := func() time.Time {
+		switch rng.IntN(8) {
+		case 0:
+			return time.Time{}
+		case 1:
+			return time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
+		}
+		return time.Unix(1_700_000_000+rng.Int64N(1e8), rng.Int64N(1e9)).In(zones[rng.IntN(len(zones))])
+	}
+	r := &job.Record{ID: job.NewID(), Route: pick("logs", "", "é☃"), Backend: pick("logstore", "b"),
+		Client: pick("", "team-a"), Gen: rng.IntN(3), Attempts: rng.IntN(400),
+		Status:     job.Status(pick("queued", "in_flight", "retrying", "succeeded", "failed", "weird", "")),
+		AcceptedAt: tm(), LastError: pick("", "503 Service Unavailable", "timeout"),
+		DeadLettered: rng.IntN(2) == 0}
+	r.UpdatedAt = r.AcceptedAt.Add(time.Duration(rng.Int64N(1e12)))
+	if rng.IntN(3) == 0 {
+		r.UpdatedAt = tm()
+	}
+	switch rng.IntN(3) {
+	case 0:
+		c := r.UpdatedAt
+		r.CompletedAt = &c
+	case 1:
+		c := tm()
+		r.CompletedAt = &c
+	}
+	if rng.IntN(2) == 0 {
+		p := &job.Response{Status: pick2(rng, 200, 500, 0, 999), Body: pick("", "{\"ok\":true}", "AAEC", "<p>\u2028\n</p>"),
+			BodyEncoding: pick("utf8", "base64", "", "gzip?"), Truncated: rng.IntN(2) == 0}
+		switch rng.IntN(3) {
+		case 0:
+			p.Headers = map[string]string{}
+		case 1:
+			p.Headers = map[string]string{"Content-Type": "text/plain; charset=utf-8", "Date": "Mon, 02 Jan 2006 15:04:05 GMT", "X-Empty": ""}
+		}
+		r.Response = p
+	}
+	return r
+}
+
+func pick2(rng *rand.Rand, v ...int) int { return v[rng.IntN(len(v))] }
+
+// TestCompactRoundTrip: a record read back from the compact form renders
+// the same poll answer, byte for byte, and keeps its client and
+// generation.
+func TestCompactRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 5000 {
+		r := randomRecord(rng)
+		v, err := Encode(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Decode(r.ID, v)
+		if err != nil {
+			t.Fatalf("decode %+v: %v", r, err)
+		}
+		want, _ := job.Marshal(r)
+		have, _ := job.Marshal(got)
+		if !bytes.Equal(want, have) || got.Client != r.Client || got.Gen != r.Gen {
+			t.Fatalf("round trip changed the record:\n%s\n%s (client %q gen %d)", want, have, got.Client, got.Gen)
+		}
+		for n := range len(v) { // every cut is an error, never a panic
+			if _, err := Decode(r.ID, v[:n]); err == nil {
+				t.Fatalf("a record cut at %d of %d bytes decoded", n, len(v))
+			}
+		}
+	}
+}
+
+// TestDecodeLegacy reads the JSON records stores wrote before the compact
+// form: with the merge key, and older ones without it.
+func TestDecodeLegacy(t *testing.T) {
+	at := time.Date(2025, 3, 1, 12, 0, 0, 123456789, time.UTC)
+	want := Project(&job.Event{ID: "AZVR1cqAAAAAAAAAAAAAAAAA", Route: "logs", Backend: "logstore", Client: "team-a", Gen: 1,
+		Status: job.Succeeded, Attempts: 2, AcceptedAt: at, At: at.Add(time.Second),
+		Response: &job.Response{Status: 200, Headers: map[string]string{"Content-Type": "text/html"}, Body: "<p>", BodyEncoding: "utf8"}})
+	body, _ := job.Marshal(want)
+	withMerge := append([]byte(`{"merge":[1,2,3],`), body[1:len(body)-1]...)
+	withMerge = append(withMerge, []byte(`,"client":"team-a","gen":1}`)...)
+	older := append(body[:len(body)-1:len(body)-1], []byte(`,"client":"team-a","gen":1}`)...)
+	for name, v := range map[string][]byte{"merge key": withMerge, "no merge key": older} {
+		got, err := Decode("ignored", v)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		g, _ := json.Marshal(got)
+		w, _ := json.Marshal(want)
+		if !bytes.Equal(g, w) || got.Client != "team-a" || got.Gen != 1 {
+			t.Fatalf("%s: got %s %q %d, want %s", name, g, got.Client, got.Gen, w)
+		}
 	}
 }
