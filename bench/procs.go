@@ -138,12 +138,13 @@ admin_listen: "127.0.0.1:0"
 log: { level: info }
 %s
 %s
+%s
 results: { embedded: { dir: %s }%s }
 routes: [{ name: logs, path: /v1/logs, backend: sink }]
 backends:
   - name: sink
     urls: [%q]
-%s`, cfg.top, brokerCfg, filepath.Join(dir, "r"), resultsExtra(cfg.results), sinkURL, backend.String())
+%s`, cfg.top, *extraConfig, brokerCfg, filepath.Join(dir, "r"), resultsExtra(cfg.results), sinkURL, backend.String())
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		_ = os.RemoveAll(dir)

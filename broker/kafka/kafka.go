@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"time"
@@ -116,9 +117,14 @@ func tierTopic(d time.Duration) string { return "delay." + d.String() }
 type Broker struct {
 	opts   Options
 	client *kafkago.Client
-	w      *kafkago.Writer
+	w      *kafkago.Writer // waits BatchTimeout to fill a batch
+	// eager writes request topics at once: what comes there is packed
+	// already (the ingress's group commit), or a retry that has waited.
+	eager  *kafkago.Writer
 	topics map[string]bool // logical topics sluice declared
-	all    []string        // every topic to prepare, delay tiers included
+	// requestTopics are written by eager.
+	requestTopics map[string]bool
+	all           []string // every topic to prepare, delay tiers included
 
 	ready     chan struct{} // closed once every topic exists
 	readyOnce sync.Once
@@ -128,6 +134,29 @@ type Broker struct {
 }
 
 var _ broker.Broker = (*Broker)(nil)
+
+// newWriter is a writer that waits up to linger to fill a batch.
+func newWriter(addr net.Addr, opts Options, linger time.Duration) *kafkago.Writer {
+	return &kafkago.Writer{
+		Addr:         addr,
+		Balancer:     &kafkago.Hash{},
+		RequiredAcks: kafkago.RequireAll,
+		BatchTimeout: linger,
+		// kafka-go allocates room for BatchSize messages with every
+		// batch (152 bytes each), full or not: at a set rate each
+		// publish is a batch of its own, and 1000 made every one
+		// allocate and clear 150 KiB. Publishes wait for their acks,
+		// so a batch holds at most the publishes in flight to one
+		// partition at once; a fuller one is written at once.
+		BatchSize: writerBatch,
+		// kafka-go refuses a message larger than this before sending
+		// it, and Kafka one larger than max.message.bytes.
+		BatchBytes:   int64(opts.MaxMessageBytes),
+		MaxAttempts:  3,
+		WriteTimeout: 10 * time.Second,
+		ReadTimeout:  10 * time.Second,
+	}
+}
 
 // Open connects, creates missing topics and corrects the settings of
 // existing ones, trying again until that is done or ctx ends. When Kafka
@@ -142,29 +171,14 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 	b := &Broker{
 		opts:   opts,
 		client: &kafkago.Client{Addr: addr, Timeout: 10 * time.Second},
-		w: &kafkago.Writer{
-			Addr:         addr,
-			Balancer:     &kafkago.Hash{},
-			RequiredAcks: kafkago.RequireAll,
-			BatchTimeout: opts.BatchTimeout,
-			// kafka-go allocates room for BatchSize messages with every
-			// batch (152 bytes each), full or not: at a set rate each
-			// publish is a batch of its own, and 1000 made every one
-			// allocate and clear 150 KiB. Publishes wait for their acks,
-			// so a batch holds at most the publishes in flight to one
-			// partition at once; a fuller one is written at once.
-			BatchSize: writerBatch,
-			// kafka-go refuses a message larger than this before sending
-			// it, and Kafka one larger than max.message.bytes.
-			BatchBytes:   int64(opts.MaxMessageBytes),
-			MaxAttempts:  3,
-			WriteTimeout: 10 * time.Second,
-			ReadTimeout:  10 * time.Second,
-		},
+		w:      newWriter(addr, opts, opts.BatchTimeout),
+		eager:  newWriter(addr, opts, time.Microsecond), // 0 would be kafka-go's 1 s
 		topics: map[string]bool{broker.ResultTopic: true, takenTopic: true},
 		ready:  make(chan struct{}),
 	}
+	b.requestTopics = map[string]bool{}
 	for _, be := range opts.Backends {
+		b.requestTopics[broker.RequestTopic(be)] = true
 		b.topics[broker.RequestTopic(be)] = true
 		b.topics[broker.DeadLetterTopic(be)] = true
 	}
@@ -267,7 +281,11 @@ func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) 
 // write writes m, telling a refusal for size (permanent) from everything
 // else (transient).
 func (b *Broker) write(ctx context.Context, topic string, m kafkago.Message) error {
-	err := b.w.WriteMessages(ctx, m)
+	w := b.w
+	if b.requestTopics[topic] && m.Topic == b.name(topic) {
+		w = b.eager
+	}
+	err := w.WriteMessages(ctx, m)
 	switch {
 	case err == nil:
 		return nil
@@ -383,7 +401,11 @@ func (b *Broker) Ping(ctx context.Context) error {
 // Close flushes the writer, after Run returned. Subscriptions are closed
 // by their owners first.
 func (b *Broker) Close() error {
-	if err := b.w.Close(); err != nil {
+	return errors.Join(closeWriter(b.w), closeWriter(b.eager))
+}
+
+func closeWriter(w *kafkago.Writer) error {
+	if err := w.Close(); err != nil {
 		return fmt.Errorf("kafka: close writer: %w", err)
 	}
 	return nil
