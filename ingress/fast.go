@@ -15,10 +15,10 @@ import (
 	"github.com/sluice-gw/sluice/wire"
 )
 
-// fastWorkers is how many publishes ack: fast keeps under way at once: the
-// broker clients pipeline concurrent publishes, so many small writers keep
-// its batches full.
-const fastWorkers = 256
+// fastWriters is how many writes ack: fast keeps under way at once. Each
+// writer takes what is buffered (up to a group's worth) and writes it
+// packed, one message per backend: no hand-off per request.
+const fastWriters = 8
 
 var (
 	errBufferFull = errors.New("ack: fast buffer full")
@@ -30,7 +30,8 @@ var (
 // recorded as failed, never dropped silently; at shutdown it writes what it
 // buffers until the deadline, then records what is left as lost.
 type fastPublisher struct {
-	pub     broker.Publisher
+	pub     broker.Publisher // the broker itself: the writers pack
+	group   GroupOptions
 	store   Store
 	log     zerolog.Logger
 	timeout time.Duration
@@ -50,8 +51,8 @@ type fastPublisher struct {
 	unsure []string       // ids whose last write timed out: may have landed
 }
 
-func newFastPublisher(pub broker.Publisher, store Store, log zerolog.Logger, capacity int, timeout time.Duration) *fastPublisher {
-	f := &fastPublisher{pub: pub, store: store, log: log, timeout: timeout, q: make(chan *job.Request, capacity)}
+func newFastPublisher(pub broker.Publisher, group GroupOptions, store Store, log zerolog.Logger, capacity int, timeout time.Duration) *fastPublisher {
+	f := &fastPublisher{pub: pub, group: group, store: store, log: log, timeout: timeout, q: make(chan *job.Request, capacity)}
 	f.abort, f.abortCause = context.WithCancel(context.Background())
 	return f
 }
@@ -59,13 +60,11 @@ func newFastPublisher(pub broker.Publisher, store Store, log zerolog.Logger, cap
 // start starts the writers; close ends them.
 func (f *fastPublisher) start() {
 	f.startOnce.Do(func() {
-		for range fastWorkers {
+		for range fastWriters {
 			f.wg.Add(1)
 			go func() {
 				defer f.wg.Done()
-				for req := range f.q {
-					f.publish(req)
-				}
+				f.write()
 			}()
 		}
 	})
@@ -86,9 +85,74 @@ func (f *fastPublisher) enqueue(req *job.Request) error {
 	}
 }
 
-func (f *fastPublisher) publish(req *job.Request) {
-	topic, msg := broker.RequestTopic(req.Backend), wire.EncodeRequest(req) // once, however many tries
-	timedOut := false                                                       // the last write timed out: it may have landed
+// write takes what is buffered, as much as one write carries, and writes
+// it, until the buffer is closed and empty.
+func (f *fastPublisher) write() {
+	most := max(1, f.group.MaxRequests)
+	var reqs []*job.Request
+	for req := range f.q {
+		reqs = append(reqs[:0], req)
+	take:
+		for len(reqs) < most {
+			select {
+			case r, ok := <-f.q:
+				if !ok {
+					break take
+				}
+				reqs = append(reqs, r)
+			default:
+				break take
+			}
+		}
+		for _, g := range f.pack(reqs) {
+			f.publish(g)
+		}
+	}
+}
+
+// packed is requests to one topic that travel in one message.
+type packed struct {
+	topic string
+	reqs  []*job.Request
+	msg   broker.Message
+}
+
+// pack groups reqs by topic into messages within the group limits; a
+// request too large to pack goes alone.
+func (f *fastPublisher) pack(reqs []*job.Request) []packed {
+	var out []packed
+	open := map[string]int{} // topic -> index in out of its open group
+	var msgs [][]broker.Message
+	var sizes []int
+	for _, r := range reqs {
+		topic := broker.RequestTopic(r.Backend)
+		m := wire.EncodeRequest(r)
+		n := wire.PackedSize(m)
+		i, ok := open[topic]
+		if ok && (len(out[i].reqs) >= f.group.MaxRequests || sizes[i]+n > f.group.MaxBytes) {
+			ok = false
+		}
+		if !ok {
+			out = append(out, packed{topic: topic})
+			msgs = append(msgs, nil)
+			sizes = append(sizes, wire.BatchOverhead)
+			i = len(out) - 1
+			open[topic] = i
+		}
+		out[i].reqs = append(out[i].reqs, r)
+		msgs[i] = append(msgs[i], m)
+		sizes[i] += n
+	}
+	for i := range out {
+		out[i].msg = wire.Pack(msgs[i])
+	}
+	return out
+}
+
+// publish writes g, retrying while the broker is away. A group the broker
+// refuses as too large is written one by one.
+func (f *fastPublisher) publish(g packed) {
+	timedOut := false // the last write timed out: it may have landed
 	try := 0
 	err := retry.Do(f.abort, retry.Backoff(100*time.Millisecond, 2*time.Second), func() error {
 		if err := f.abort.Err(); err != nil {
@@ -98,28 +162,36 @@ func (f *fastPublisher) publish(req *job.Request) {
 		// Not bound to abort: a write under way runs to its timeout, which
 		// close leaves room for, so its outcome is known.
 		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-		err := f.pub.Publish(ctx, topic, msg)
-		// A write of the group that held it may time out before ctx does.
+		err := f.pub.Publish(ctx, g.topic, g.msg)
 		timedOut = ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded)
 		cancel()
 		if err != nil && !errors.Is(err, broker.ErrUnavailable) {
 			return retry.Permanent(err)
 		}
 		if err != nil && try%10 == 1 {
-			f.log.Warn().Err(err).Str("id", req.ID).Int("try", try).Msg("ack: fast publish failed; retrying")
+			f.log.Warn().Err(err).Str("id", g.reqs[0].ID).Int("requests", len(g.reqs)).Int("try", try).Msg("ack: fast publish failed; retrying")
 		}
 		return err
 	})
 	switch {
 	case err == nil:
+		if f.group.Packed != nil {
+			f.group.Packed(g.topic, len(g.reqs))
+		}
+	case errors.Is(err, broker.ErrTooLarge) && len(g.reqs) > 1:
+		for _, r := range g.reqs {
+			f.publish(packed{topic: g.topic, reqs: []*job.Request{r}, msg: wire.EncodeRequest(r)})
+		}
 	case errors.Is(err, broker.ErrTooLarge): // refused for good, even at shutdown
-		f.fail([]*job.Request{req}, "the queue refused it: too large")
-		f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
+		f.fail(g.reqs, "the queue refused it: too large")
+		f.log.Error().Err(err).Str("id", g.reqs[0].ID).Msg("ack: fast request refused by the broker; recorded as failed")
 	case errors.Is(err, context.Canceled) && f.abort.Err() != nil: // shutdown: never written
-		f.addLost(req, timedOut)
+		for _, r := range g.reqs {
+			f.addLost(r, timedOut)
+		}
 	default:
-		f.fail([]*job.Request{req}, "the queue refused it")
-		f.log.Error().Err(err).Str("id", req.ID).Msg("ack: fast request refused by the broker; recorded as failed")
+		f.fail(g.reqs, "the queue refused it")
+		f.log.Error().Err(err).Str("id", g.reqs[0].ID).Int("requests", len(g.reqs)).Msg("ack: fast requests refused by the broker; recorded as failed")
 	}
 }
 

@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/internal/wait"
+	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/wire"
 )
 
@@ -261,5 +263,34 @@ func TestGroupFailureReachesEveryCaller(t *testing.T) {
 		if !errors.Is(err, broker.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("got %v, want unavailable after a timeout", err)
 		}
+	}
+}
+
+// ack: fast's writers pack what is buffered: one message per backend,
+// within the group limits; group commit off writes one per request.
+func TestAckFastPacks(t *testing.T) {
+	f := newFastPublisher(&writes{}, GroupOptions{MaxRequests: 3, MaxBytes: 1 << 20}, nil, zerolog.Nop(), 10, time.Second)
+	var reqs []*job.Request
+	for i, be := range []string{"a", "b", "a", "a", "a", "b"} {
+		reqs = append(reqs, &job.Request{ID: strconv.Itoa(i), Backend: be, Method: "POST"})
+	}
+	var got []string
+	for _, g := range f.pack(reqs) {
+		parts, err := wire.Unpack(g.msg)
+		if err != nil || len(parts) != len(g.reqs) {
+			t.Fatalf("group of %d packed as %d, %v", len(g.reqs), len(parts), err)
+		}
+		ids := ""
+		for _, p := range parts {
+			ids += p.Key
+		}
+		got = append(got, g.topic+":"+ids)
+	}
+	if fmt.Sprint(got) != "[requests.a:023 requests.b:15 requests.a:4]" {
+		t.Fatalf("packed %v", got)
+	}
+	f.group.MaxRequests = 1
+	if n := len(f.pack(reqs)); n != 6 {
+		t.Fatalf("group commit off: %d messages for 6 requests", n)
 	}
 }

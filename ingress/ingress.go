@@ -98,10 +98,10 @@ const claimWait = time.Second
 // New compiles the routes of cfg. It starts nothing: Serve does.
 func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog, log zerolog.Logger) (*Server, error) {
 	gc := cfg.GroupCommit
-	pub = newGrouper(pub, GroupOptions{MaxRequests: gc.MaxRequests, Writes: gc.Writes,
+	group := GroupOptions{MaxRequests: gc.MaxRequests, Writes: gc.Writes,
 		MaxBytes: int(min(int64(gc.MaxBytes), cfg.MaxMessageBytes()-broker.Overhead)),
-		Timeout:  cfg.PublishTimeout.D(), Packed: backlog.Packed})
-	s := &Server{cfg: cfg, pub: pub, store: store, backlog: backlog, log: log,
+		Timeout:  cfg.PublishTimeout.D(), Packed: backlog.Packed}
+	s := &Server{cfg: cfg, pub: newGrouper(pub, group), store: store, backlog: backlog, log: log,
 		exact: map[string]*route{}, sharedStore: cfg.Results.Store == "redis"}
 	s.closing, s.closeNow = context.WithCancel(context.Background())
 	var maxBody int64
@@ -140,7 +140,7 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 		Logger:                        fasthttpLogger{log},
 	}
 	if cfg.Ack == "fast" {
-		s.fast = newFastPublisher(pub, store, log, cfg.MaxInflight, cfg.PublishTimeout.D())
+		s.fast = newFastPublisher(pub, group, store, log, cfg.MaxInflight, cfg.PublishTimeout.D())
 	}
 	return s, nil
 }

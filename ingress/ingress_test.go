@@ -257,14 +257,18 @@ func TestAckFastBuffersAndFlushes(t *testing.T) {
 	var mu sync.Mutex
 	var n, failed int
 	fail := true
-	s, _ := testServer(t, "fast", func(context.Context, string, broker.Message) error {
+	s, _ := testServer(t, "fast", func(_ context.Context, _ string, m broker.Message) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if fail {
 			failed++
 			return broker.ErrUnavailable
 		}
-		n++
+		reqs, err := wire.Unpack(m) // the writers pack what is buffered
+		if err != nil {
+			t.Error(err)
+		}
+		n += len(reqs)
 		return nil
 	})
 	for range 10 {
