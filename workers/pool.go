@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -115,8 +116,7 @@ func (p *Pool) Name() string { return p.cfg.Name }
 // short and handed back), and only then the subscription closes, so every
 // delivery settles while its subscription can still acknowledge it.
 func (p *Pool) Run(ctx context.Context) error {
-	sub, err := p.broker.Subscribe(ctx, broker.RequestTopic(p.cfg.Name),
-		broker.SubscribeOptions{Prefetch: min(max(p.cfg.Concurrency, 8), 256)})
+	sub, err := p.broker.Subscribe(ctx, broker.RequestTopic(p.cfg.Name), broker.SubscribeOptions{Prefetch: p.prefetch()})
 	if err != nil {
 		return err
 	}
@@ -201,6 +201,19 @@ func (p *Pool) Run(ctx context.Context) error {
 		<-done
 	}
 	return sub.Close()
+}
+
+// prefetch is how many messages the subscription may hold ahead: enough to
+// keep the pool busy, and with a rate no more than about a second's worth
+// of messages — a message may pack group_commit.max_requests requests, and
+// what is held ahead runs down the broker's ack deadline (RabbitMQ's
+// consumer timeout) until it is delivered.
+func (p *Pool) prefetch() int {
+	n := min(max(p.cfg.Concurrency, 8), 256)
+	if r := p.cfg.Rate; r > 0 {
+		n = min(n, max(2, int(math.Ceil(r))))
+	}
+	return n
 }
 
 // stopTimes bound a stop: deliveries in flight may finish until drain, and

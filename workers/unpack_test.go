@@ -267,3 +267,19 @@ func TestUnpackMixedNeverPastMax(t *testing.T) {
 		t.Fatalf("a single message kept in the buffer was not handed back at Close (nacks %d)", single2.nacks)
 	}
 }
+
+// With a rate, a subscription holds about a second's worth of messages
+// ahead (each may pack 64 requests), never fewer than 2.
+func TestPrefetch(t *testing.T) {
+	for _, c := range []struct {
+		rate        float64
+		concurrency int
+		want        int
+	}{{0, 16, 16}, {0, 2, 8}, {0, 1000, 256}, {0.5, 16, 2}, {5, 16, 5}, {100, 16, 16}, {2.5, 64, 3}} {
+		b := testBackend(`"http://127.0.0.1:1"`)
+		b.Rate, b.Concurrency = c.rate, c.concurrency
+		if got := NewPool(b, &fakeBroker{}, zerolog.Nop(), time.Second).prefetch(); got != c.want {
+			t.Errorf("rate %v concurrency %d: prefetch %d, want %d", c.rate, c.concurrency, got, c.want)
+		}
+	}
+}
