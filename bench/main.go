@@ -18,7 +18,7 @@ var (
 	soakDur     = flag.Duration("soak", 10*time.Minute, "with the soak part: how long it submits")
 	soakTTL     = flag.Duration("soak-ttl", 2*time.Minute, "with the soak part: results.ttl of the sluice it runs")
 	soakRate    = flag.Int("soak-rate", 2000, "with the soak part: submits per second (open loop)")
-	profileDir  = flag.String("profile", "", "with the delivery part: write CPU profiles of sluice's windows to this directory (admin_pprof on)")
+	profileDir  = flag.String("profile", "", "with the ingest and delivery parts: write CPU profiles of sluice's measured runs and windows to this directory (admin_pprof on)")
 	extraConfig = flag.String("config", "", "more top-level YAML for every sluice the bench starts, e.g. 'group_commit: { writes: 4 }'")
 	jsonOut     = flag.Bool("json", false, "print one JSON document with every measurement and goal result on stdout; progress goes to stderr")
 	bareAddr    = flag.String("bare-server", "", "internal: run the bare fasthttp baseline on this address")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -103,14 +104,32 @@ func (b *bench) startSluice(cfg sluiceConfig) (*sluiceProc, error) {
 
 // sluiceIngest measures sluice's submit path alone: deliveries paused, 1 KiB
 // POSTs answered 202 once the broker configured by cfg has the request.
+// With -profile it writes a CPU profile of the measured run.
 func (b *bench) sluiceIngest(part, name, label string, cfg sluiceConfig) error {
+	if *profileDir != "" {
+		cfg.top += "\nadmin_pprof: true"
+	}
 	p, err := b.startSluice(cfg)
 	if err != nil {
 		return err
 	}
 	defer p.stop()
 	p.pause(true)
-	b.measure(part, name, label, "req/s", b.spec(p.cpu), post(p.addr, "/v1/logs", b.conns))
+	spec := b.spec(p.cpu)
+	var prof chan error
+	if *profileDir != "" {
+		prof = make(chan error, 1)
+		go func() {
+			time.Sleep(spec.warmup) // the measured run only
+			prof <- p.profile(filepath.Join(*profileDir, part+"-"+name+".pprof"), max(time.Second, spec.dur-time.Second))
+		}()
+	}
+	b.measure(part, name, label, "req/s", spec, post(p.addr, "/v1/logs", b.conns))
+	if prof != nil {
+		if err := <-prof; err != nil {
+			fmt.Fprintf(b.log, "  profile: %v\n", err)
+		}
+	}
 	return nil
 }
 
