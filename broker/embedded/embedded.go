@@ -87,14 +87,14 @@ const (
 
 // Broker is the embedded JetStream broker. It is safe for concurrent use.
 type Broker struct {
-	opts    Options
-	ns      *server.Server
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	pubs    []jetstream.JetStream // publishing connections, round robin
-	pubNCs  []*nats.Conn
-	next    atomic.Uint32
-	streams map[string]jetstream.Stream // by topic; fixed after Open
+	opts     Options
+	ns       *server.Server
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	pubs     []*publisher // one per connection, round robin
+	next     atomic.Uint32
+	streams  map[string]jetstream.Stream // by topic; fixed after Open
+	subjects map[string]string           // by topic; fixed after Open
 }
 
 var _ broker.Broker = (*Broker)(nil)
@@ -132,27 +132,32 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("embedded broker: connect: %w", err)
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(opts.PublishWindow))
+	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
 		ns.Shutdown()
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	b := &Broker{opts: opts, ns: ns, nc: nc, js: js, streams: map[string]jetstream.Stream{}}
-	b.pubs, b.pubNCs = []jetstream.JetStream{js}, []*nats.Conn{nc}
-	for range opts.Conns - 1 {
-		pnc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("sluice-publisher"), nats.MaxReconnects(-1))
-		if err != nil {
-			b.Close()
-			return nil, fmt.Errorf("embedded broker: connect: %w", err)
+	b := &Broker{opts: opts, ns: ns, nc: nc, js: js, streams: map[string]jetstream.Stream{}, subjects: map[string]string{}}
+	window := max(1, opts.PublishWindow/opts.Conns)
+	for i := range opts.Conns {
+		pnc := nc
+		if i > 0 {
+			pnc, err = nats.Connect("", nats.InProcessServer(ns), nats.Name("sluice-publisher"), nats.MaxReconnects(-1))
+			if err != nil {
+				b.Close()
+				return nil, fmt.Errorf("embedded broker: connect: %w", err)
+			}
 		}
-		pjs, err := jetstream.New(pnc, jetstream.WithPublishAsyncMaxPending(max(1, opts.PublishWindow/opts.Conns)))
+		p, err := newPublisher(pnc, window)
 		if err != nil {
-			pnc.Close()
+			if pnc != nc {
+				pnc.Close()
+			}
 			b.Close()
 			return nil, fmt.Errorf("embedded broker: %w", err)
 		}
-		b.pubs, b.pubNCs = append(b.pubs, pjs), append(b.pubNCs, pnc)
+		b.pubs = append(b.pubs, p)
 	}
 	if err := b.declare(ctx); err != nil {
 		b.Close()
@@ -195,7 +200,7 @@ func (b *Broker) declare(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("embedded broker: declare %s: %w", d.topic, err)
 		}
-		b.streams[d.topic] = s
+		b.streams[d.topic], b.subjects[d.topic] = s, subject(d.topic)
 		if !d.queue {
 			continue
 		}
@@ -237,33 +242,36 @@ func (b *Broker) stream(topic string) (jetstream.Stream, error) {
 
 // Publish writes msg and waits for JetStream's acknowledgement, which comes
 // after the message is written to the stream's file. Publishes from many
-// goroutines are pipelined on one connection.
+// goroutines are pipelined on Options.Conns connections.
 func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) error {
-	if _, err := b.stream(topic); err != nil {
-		return err
+	subj, ok := b.subjects[topic]
+	if !ok {
+		return fmt.Errorf("embedded broker: unknown topic %q", topic)
 	}
-	m := nats.NewMsg(subject(topic))
+	// One backing array for the header values, not one slice each.
+	n := len(msg.Headers) + 2
+	vals := make([]string, 0, n)
+	h := make(nats.Header, n)
+	set := func(k, v string) {
+		vals = append(vals, v)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
 	for k, v := range msg.Headers {
-		m.Header[k] = []string{v}
+		set(k, v)
 	}
-	m.Header[hdrKey] = []string{msg.Key}
+	set(hdrKey, msg.Key)
 	if !msg.NotBefore.IsZero() {
-		m.Header[hdrNotBefore] = []string{strconv.FormatInt(msg.NotBefore.UnixNano(), 10)}
+		set(hdrNotBefore, strconv.FormatInt(msg.NotBefore.UnixNano(), 10))
 	}
-	m.Data = msg.Body
-	js := b.pubs[int(b.next.Add(1))%len(b.pubs)]
-	f, err := js.PublishMsgAsync(m)
-	if err != nil {
+	m := &nats.Msg{Subject: subj, Header: h, Data: msg.Body}
+	p := b.pubs[int(b.next.Add(1))%len(b.pubs)]
+	if err := p.publish(ctx, m); err != nil {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, err)
+		}
 		return publishError(topic, err)
 	}
-	select {
-	case <-f.Ok():
-		return nil
-	case err := <-f.Err():
-		return publishError(topic, err)
-	case <-ctx.Done():
-		return fmt.Errorf("publish %s: %w: %v", topic, broker.ErrUnavailable, ctx.Err())
-	}
+	return nil
 }
 
 // publishError classifies a failed publish: too large, or unavailable.
@@ -523,17 +531,15 @@ func (b *Broker) Ping(ctx context.Context) error {
 }
 
 // Close waits for pending publishes (at most 5s), then stops the server.
+// Publishes still waiting for their confirm then fail.
 func (b *Broker) Close() error {
-	for i, js := range b.pubs {
-		t := time.NewTimer(5 * time.Second)
-		select {
-		case <-js.PublishAsyncComplete():
-		case <-t.C:
-			b.opts.Log.Warn().Int("pending", js.PublishAsyncPending()).
+	for _, p := range b.pubs {
+		if !p.drain(5 * time.Second) {
+			b.opts.Log.Warn().Int("pending", p.waiting()).
 				Msg("embedded broker: closing with publishes unconfirmed after 5s")
 		}
-		t.Stop()
-		b.pubNCs[i].Close()
+		p.nc.Close()
+		p.failAll(fmt.Errorf("%w: broker closed", broker.ErrUnavailable))
 	}
 	b.nc.Close()
 	b.ns.Shutdown()
