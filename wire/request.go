@@ -31,17 +31,27 @@ const (
 
 // EncodeRequest encodes r for a request or dead-letter topic.
 func EncodeRequest(r *job.Request) broker.Message {
-	hdr, _ := json.Marshal(r.Header) // [][2]string always encodes
-	h := map[string]string{
-		HID:         r.ID,
-		HRoute:      r.Route,
-		HBackend:    r.Backend,
-		HMethod:     r.Method,
-		HHeaders:    string(hdr),
-		HAcceptedAt: r.AcceptedAt.UTC().Format(time.RFC3339Nano),
-		HAttempts:   strconv.Itoa(r.Attempts),
-		HGen:        strconv.Itoa(r.Gen),
+	n := 8 // the headers every request has, then the optional ones
+	for _, v := range [...]string{r.Client, r.Path, r.Query, r.LastError} {
+		if v != "" {
+			n++
+		}
 	}
+	if r.AvoidURL > 0 {
+		n++
+	}
+	if !r.DeadAt.IsZero() {
+		n++
+	}
+	h := make(map[string]string, n)
+	h[HID] = r.ID
+	h[HRoute] = r.Route
+	h[HBackend] = r.Backend
+	h[HMethod] = r.Method
+	h[HHeaders] = headersJSON(r.Header)
+	h[HAcceptedAt] = r.AcceptedAt.UTC().Format(time.RFC3339Nano)
+	h[HAttempts] = strconv.Itoa(r.Attempts)
+	h[HGen] = strconv.Itoa(r.Gen)
 	opt := func(k, v string) {
 		if v != "" {
 			h[k] = v
@@ -58,6 +68,50 @@ func EncodeRequest(r *job.Request) broker.Message {
 		h[HDeadLettered] = r.DeadAt.UTC().Format(time.RFC3339Nano)
 	}
 	return broker.Message{Key: r.ID, Headers: h, Body: r.Body}
+}
+
+// headersJSON is json.Marshal(h), byte for byte. Header names and values
+// are almost always printable ASCII that JSON keeps as is; those are
+// written directly, anything else goes through encoding/json.
+func headersJSON(h [][2]string) string {
+	if h == nil {
+		return "null"
+	}
+	size := 2
+	for _, kv := range h {
+		if !plainJSON(kv[0]) || !plainJSON(kv[1]) {
+			b, _ := json.Marshal(h) // [][2]string always encodes
+			return string(b)
+		}
+		size += len(kv[0]) + len(kv[1]) + 8
+	}
+	b := make([]byte, 0, size)
+	b = append(b, '[')
+	for i, kv := range h {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `["`...)
+		b = append(b, kv[0]...)
+		b = append(b, `","`...)
+		b = append(b, kv[1]...)
+		b = append(b, `"]`...)
+	}
+	b = append(b, ']')
+	return string(b)
+}
+
+// plainJSON reports whether encoding/json writes s as it is between
+// quotes: printable ASCII without the characters it escapes (the quote,
+// the backslash, and <, >, & which it escapes for HTML).
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
 }
 
 // DecodeRequest reads a request from a request or dead-letter topic
