@@ -159,6 +159,22 @@ func ingest(b *bench) error {
 		}
 	}
 
+	// Four times the connections: group commit packs more per write, and
+	// the p99 must stay within twice bare's.
+	wide := *b
+	wide.conns = 4 * b.conns
+	bare, err = startChild("-bare-server", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	wide.measure("ingest", "bare256", fmt.Sprintf("bare fasthttp, %d connections", wide.conns), "req/s",
+		wide.spec(bare.cpu), post(bare.addr, "/v1/logs", wide.conns))
+	bare.stop()
+	if err := wide.sluiceIngest("ingest", "durable256", fmt.Sprintf("sluice, embedded, durable, %d connections", wide.conns),
+		sluiceConfig{top: "ack: durable", backend: "concurrency: 16"}); err != nil {
+		return err
+	}
+
 	js, closeJS, err := jetStreamPublish()
 	if err != nil {
 		return err

@@ -52,9 +52,13 @@ type topicGroup struct {
 type group struct {
 	msgs []broker.Message
 	size int
-	done chan struct{}
-	err  error   // the write's outcome
-	errs []error // per message, when they were written one by one
+	// deadline bounds the write: Timeout after the first request came, so
+	// no request waits longer for its outcome, however long the write
+	// before it took.
+	deadline time.Time
+	done     chan struct{}
+	err      error   // the write's outcome
+	errs     []error // per message, when they were written one by one
 }
 
 func newGrouper(pub broker.Publisher, opts GroupOptions) *grouper {
@@ -62,11 +66,13 @@ func newGrouper(pub broker.Publisher, opts GroupOptions) *grouper {
 }
 
 // Publish writes msg, with what arrives alongside, and returns once the
-// write that holds it is confirmed or failed, or ctx ends (then it may
-// still land).
+// write that holds it is confirmed or failed (within Timeout of the
+// group's first request), or ctx ends (then it may still land).
 func (g *grouper) Publish(ctx context.Context, topic string, msg broker.Message) error {
 	size := wire.PackedSize(msg)
 	if g.opts.MaxRequests <= 1 || size+wire.BatchOverhead > g.opts.MaxBytes {
+		ctx, cancel := context.WithTimeout(ctx, g.opts.Timeout)
+		defer cancel()
 		return g.pub.Publish(ctx, topic, msg)
 	}
 	g.mu.Lock()
@@ -83,7 +89,7 @@ func (g *grouper) Publish(ctx context.Context, topic string, msg broker.Message)
 		go g.write(topic, t, full)
 	}
 	if t.open == nil {
-		t.open = &group{done: make(chan struct{}), size: wire.BatchOverhead}
+		t.open = &group{done: make(chan struct{}), size: wire.BatchOverhead, deadline: time.Now().Add(g.opts.Timeout)}
 	}
 	grp, i := t.open, len(t.open.msgs)
 	grp.msgs = append(grp.msgs, msg)
@@ -121,7 +127,7 @@ func (g *grouper) Publish(ctx context.Context, topic string, msg broker.Message)
 // writer that finishes hands its slot on: one caller is not made to wait
 // for another write than its own).
 func (g *grouper) write(topic string, t *topicGroup, grp *group) {
-	ctx, cancel := context.WithTimeout(context.Background(), g.opts.Timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), grp.deadline)
 	grp.err = g.pub.Publish(ctx, topic, wire.Pack(grp.msgs))
 	if errors.Is(grp.err, broker.ErrUnavailable) && ctx.Err() != nil && !errors.Is(grp.err, context.DeadlineExceeded) {
 		// Timed out, so it may have landed: say so, whatever the broker said.

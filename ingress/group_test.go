@@ -294,3 +294,35 @@ func TestAckFastPacks(t *testing.T) {
 		t.Fatalf("group commit off: %d messages for 6 requests", n)
 	}
 }
+
+// Every write is bounded by Timeout, also one that goes alone (group commit
+// off, or a request too large to pack), and a request waiting behind a
+// slow write gets its outcome within Timeout of its arrival.
+func TestGroupWritesAreBounded(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		opts func(*GroupOptions)
+	}{
+		{"grouped", func(*GroupOptions) {}},
+		{"off", func(o *GroupOptions) { o.MaxRequests = 1 }},
+		{"too large to pack", func(o *GroupOptions) { o.MaxBytes = 10 }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := &writes{hold: make(chan struct{})} // never released
+			opts := groupOpts()
+			opts.Timeout = 100 * time.Millisecond
+			c.opts(&opts)
+			g := newGrouper(w, opts)
+			start := time.Now()
+			errs := publishAll(g, 0, 5)
+			for range 5 {
+				if err := <-errs; !errors.Is(err, broker.ErrUnavailable) {
+					t.Fatalf("got %v", err)
+				}
+			}
+			if el := time.Since(start); el > time.Second {
+				t.Fatalf("answered after %v; the timeout is 100 ms", el)
+			}
+		})
+	}
+}

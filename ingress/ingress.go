@@ -369,12 +369,10 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 	s.accepted(ctx, id, retryAfter(est))
 }
 
-// publish writes req to topic within publish_timeout (ack: durable; ack:
-// fast's writers have their own).
+// publish writes req to topic (ack: durable; ack: fast's writers have
+// their own). The group commit bounds the write by publish_timeout.
 func (s *Server) publish(topic string, req *job.Request) error {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout.D())
-	defer cancel()
-	return s.pub.Publish(ctx, topic, wire.EncodeRequest(req))
+	return s.pub.Publish(context.Background(), topic, wire.EncodeRequest(req))
 }
 
 // getWithin reads id's record within publish_timeout.

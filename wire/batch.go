@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -59,7 +59,7 @@ func Pack(msgs []broker.Message) broker.Message {
 		for k := range m.Headers {
 			names = append(names, k)
 		}
-		sort.Strings(names)
+		slices.Sort(names)
 		for _, k := range names {
 			b = appendString(b, k)
 			b = appendString(b, m.Headers[k])
