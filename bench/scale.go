@@ -179,9 +179,12 @@ func (s *scaleRun) ingest(k scaleBroker, n int) error {
 	}
 	spec := s.spec(sumCPU(procs))
 	key := fmt.Sprintf("%s.ingest.n%d", k.name, n)
-	others := s.others(k)
+	// Warm up apart, so that the CPU read around the measurement is the
+	// measurement's.
+	spreadLoad(loadSpec{conns: spec.conns, dur: spec.warmup}, ops)
+	spec.warmup = 0
 	var r loadResult
-	cores := others.during(func() { r = spreadLoad(spec, ops) })
+	cores := s.others(k).during(func() { r = spreadLoad(spec, ops) })
 	cores.sluice = r.cpu
 	m := newMeasurement("scale", key, fmt.Sprintf("%d ingress process(es), ack: durable", n), "req/s", s.conns, r)
 	s.rep.add(m)
