@@ -168,14 +168,10 @@ func (s *scaleRun) ingest(k scaleBroker, n int) error {
 	if err := patchBackend(worker, `{"paused":true}`); err != nil {
 		return err
 	}
-	addrs := make([]string, n)
 	ops := make([]op, n)
-	for i, p := range fronts {
-		addrs[i] = p.addr
-	}
 	counts := spread(s.conns, n)
-	for i, a := range addrs {
-		ops[i] = post(a, "/v1/logs", counts[i])
+	for i, p := range fronts {
+		ops[i] = post(p.addr, "/v1/logs", counts[i])
 	}
 	spec := s.spec(sumCPU(procs))
 	key := fmt.Sprintf("%s.ingest.n%d", k.name, n)
@@ -626,8 +622,7 @@ func patchBackend(p *sluiceProc, body string) error {
 
 // backendStats is what p's admin API says of the sink backend.
 func backendStats(p *sluiceProc) (st struct {
-	Share    float64 `json:"share"`
-	Attempts int64   `json:"attempts"`
+	Share float64 `json:"share"` // of the backend's rate and concurrency
 }, err error) {
 	resp, err := http.Get("http://" + p.admin + "/admin/backends/sink")
 	if err != nil {
