@@ -109,12 +109,12 @@ func TestGoalTable(t *testing.T) {
 
 func TestSelectParts(t *testing.T) {
 	all, err := selectParts("")
-	if err != nil || len(all) != len(parts)-1 {
-		t.Fatalf("selectParts(\"\") = %d parts, %v, want all but soak", len(all), err)
+	if err != nil || len(all) != len(parts)-2 {
+		t.Fatalf("selectParts(\"\") = %d parts, %v, want all but soak and scale", len(all), err)
 	}
 	for _, p := range all {
-		if p.name == "soak" {
-			t.Fatal("the soak runs by default; it should run only when named")
+		if p.name == "soak" || p.name == "scale" {
+			t.Fatalf("%s runs by default; it should run only when named", p.name)
 		}
 	}
 	if sel, err := selectParts("soak"); err != nil || len(sel) != 1 || sel[0].name != "soak" {

@@ -15,6 +15,8 @@
 //	rabbitmq sluice through RabbitMQ vs the raw amqp091 publisher
 //	delivery sluice CPU per delivery at rate 200 on each broker, draining a
 //	         backlog vs keeping up with submits at the rate
+//	scale    (only when named) 1-3 sluice processes per role on Kafka and
+//	         RabbitMQ with Redis: ingest, delivery, a rate held in total
 //
 // The program is split by concern: load.go is the one load generator every
 // part measures with (closed loop, bounded in time and count); scenarios.go

@@ -14,7 +14,7 @@ var (
 	sluiceBin   = flag.String("sluice", "bin/sluice", "sluice binary")
 	dur         = flag.Duration("duration", 5*time.Second, "length of each ingest measurement")
 	conns       = flag.Int("conns", 64, "client connections for ingest")
-	only        = flag.String("only", "", "run only these parts, comma-separated: ingest,rate,retries,cpu,overload,kafka,rabbitmq,delivery; and soak, which runs only when named")
+	only        = flag.String("only", "", "run only these parts, comma-separated: ingest,rate,retries,cpu,overload,kafka,rabbitmq,delivery; and soak and scale, which run only when named")
 	soakDur     = flag.Duration("soak", 10*time.Minute, "with the soak part: how long it submits")
 	soakTTL     = flag.Duration("soak-ttl", 2*time.Minute, "with the soak part: results.ttl of the sluice it runs")
 	soakRate    = flag.Int("soak-rate", 2000, "with the soak part: submits per second (open loop)")

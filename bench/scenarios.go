@@ -36,6 +36,7 @@ var parts = []part{
 	{name: "rabbitmq", run: rabbitMQ},
 	{name: "delivery", run: delivery},
 	{name: "soak", run: soak, long: true},
+	{name: "scale", run: scale, long: true},
 }
 
 // selectParts returns the parts named in only (comma-separated), in the
