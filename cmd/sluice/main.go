@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -29,6 +30,12 @@ var (
 )
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// sluice's live heap is small and bounded (max_inflight,
+		// max_connections); collecting it at 4x rather than 2x its size
+		// cut the CPU per accepted request in make bench.
+		debug.SetGCPercent(gcPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, nil)
 	stop()
@@ -42,6 +49,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// gcPercent is sluice's GOGC unless $GOGC sets one.
+const gcPercent = 400
 
 const usage = `usage:
   sluice serve  [-config FILE] [-roles ingress,worker,collector]
