@@ -69,6 +69,15 @@ type Delivery interface {
 	Nack(ctx context.Context, delay time.Duration) error
 }
 
+// Redeliverer is implemented by deliveries that know for sure whether the
+// broker handed the message out before (AMQP's redelivered flag). A
+// delivery that does not implement it may have been handed out before:
+// the embedded broker recreates its consumers at start, which resets
+// JetStream's delivery counts.
+type Redeliverer interface {
+	Redelivered() bool
+}
+
 // Subscriber opens competing-consumer subscriptions: every subscription of a
 // topic in every process shares its messages, each message going to one of
 // them at a time.

@@ -64,11 +64,12 @@ func (u *unpacking) Fetch(ctx context.Context, max int) ([]broker.Delivery, erro
 		}
 		now := time.Now()
 		for _, d := range ds {
-			if !wire.IsBatch(d.Message()) {
+			m := d.Message() // converted from the broker's form at each call
+			if !wire.IsBatch(m) {
 				u.buf = append(u.buf, held{d, now})
 				continue
 			}
-			for _, p := range u.unpack(d) {
+			for _, p := range u.unpack(d, m) {
 				u.buf = append(u.buf, held{p, now})
 			}
 		}
@@ -86,11 +87,12 @@ func (u *unpacking) Fetch(ctx context.Context, max int) ([]broker.Delivery, erro
 	return out, nil
 }
 
-// unpack splits d into its requests and settles those already settled.
-func (u *unpacking) unpack(d broker.Delivery) []*part {
-	msgs, err := wire.Unpack(d.Message())
+// unpack splits d, whose message is m, into its requests; when d may have
+// been handed out before, the requests already settled are settled at once.
+func (u *unpacking) unpack(d broker.Delivery, m broker.Message) []*part {
+	msgs, err := wire.Unpack(m)
 	if err != nil {
-		u.log.Error().Err(err).Str("key", d.Message().Key).Msg("dropping a malformed batch")
+		u.log.Error().Err(err).Str("key", m.Key).Msg("dropping a malformed batch")
 		ctx, cancel := context.WithTimeout(context.Background(), u.within())
 		defer cancel()
 		if err := d.Ack(ctx); err != nil {
@@ -103,8 +105,8 @@ func (u *unpacking) unpack(d broker.Delivery) []*part {
 	for i, m := range msgs {
 		parts[i] = &part{batch: b, msg: m}
 	}
-	if u.settled == nil {
-		return parts
+	if r, ok := d.(broker.Redeliverer); u.settled == nil || ok && !r.Redelivered() {
+		return parts // handed out for the first time: nothing in it is settled
 	}
 	ids := make([]string, len(msgs))
 	for i, m := range msgs {

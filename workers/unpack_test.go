@@ -283,3 +283,29 @@ func TestPrefetch(t *testing.T) {
 		}
 	}
 }
+
+// firstTime is a delivery the broker knows it never handed out before.
+type firstTime struct {
+	fakeDelivery
+	again bool
+}
+
+func (d *firstTime) Redelivered() bool { return d.again }
+
+// A batch handed out for the first time is not looked up in the store; one
+// handed out again is.
+func TestUnpackAsksOnlyForRedeliveries(t *testing.T) {
+	for _, again := range []bool{false, true} {
+		log := &actionLog{}
+		b := &firstTime{fakeDelivery: *batchOf(log, "a", "b"), again: again}
+		asked := 0
+		settled := func(_ context.Context, ids []string) ([]bool, error) { asked++; return make([]bool, len(ids)), nil }
+		u := newUnpacking(&fakeSub{ds: []broker.Delivery{b}, log: log}, &fakeBroker{}, "requests.x", settled, zerolog.Nop(), within)
+		if ds, _ := u.Fetch(context.Background(), 10); len(ds) != 2 {
+			t.Fatalf("redelivered %v: delivered %v", again, keys(ds))
+		}
+		if (asked == 1) != again {
+			t.Fatalf("redelivered %v: the store was asked %d times", again, asked)
+		}
+	}
+}

@@ -397,6 +397,10 @@ type delivery struct {
 
 func (d *delivery) Message() broker.Message { return toMessage(d.m.Headers, d.m.Body) }
 
+// Redelivered reports AMQP's redelivered flag: the message was handed out
+// before (a consumer died or handed it back).
+func (d *delivery) Redelivered() bool { return d.m.Redelivered }
+
 // toMessage turns an AMQP message back into what was published: the key
 // out of its header, without sluice's routing headers and without those
 // RabbitMQ adds (x-death, x-delivery-count, x-stream-offset are not
