@@ -361,7 +361,27 @@ func keepResponse(v string) collector.Keep {
 // handed out again need no delivery: those with an outcome, and those
 // whose retry is queued on its own (its copy is written before its
 // retrying event). A request the store does not know is delivered.
+// A store that reads many records in one round trip (Redis) is asked once
+// per batch.
 func settledIn(store results.Store) workers.Settled {
+	settled := func(rec *job.Record) bool {
+		return rec != nil && (rec.Status.Terminal() || rec.Status == job.Retrying)
+	}
+	if many, ok := store.(interface {
+		GetMany(ctx context.Context, ids []string) ([]*job.Record, error)
+	}); ok {
+		return func(ctx context.Context, ids []string) ([]bool, error) {
+			recs, err := many.GetMany(ctx, ids)
+			if err != nil {
+				return nil, err
+			}
+			out := make([]bool, len(ids))
+			for i, rec := range recs {
+				out[i] = settled(rec)
+			}
+			return out, nil
+		}
+	}
 	return func(ctx context.Context, ids []string) ([]bool, error) {
 		out := make([]bool, len(ids))
 		for i, id := range ids {
@@ -371,7 +391,7 @@ func settledIn(store results.Store) workers.Settled {
 			case err != nil:
 				return nil, err
 			default:
-				out[i] = rec.Status.Terminal() || rec.Status == job.Retrying
+				out[i] = settled(rec)
 			}
 		}
 		return out, nil

@@ -253,6 +253,32 @@ func (s *Store) Get(ctx context.Context, id string) (*job.Record, error) {
 	return r, nil
 }
 
+// GetMany returns the records of ids in one round trip (MGET), nil for
+// an id Redis does not hold: what workers ask of a whole batch handed out
+// again. Unlike Get it does not look at accepted records still in memory
+// (those are queued, never settled).
+func (s *Store) GetMany(ctx context.Context, ids []string) ([]*job.Record, error) {
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = s.recKey(id)
+	}
+	vals, err := s.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	out := make([]*job.Record, len(ids))
+	for i, v := range vals {
+		str, ok := v.(string)
+		if !ok { // nil: no such key
+			continue
+		}
+		if out[i], err = record.Decode(ids[i], []byte(str)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
 // read returns id's record in Redis, or nil.
 func (s *Store) read(ctx context.Context, id string) (*job.Record, error) {
 	v, err := s.rdb.Get(ctx, s.recKey(id)).Bytes()
