@@ -41,6 +41,14 @@ type unpacking struct {
 	buf []held // fetched, not yet returned by Fetch; oldest first
 }
 
+// single is a message that came alone, its conversion kept for the pool.
+type single struct {
+	broker.Delivery
+	m broker.Message
+}
+
+func (s single) Message() broker.Message { return s.m }
+
 // held is a delivery waiting in the buffer, and since when.
 type held struct {
 	d  broker.Delivery
@@ -66,7 +74,7 @@ func (u *unpacking) Fetch(ctx context.Context, max int) ([]broker.Delivery, erro
 		for _, d := range ds {
 			m := d.Message() // converted from the broker's form at each call
 			if !wire.IsBatch(m) {
-				u.buf = append(u.buf, held{d, now})
+				u.buf = append(u.buf, held{single{d, m}, now})
 				continue
 			}
 			for _, p := range u.unpack(d, m) {
