@@ -154,6 +154,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	monitor := backlog.New(p.broker, topics, 500*time.Millisecond)
 	p.manager = workers.NewManager(cfg, p.broker, log)
 	p.manager.SkipSettled(settledIn(p.store))
+	p.manager.LearnPacking(monitor.Packed) // a worker-only process counts requests too
 	if g.has(Ingress) {
 		if p.ingress, err = ingress.New(cfg, p.broker, p.store, monitor, log); err != nil {
 			return err

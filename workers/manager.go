@@ -42,6 +42,14 @@ func (m *Manager) SkipSettled(settled Settled) {
 	}
 }
 
+// LearnPacking makes every pool report how many requests each message it
+// fetches carries (backlog.Monitor.Packed). Call it before Run.
+func (m *Manager) LearnPacking(packed func(topic string, requests int)) {
+	for _, p := range m.pools {
+		p.packed = packed
+	}
+}
+
 // Names lists the backends in config order.
 func (m *Manager) Names() []string { return slices.Clone(m.names) }
 

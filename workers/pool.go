@@ -71,6 +71,7 @@ type Pool struct {
 	settleWithin time.Duration // settleTimeout; shorter in tests
 	stopBy       atomic.Pointer[stopTimes]
 	settled      Settled // nil: every request of a batch handed out again is delivered
+	packed       func(topic string, requests int)
 	Counter      Counters
 }
 
@@ -129,7 +130,9 @@ func (p *Pool) Run(ctx context.Context) error {
 			p.followShare(ctx, sh)
 		}()
 	}
-	sub = newUnpacking(sub, p.broker, broker.RequestTopic(p.cfg.Name), p.settled, p.log, p.within)
+	u := newUnpacking(sub, p.broker, broker.RequestTopic(p.cfg.Name), p.settled, p.log, p.within)
+	u.packed = p.packed
+	sub = u
 	// Deliveries outlive ctx by up to the drain time.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()

@@ -35,8 +35,12 @@ type unpacking struct {
 	pub     broker.Publisher
 	topic   string
 	settled Settled
-	log     zerolog.Logger
-	within  func() time.Duration // how long a settling write may take
+	// packed, when set, learns how many requests each message fetched
+	// carried (backlog.Monitor.Packed), so a process with no ingress
+	// reports depths in requests too.
+	packed func(topic string, requests int)
+	log    zerolog.Logger
+	within func() time.Duration // how long a settling write may take
 
 	buf []held // fetched, not yet returned by Fetch; oldest first
 }
@@ -75,9 +79,11 @@ func (u *unpacking) Fetch(ctx context.Context, max int) ([]broker.Delivery, erro
 			m := d.Message() // converted from the broker's form at each call
 			if !wire.IsBatch(m) {
 				u.buf = append(u.buf, held{single{d, m}, now})
+				u.learn(1)
 				continue
 			}
-			for _, p := range u.unpack(d, m) {
+			parts := u.unpack(d, m)
+			for _, p := range parts {
 				u.buf = append(u.buf, held{p, now})
 			}
 		}
@@ -108,6 +114,7 @@ func (u *unpacking) unpack(d broker.Delivery, m broker.Message) []*part {
 		}
 		return nil
 	}
+	u.learn(len(msgs))
 	b := &batch{u: u, d: d, left: len(msgs)}
 	parts := make([]*part, len(msgs))
 	for i, m := range msgs {
@@ -136,6 +143,12 @@ func (u *unpacking) unpack(d broker.Delivery, m broker.Message) []*part {
 		out = append(out, p)
 	}
 	return out
+}
+
+func (u *unpacking) learn(requests int) {
+	if u.packed != nil {
+		u.packed(u.topic, requests)
+	}
 }
 
 // requeue hands the buffered deliveries back: a request of a batch is

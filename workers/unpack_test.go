@@ -309,3 +309,19 @@ func TestUnpackAsksOnlyForRedeliveries(t *testing.T) {
 		}
 	}
 }
+
+// The unpacker tells how many requests each message it fetched carried,
+// so a process with no ingress reports depths in requests.
+func TestUnpackLearnsPacking(t *testing.T) {
+	log := &actionLog{}
+	single := &fakeDelivery{msg: wire.EncodeRequest(request("z")), log: log}
+	u := newUnpacking(&fakeSub{ds: []broker.Delivery{batchOf(log, "a", "b", "c"), single}, log: log}, &fakeBroker{}, "requests.x", nil, zerolog.Nop(), within)
+	var got []string
+	u.packed = func(topic string, n int) { got = append(got, fmt.Sprintf("%s:%d", topic, n)) }
+	if _, err := u.Fetch(context.Background(), 10); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "[requests.x:3 requests.x:1]" {
+		t.Fatalf("learned %v", got)
+	}
+}
