@@ -168,7 +168,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 
-	p.collector = collector.New(p.broker, p.store, log, collector.Options{Keep: keepResponse(cfg.Results.KeepResponse)})
+	p.collector = collector.New(p.broker, p.store, log, collector.Options{Keep: job.ParseKeep(cfg.Results.KeepResponse)})
 
 	// Start, in the reverse of the order of the stop.
 	p.brokerProc = p.grp.Go("broker", p.broker.Run)
@@ -345,17 +345,6 @@ func (g *Gateway) openStore() (results.Store, error) {
 			KeyPrefix: r.KeyPrefix, TTL: cfg.Results.TTL.D(), RouteTTL: routeTTL})
 	}
 	return bolt.Open(bolt.Options{Dir: cfg.Path(cfg.Results.Embedded.Dir), TTL: cfg.Results.TTL.D(), RouteTTL: routeTTL})
-}
-
-// keepResponse is results.keep_response as the collector's policy.
-func keepResponse(v string) collector.Keep {
-	switch v {
-	case config.KeepFailures:
-		return collector.KeepFailures
-	case config.KeepNever:
-		return collector.KeepNever
-	}
-	return collector.KeepAlways
 }
 
 // settledIn tells, from the result store, which requests of a batch

@@ -82,6 +82,7 @@ type Server struct {
 	closeNow context.CancelFunc
 
 	fast *fastPublisher // ack: fast; nil with ack: durable
+	keep job.Keep       // results.keep_response
 
 	lnMu sync.Mutex
 	lns  []*limitListener
@@ -102,7 +103,7 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 		MaxBytes: int(min(int64(gc.MaxBytes), cfg.MaxMessageBytes()-broker.Overhead)),
 		Timeout:  cfg.PublishTimeout.D(), Packed: backlog.Packed}
 	s := &Server{cfg: cfg, pub: newGrouper(pub, group), store: store, backlog: backlog, log: log,
-		exact: map[string]*route{}, sharedStore: cfg.Results.Store == "redis"}
+		exact: map[string]*route{}, sharedStore: cfg.Results.Store == "redis", keep: job.ParseKeep(cfg.Results.KeepResponse)}
 	s.closing, s.closeNow = context.WithCancel(context.Background())
 	var maxBody int64
 	for _, rc := range cfg.Routes {

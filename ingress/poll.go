@@ -165,9 +165,9 @@ func (s *Server) replay(ctx *fasthttp.RequestCtx, rec *job.Record) {
 		problem(ctx, 409, "the request is "+string(rec.Status)+"; its response is not there yet", 1)
 		return
 	}
-	if rec.Response == nil && rec.Status == job.Succeeded {
-		// results.keep_response (failures or never) did not keep it.
-		problem(ctx, 410, "the backend's response to this request is not kept (results.keep_response)", 0)
+	if rec.Response == nil && !s.keep.Keeps(rec.Status) {
+		problem(ctx, 410, "the backend's response to a "+string(rec.Status)+" request is not kept (results.keep_response: "+
+			s.cfg.Results.KeepResponse+"); last error: "+rec.LastError, 0)
 		return
 	}
 	if rec.Response == nil {

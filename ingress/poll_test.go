@@ -1,9 +1,11 @@
 package ingress
 
 import (
+	"context"
 	"testing"
 	"time"
 
+	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/job"
 )
 
@@ -43,6 +45,31 @@ func TestRenderGolden(t *testing.T) {
 	} {
 		if got := string(render(c.rec)); got != c.want {
 			t.Errorf("%s:\n got %s\nwant %s", name, got, c.want)
+		}
+	}
+}
+
+// /response of an outcome stored without its response: 410 when
+// results.keep_response dropped it, 502 when the backend never answered.
+func TestReplayWithoutResponse(t *testing.T) {
+	for _, c := range []struct {
+		keep   job.Keep
+		status job.Status
+		want   int
+	}{
+		{job.KeepAlways, job.Failed, 502},
+		{job.KeepFailures, job.Failed, 502},
+		{job.KeepFailures, job.Succeeded, 410},
+		{job.KeepNever, job.Failed, 410},
+		{job.KeepNever, job.Succeeded, 410},
+	} {
+		s, st := testServer(t, "durable", func(context.Context, string, broker.Message) error { return nil })
+		s.keep = c.keep
+		now := time.Now().UTC()
+		st.recs["x"] = &job.Record{ID: "x", Route: "r", Backend: "b", Status: c.status, AcceptedAt: now, UpdatedAt: now,
+			CompletedAt: &now, LastError: "503 Service Unavailable"}
+		if got := call(s, "GET", "/v1/requests/x/response", "", nil).Response.StatusCode(); got != c.want {
+			t.Errorf("keep %d, %s without a response: %d, want %d", c.keep, c.status, got, c.want)
 		}
 	}
 }

@@ -170,3 +170,43 @@ type Claim struct {
 	ID    string
 	State ClaimState
 }
+
+// Keep says which outcomes keep the backend's response (status, headers,
+// body) in the store (config results.keep_response). An outcome without
+// it polls with no "response" field, and GET /v1/requests/<id>/response
+// answers 410.
+type Keep int
+
+const (
+	// KeepAlways keeps every response.
+	KeepAlways Keep = iota
+	// KeepFailures keeps the responses of failed (and dead-lettered)
+	// outcomes only: a succeeded request is stored without its response.
+	KeepFailures
+	// KeepNever keeps no response.
+	KeepNever
+)
+
+// ParseKeep reads results.keep_response: "failures", "never", or anything
+// else (validated by config) for "always".
+func ParseKeep(v string) Keep {
+	switch v {
+	case "failures":
+		return KeepFailures
+	case "never":
+		return KeepNever
+	}
+	return KeepAlways
+}
+
+// Keeps reports whether the response of an outcome with status st is
+// stored.
+func (k Keep) Keeps(st Status) bool {
+	switch k {
+	case KeepNever:
+		return false
+	case KeepFailures:
+		return st == Failed
+	}
+	return true
+}

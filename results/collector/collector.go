@@ -36,35 +36,8 @@ type Options struct {
 	// more CPU per delivery at rate 200 in make bench); negative: none.
 	Linger time.Duration
 	// Keep says which outcomes keep the backend's response. Default
-	// KeepAlways.
-	Keep Keep
-}
-
-// Keep says which outcomes keep the backend's response (status, headers,
-// body) in the store (config results.keep_response). An outcome without
-// it polls with no "response" field, and GET /v1/requests/<id>/response
-// has nothing to replay.
-type Keep int
-
-const (
-	// KeepAlways keeps every response.
-	KeepAlways Keep = iota
-	// KeepFailures keeps the responses of failed (and dead-lettered)
-	// outcomes only: a succeeded request is stored without its response.
-	KeepFailures
-	// KeepNever keeps no response.
-	KeepNever
-)
-
-// keeps reports whether e's response is stored.
-func (k Keep) keeps(e *job.Event) bool {
-	switch k {
-	case KeepNever:
-		return false
-	case KeepFailures:
-		return e.Status == job.Failed
-	}
-	return true
+	// job.KeepAlways.
+	Keep job.Keep
 }
 
 // Collector moves status events from the result topic into a Store, in
@@ -188,7 +161,7 @@ func (c *Collector) commit(ctx context.Context, ds []broker.Delivery) error {
 			_ = d.Ack(ctx)
 			continue
 		}
-		if !c.opts.Keep.keeps(e) {
+		if !c.opts.Keep.Keeps(e.Status) {
 			e.Response = nil
 		}
 		events = append(events, e)

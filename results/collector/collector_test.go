@@ -218,12 +218,12 @@ func TestKeepResponse(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		keep Keep
+		keep job.Keep
 		want string
 	}{
-		{"always", KeepAlways, "dead failed succeeded"},
-		{"failures", KeepFailures, "dead failed"},
-		{"never", KeepNever, ""},
+		{"always", job.KeepAlways, "dead failed succeeded"},
+		{"failures", job.KeepFailures, "dead failed"},
+		{"never", job.KeepNever, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, s := newTopic(), &fakeStore{stored: map[string]bool{}, responses: map[string]bool{}}
