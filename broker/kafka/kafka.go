@@ -122,8 +122,9 @@ type Broker struct {
 	// already (the ingress's group commit), or a retry that has waited.
 	eager  *kafkago.Writer
 	topics map[string]bool // logical topics sluice declared
-	// requestTopics are written by eager.
-	requestTopics map[string]bool
+	// eagerTopics are the Kafka topics (prefixed: request topics, not
+	// their delay tiers) that eager writes.
+	eagerTopics map[string]bool
 	all           []string // every topic to prepare, delay tiers included
 
 	ready     chan struct{} // closed once every topic exists
@@ -176,9 +177,9 @@ func Open(ctx context.Context, opts Options) (*Broker, error) {
 		topics: map[string]bool{broker.ResultTopic: true, takenTopic: true},
 		ready:  make(chan struct{}),
 	}
-	b.requestTopics = map[string]bool{}
+	b.eagerTopics = map[string]bool{}
 	for _, be := range opts.Backends {
-		b.requestTopics[broker.RequestTopic(be)] = true
+		b.eagerTopics[b.name(broker.RequestTopic(be))] = true
 		b.topics[broker.RequestTopic(be)] = true
 		b.topics[broker.DeadLetterTopic(be)] = true
 	}
@@ -282,7 +283,7 @@ func (b *Broker) Publish(ctx context.Context, topic string, msg broker.Message) 
 // else (transient).
 func (b *Broker) write(ctx context.Context, topic string, m kafkago.Message) error {
 	w := b.w
-	if b.requestTopics[topic] && m.Topic == b.name(topic) {
+	if b.eagerTopics[m.Topic] {
 		w = b.eager
 	}
 	err := w.WriteMessages(ctx, m)
