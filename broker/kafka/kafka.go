@@ -125,7 +125,7 @@ type Broker struct {
 	// eagerTopics are the Kafka topics (prefixed: request topics, not
 	// their delay tiers) that eager writes.
 	eagerTopics map[string]bool
-	all           []string // every topic to prepare, delay tiers included
+	all         []string // every topic to prepare, delay tiers included
 
 	ready     chan struct{} // closed once every topic exists
 	readyOnce sync.Once
