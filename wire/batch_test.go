@@ -100,3 +100,18 @@ func FuzzUnpack(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkPack packs 32 requests of 1 KiB, as group commit does under
+// load.
+func BenchmarkPack(b *testing.B) {
+	msgs := make([]broker.Message, 32)
+	for i := range msgs {
+		r := *goldenRequestJob
+		r.Body = make([]byte, 1024)
+		msgs[i] = EncodeRequest(&r)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		Pack(msgs)
+	}
+}
