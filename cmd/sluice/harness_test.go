@@ -159,13 +159,7 @@ func do(t *testing.T, method, url string, body string, hdr map[string]string) (*
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, b
+	return send(t, req)
 }
 
 // doTraced is do, without headers, with trace's hooks on the request.
@@ -175,10 +169,15 @@ func doTraced(t *testing.T, method, url string, trace *httptrace.ClientTrace) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	return send(t, req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+}
+
+// send sends req and reads its answer whole.
+func send(t *testing.T, req *http.Request) (*http.Response, []byte) {
+	t.Helper()
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
