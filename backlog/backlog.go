@@ -29,9 +29,9 @@ type Monitor struct {
 }
 
 type topicView struct {
-	added     atomic.Int64 // requests published through Add since the last poll
-	perMsg    float64      // requests per message, learned by Packed; 0 = 1
-	depth     int64        // messages
+	added     atomic.Int64  // requests published through Add since the last poll
+	perMsg    atomic.Uint64 // requests per message (float64 bits), learned by Packed; 0 = 1
+	depth     int64         // messages
 	consumed  int64
 	drain     float64   // messages per second while there is work; 0 = not measured yet
 	stalled   time.Time // since when a backlog has not moved; zero while it moves
@@ -136,28 +136,27 @@ func (v *topicView) measure(st broker.QueueStats, added int64, now time.Time) {
 	}
 }
 
-// Packed learns that one message just written to topic carries requests
-// requests (group commit): a broker counts messages, and the estimates are
-// in requests, so depths and drain rates are scaled by the recent average.
+// Packed learns that one message just written to or fetched from topic
+// carries requests requests (group commit): a broker counts messages, and
+// the estimates are in requests, so depths and drain rates are scaled by
+// the recent average. It takes no lock: it runs for every write and fetch.
 func (m *Monitor) Packed(topic string, requests int) {
 	v := m.topics[topic]
 	if v == nil || requests < 1 {
 		return
 	}
-	m.mu.Lock()
-	if v.perMsg == 0 {
-		v.perMsg = 1
+	for {
+		old := v.perMsg.Load()
+		next := 0.98*max(1, math.Float64frombits(old)) + 0.02*float64(requests)
+		if v.perMsg.CompareAndSwap(old, math.Float64bits(next)) {
+			return
+		}
 	}
-	v.perMsg = 0.98*v.perMsg + 0.02*float64(requests)
-	m.mu.Unlock()
 }
 
-// ratio is v's requests per message; m.mu is held.
+// ratio is v's requests per message.
 func (v *topicView) ratio() float64 {
-	if v.perMsg < 1 {
-		return 1
-	}
-	return v.perMsg
+	return max(1, math.Float64frombits(v.perMsg.Load()))
 }
 
 // Add counts n requests published to topic since the last poll, so Depth
