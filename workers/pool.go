@@ -132,7 +132,6 @@ func (p *Pool) Run(ctx context.Context) error {
 	}
 	u := newUnpacking(sub, p.broker, broker.RequestTopic(p.cfg.Name), p.settled, p.log, p.within)
 	u.packed = p.packed
-	sub = u
 	// Deliveries outlive ctx by up to the drain time.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
@@ -140,7 +139,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	for {
 		first, err := p.lim.AcquireUnpaused(ctx)
 		if errors.Is(err, ErrPaused) {
-			if err := p.holdWhilePaused(ctx, sub, &wg); err != nil {
+			if err := p.holdWhilePaused(ctx, u, &wg); err != nil {
 				break
 			}
 			continue
@@ -161,7 +160,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		// A short wait, so an idle dispatcher gives its permits back often
 		// and a pause or a lower concurrency takes effect at once.
 		fctx, cancel := context.WithTimeout(ctx, idleFetch)
-		ds, err := sub.Fetch(fctx, len(permits))
+		ds, err := u.Fetch(fctx, len(permits))
 		cancel()
 		for _, q := range permits[len(ds):] {
 			q.Cancel()
@@ -203,7 +202,7 @@ func (p *Pool) Run(ctx context.Context) error {
 		cancelWork()
 		<-done
 	}
-	return sub.Close()
+	return u.Close()
 }
 
 // prefetch is how many messages the subscription may hold ahead: enough to
@@ -237,24 +236,21 @@ func (p *Pool) within() time.Duration {
 	return d
 }
 
-// holdWhilePaused waits out a pause. A subscription that holds messages at
-// the broker hands them back for the pause, once the deliveries in flight
-// have settled (a long pause would otherwise keep them unsettled, counted
-// against RabbitMQ's delivery limit at each consumer timeout), and takes
-// them again once it ends.
-func (p *Pool) holdWhilePaused(ctx context.Context, sub broker.Subscription, inFlight *sync.WaitGroup) error {
-	pauser, holds := sub.(broker.Pauser)
-	if holds {
-		inFlight.Wait() // what Fetch returned settles while the consumer holds it
-		if err := pauser.Pause(ctx); err != nil {
-			p.log.Warn().Err(err).Msg("pause: buffered messages stay with this consumer")
-		}
+// holdWhilePaused waits out a pause. Once the deliveries in flight have
+// settled, the subscription hands back what it holds (the requests it
+// unpacked; at the broker, RabbitMQ's prefetch — a long pause would
+// otherwise keep them unsettled, counted against the delivery limit at
+// each consumer timeout), and takes them again once the pause ends.
+func (p *Pool) holdWhilePaused(ctx context.Context, sub *unpacking, inFlight *sync.WaitGroup) error {
+	inFlight.Wait() // what Fetch returned settles while the consumer holds it
+	if err := sub.Pause(ctx); err != nil {
+		p.log.Warn().Err(err).Msg("pause: buffered messages stay with this consumer")
 	}
-	if err := p.lim.WaitUnpaused(ctx); err != nil || !holds {
+	if err := p.lim.WaitUnpaused(ctx); err != nil {
 		return err
 	}
 	return retry.Do(ctx, retry.Backoff(100*time.Millisecond, 5*time.Second), func() error {
-		err := pauser.Resume(ctx)
+		err := sub.Resume(ctx)
 		if err != nil {
 			p.log.Warn().Err(err).Msg("resume after pause; retrying")
 		}
