@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,8 +46,10 @@ type Config struct {
 	GroupCommit GroupCommit `yaml:"group_commit"`
 	Log         Log         `yaml:"log"`
 
-	Broker   Broker    `yaml:"broker"`
-	Results  Results   `yaml:"results"`
+	Broker  Broker  `yaml:"broker"`
+	Results Results `yaml:"results"`
+	// Auth, when present, makes every route and poll need credentials.
+	Auth     *Auth     `yaml:"auth"`
 	Routes   []Route   `yaml:"routes"`
 	Backends []Backend `yaml:"backends"`
 
@@ -58,6 +61,67 @@ type Config struct {
 	// notYet holds the keys set that SPEC names but this release lacks
 	// (decode's notYet), for Validate to report among the other problems.
 	notYet []string
+}
+
+// Auth says who may send and poll: API keys, JWTs, or both. A request
+// names its client with X-API-Key: <key> or Authorization: Bearer <key or
+// JWT>.
+type Auth struct {
+	APIKeys []APIKey `yaml:"api_keys"`
+	JWT     *JWT     `yaml:"jwt"`
+}
+
+// APIKey is one client's key, given as is or as its SHA-256 (hex), so
+// the config file need not hold the secret.
+type APIKey struct {
+	Client    string `yaml:"client"`
+	Key       string `yaml:"key"`
+	KeySHA256 string `yaml:"key_sha256"`
+}
+
+// JWT checks bearer tokens: HS256 with a shared secret, or RS256/ES256
+// (and the other RSA, ECDSA and EdDSA algorithms) with the keys of a JWKS
+// file or URL. Exactly one key source.
+type JWT struct {
+	HS256Secret string `yaml:"hs256_secret"`
+	JWKSFile    string `yaml:"jwks_file"`
+	JWKSURL     string `yaml:"jwks_url"`
+	Issuer      string `yaml:"issuer"`   // checked when set
+	Audience    string `yaml:"audience"` // checked when set
+	// ClientClaim names the claim that names the client. Default sub.
+	ClientClaim string `yaml:"client_claim"`
+	// JWKSRefresh is how often the JWKS URL is fetched again. Default 1h;
+	// a token with an unknown kid fetches it at once, at most once per
+	// JWKSMinRefresh.
+	JWKSRefresh Duration `yaml:"jwks_refresh"`
+	// JWKSMinRefresh bounds the fetches an unknown kid causes. Default 10s.
+	JWKSMinRefresh Duration `yaml:"jwks_min_refresh"`
+	// Leeway is the clock skew allowed on exp and nbf. Default 30s.
+	Leeway *Duration `yaml:"leeway"`
+}
+
+// RouteAck shapes a route's answer to an accepted request.
+type RouteAck struct {
+	// Status is 200, 201 or 202 (the default): for clients that accept
+	// only one code. Body and headers are the same.
+	Status int `yaml:"status"`
+}
+
+// RateLimit is a per-client budget on a route: rate requests per second
+// with bursts of burst.
+type RateLimit struct {
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"` // default max(1, rate)
+}
+
+// CORS lets browser apps on origins call a route.
+type CORS struct {
+	Origins []string `yaml:"origins"` // "*" allows any (then credentials must be false)
+	Headers []string `yaml:"headers"` // request headers allowed; default Content-Type, Idempotency-Key, Authorization, X-API-Key
+	MaxAge  Duration `yaml:"max_age"` // how long a preflight is cached; default 10m
+	// Credentials sends Access-Control-Allow-Credentials: true, so
+	// browsers send cookies and HTTP auth along.
+	Credentials bool `yaml:"credentials"`
 }
 
 // GroupCommit tunes group commit: requests to one backend that arrive
@@ -207,6 +271,19 @@ type Route struct {
 	// TTL is how long this route's outcomes stay pollable after their
 	// last update. Default results.ttl.
 	TTL Duration `yaml:"ttl"`
+	Ack RouteAck `yaml:"ack"`
+	// Clients, when set, are the only clients allowed on the route.
+	Clients   []string   `yaml:"clients"`
+	RateLimit *RateLimit `yaml:"rate_limit"`
+	CORS      *CORS      `yaml:"cors"`
+	// SetHeaders are set on the request for the backend, replacing the
+	// client's; ${client}, ${route} and ${request_id} expand.
+	SetHeaders map[string]string `yaml:"set_headers"`
+	// RemoveHeaders never reach the backend.
+	RemoveHeaders []string `yaml:"remove_headers"`
+	// Decompress inflates gzip (and deflate) bodies before max_body and the
+	// schema apply; the backend gets the inflated body.
+	Decompress bool `yaml:"decompress"`
 }
 
 // Backend is one delivery target and how fast it may be driven.
@@ -235,6 +312,10 @@ type Breaker struct {
 	Failures *int     `yaml:"failures"` // default 20; 0 = off
 	Cooldown Duration `yaml:"cooldown"` // default 5s
 }
+
+// DefaultCORSHeaders are the request headers a route's CORS allows when
+// cors.headers is absent.
+var DefaultCORSHeaders = []string{"Content-Type", "Idempotency-Key", "Authorization", "X-API-Key", "traceparent"}
 
 // DefaultRetryStatuses are retried when retry.on_status is absent.
 var DefaultRetryStatuses = []int{408, 425, 429, 500, 502, 503, 504}
@@ -397,8 +478,36 @@ func (c *Config) ApplyDefaults() {
 	if c.Results.TTL == 0 {
 		c.Results.TTL = Duration(resultsTTL)
 	}
+	if a := c.Auth; a != nil && a.JWT != nil {
+		j := a.JWT
+		def(&j.ClientClaim, "sub")
+		if j.JWKSRefresh == 0 {
+			j.JWKSRefresh = Duration(time.Hour)
+		}
+		if j.JWKSMinRefresh == 0 {
+			j.JWKSMinRefresh = Duration(10 * time.Second)
+		}
+		if j.Leeway == nil {
+			l := Duration(30 * time.Second)
+			j.Leeway = &l
+		}
+	}
 	for i := range c.Routes {
 		r := &c.Routes[i]
+		if r.Ack.Status == 0 {
+			r.Ack.Status = 202
+		}
+		if rl := r.RateLimit; rl != nil && rl.Burst == 0 {
+			rl.Burst = max(1, int(math.Ceil(rl.Rate)))
+		}
+		if co := r.CORS; co != nil {
+			if co.Headers == nil {
+				co.Headers = append([]string(nil), DefaultCORSHeaders...)
+			}
+			if co.MaxAge == 0 {
+				co.MaxAge = Duration(10 * time.Minute)
+			}
+		}
 		if len(r.Methods) == 0 {
 			r.Methods = []string{"POST"}
 		}

@@ -36,9 +36,6 @@ var errSyntax = errors.New("config is not valid YAML")
 // rather than as unknown keys, and leave this list as their features land.
 // backends[].adaptive: false was always accepted and still is.
 var notYet = map[string]bool{
-	"auth":                true,
-	"routes[].clients":    true,
-	"routes[].rate_limit": true,
 	"backends[].adaptive": true,
 }
 
@@ -82,10 +79,16 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, c *Config) 
 	}
 	switch v.Kind() {
 	case reflect.Pointer:
-		if v.IsNil() {
-			v.Set(reflect.New(v.Type().Elem()))
+		// A value that fails to decode leaves the pointer nil, so Validate
+		// does not report the same key again as empty.
+		p, before := v, len(*errs)
+		if p.IsNil() {
+			p = reflect.New(v.Type().Elem())
 		}
-		walk(n, v.Elem(), path, errs, c)
+		walk(n, p.Elem(), path, errs, c)
+		if len(*errs) == before || !v.IsNil() {
+			v.Set(p)
+		}
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			fail("must be a mapping")
@@ -114,6 +117,19 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, c *Config) 
 			}
 			walk(n.Content[i+1], v.Field(idx), sub, errs, c)
 		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			fail("must be a mapping")
+			return
+		}
+		m := reflect.MakeMapWithSize(v.Type(), len(n.Content)/2)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := n.Content[i].Value
+			val := reflect.New(v.Type().Elem()).Elem()
+			walk(n.Content[i+1], val, join(path, key), errs, c)
+			m.SetMapIndex(reflect.ValueOf(key), val)
+		}
+		v.Set(m)
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			fail("must be a list")

@@ -74,7 +74,11 @@ func (c *Config) Validate() error {
 	for i := range c.Routes {
 		noZero(fmt.Sprintf("routes[%d].max_body", i), "must be > 0")
 		noZero(fmt.Sprintf("routes[%d].ttl", i), "must be > 0")
+		noZero(fmt.Sprintf("routes[%d].ack.status", i), "must be 200, 201 or 202")
+		noZero(fmt.Sprintf("routes[%d].rate_limit.burst", i), "must be >= 1")
 	}
+	noZero("auth.jwt.jwks_refresh", "must be > 0")
+	noZero("auth.jwt.jwks_min_refresh", "must be > 0")
 	checkAddr := func(key, addr string) {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad(key, "must be host:port, got %q", addr)
@@ -205,6 +209,7 @@ func (c *Config) Validate() error {
 	default:
 		bad("results.keep_response", "must be always, failures or never, got %q", c.Results.KeepResponse)
 	}
+	clients := c.validateAuth(bad)
 	for _, key := range slices.Sorted(slices.Values(c.notYet)) {
 		bad(key, "not supported yet in this release")
 	}
@@ -321,6 +326,7 @@ func (c *Config) Validate() error {
 				bad(key+".schema", "%q: %v", r.Schema, err)
 			}
 		}
+		c.validatePolicies(key, r, clients, bad)
 	}
 	return errors.Join(errs...)
 }

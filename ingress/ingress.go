@@ -320,7 +320,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 			problem(ctx, 503, "the result store is unavailable; try later", 1)
 			return
 		case claim.State == job.ClaimQueued:
-			s.accepted(ctx, claim.ID, retryAfter(est))
+			s.accepted(ctx, r, claim.ID, retryAfter(est))
 			return
 		case claim.State == job.ClaimPending:
 			problem(ctx, 409, "a request with this Idempotency-Key is being queued right now; try again", 1)
@@ -333,7 +333,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 			id = claim.ID
 			if rec, err := s.getWithin(id); err == nil && rec != nil {
 				s.release(client, idemKey, id, true)
-				s.accepted(ctx, id, retryAfter(est))
+				s.accepted(ctx, r, id, retryAfter(est))
 				return
 			}
 		}
@@ -367,7 +367,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 	_ = s.store.Accept(context.Background(), &job.Record{ID: id, Route: r.cfg.Name, Backend: r.backend.Name, Client: client,
 		Status: job.Queued, AcceptedAt: req.AcceptedAt, UpdatedAt: req.AcceptedAt})
 	s.release(client, idemKey, id, true)
-	s.accepted(ctx, id, retryAfter(est))
+	s.accepted(ctx, r, id, retryAfter(est))
 }
 
 // publish writes req to topic (ack: durable; ack: fast's writers have
@@ -426,9 +426,13 @@ func (s *Server) release(client, key, id string, queued bool) {
 	}
 }
 
-func (s *Server) accepted(ctx *fasthttp.RequestCtx, id string, retryAfter int) {
+func (s *Server) accepted(ctx *fasthttp.RequestCtx, r *route, id string, retryAfter int) {
 	loc := pollPrefix + id
-	ctx.SetStatusCode(202)
+	status := r.cfg.Ack.Status // routes[].ack.status: 200, 201 or 202
+	if status == 0 {
+		status = 202
+	}
+	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
 	h := &ctx.Response.Header
 	h.Set("Location", loc)
