@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/problem"
 	"github.com/sluice-gw/sluice/workers"
@@ -45,8 +46,16 @@ type DeadLetters interface {
 	Replay(ctx context.Context, backend string, ids []string) (int, error)
 }
 
+// Meter is the per-client metering of the ingress (ingress.Meter).
+type Meter interface {
+	Snapshot() []ingress.ClientUsage
+}
+
 // Handler serves the admin API.
 type Handler struct {
+	// Meter answers GET /admin/clients; nil in a process without the
+	// ingress role, which meters nothing.
+	Meter Meter
 	Token    string
 	Backends Backends
 	Dead     DeadLetters
@@ -67,6 +76,7 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 	h.mux.HandleFunc("PATCH /admin/backends/{name}", h.patchBackend)
 	h.mux.HandleFunc("GET /admin/dead-letters", h.listDead)
 	h.mux.HandleFunc("POST /admin/dead-letters/replay", h.replay)
+	h.mux.HandleFunc("GET /admin/clients", h.clients)
 	if pprofOn {
 		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -309,4 +319,14 @@ func (h *Handler) replay(rw http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(rw, 200, map[string]int{"replayed": n})
 	}
+}
+
+// clients answers GET /admin/clients (SPEC §6 metering): per client and
+// route, what this process accepted and refused since it started.
+func (h *Handler) clients(rw http.ResponseWriter, _ *http.Request) {
+	usage := []ingress.ClientUsage{}
+	if h.Meter != nil {
+		usage = h.Meter.Snapshot()
+	}
+	writeJSON(rw, 200, map[string]any{"clients": usage})
 }

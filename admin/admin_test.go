@@ -16,6 +16,7 @@ import (
 	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
+	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/wire"
 	"github.com/sluice-gw/sluice/workers"
@@ -198,5 +199,27 @@ func TestReadyz(t *testing.T) {
 	resp, body := serve(h, "GET", "/readyz", "", nil)
 	if resp.StatusCode != 503 || !strings.Contains(body, `"results":"unavailable"`) || !strings.Contains(body, `"broker":"ok"`) {
 		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+}
+
+type fakeMeter []ingress.ClientUsage
+
+func (f fakeMeter) Snapshot() []ingress.ClientUsage { return f }
+
+// TestClients: GET /admin/clients answers the ingress's metering in
+// SPEC §6's shape, an empty list without an ingress, behind the token.
+func TestClients(t *testing.T) {
+	h, _ := testHandler(t, "s3cret")
+	auth := map[string]string{"Authorization": "Bearer s3cret"}
+	if resp, body := serve(h, "GET", "/admin/clients", "", auth); resp.StatusCode != 200 || strings.TrimSpace(body) != `{"clients":[]}` {
+		t.Fatalf("no ingress: %d %s", resp.StatusCode, body)
+	}
+	h.Meter = fakeMeter{{Client: "team-a", Routes: []ingress.RouteUsage{{Route: "logs", Accepted: 3, Bytes: 42, Rejected: map[string]int64{"429": 2}}}}}
+	resp, body := serve(h, "GET", "/admin/clients", "", auth)
+	if want := `{"clients":[{"client":"team-a","routes":[{"route":"logs","accepted":3,"bytes":42,"rejected":{"429":2}}]}]}`; resp.StatusCode != 200 || strings.TrimSpace(body) != want {
+		t.Fatalf("got %d %s, want %s", resp.StatusCode, body, want)
+	}
+	if resp, _ := serve(h, "GET", "/admin/clients", "", nil); resp.StatusCode != 401 {
+		t.Fatalf("without the token: %d", resp.StatusCode)
 	}
 }

@@ -160,13 +160,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	p.admin = &http.Server{
-		Handler: admin.New(cfg.AdminToken, cfg.AdminPprof, p.manager,
-			workers.NewDeadLetters(p.broker, p.manager.Names(), p.store, log), monitor, []admin.Check{
-				{Name: "broker", Ping: p.broker.Ping}, {Name: "results", Ping: p.store.Ping},
-			}),
-		ReadHeaderTimeout: 10 * time.Second,
+	adminAPI := admin.New(cfg.AdminToken, cfg.AdminPprof, p.manager,
+		workers.NewDeadLetters(p.broker, p.manager.Names(), p.store, log), monitor, []admin.Check{
+			{Name: "broker", Ping: p.broker.Ping}, {Name: "results", Ping: p.store.Ping},
+		})
+	if p.ingress != nil {
+		adminAPI.Meter = p.ingress.Meter()
 	}
+	p.admin = &http.Server{Handler: adminAPI, ReadHeaderTimeout: 10 * time.Second}
 
 	p.collector = collector.New(p.broker, p.store, log, collector.Options{Keep: job.ParseKeep(cfg.Results.KeepResponse)})
 

@@ -15,7 +15,9 @@ import (
 // RFC 9110 token, or a value with control characters. Refusing it here
 // keeps it from ever failing an attempt (and counting against the
 // backend's breaker). One pass over the headers does both.
-func forwarded(h *fasthttp.RequestHeader) ([][2]string, string) {
+// With inflated, the body is sent decompressed, so Content-Encoding
+// stays behind too.
+func forwarded(h *fasthttp.RequestHeader, inflated bool) ([][2]string, string) {
 	conn := string(h.Peek("Connection"))
 	var out [][2]string
 	for k, v := range h.All() {
@@ -26,7 +28,7 @@ func forwarded(h *fasthttp.RequestHeader) ([][2]string, string) {
 		if !httpguts.ValidHeaderFieldValue(value) {
 			return nil, "header " + strconv.Quote(name) + " has a control character in its value"
 		}
-		if forwardable(name, conn) {
+		if forwardable(name, conn) && !(inflated && strings.EqualFold(name, "Content-Encoding")) {
 			out = append(out, [2]string{name, value})
 		}
 	}

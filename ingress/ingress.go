@@ -3,8 +3,10 @@ package ingress
 import (
 	"context"
 	"errors"
+	"maps"
 	"math"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -64,6 +66,10 @@ type route struct {
 	schema  *schemas.Schema
 	backend config.Backend
 	topic   string
+
+	cors      *corsPolicy // nil: no CORS headers at all
+	transform *transform  // set_headers, remove_headers; nil: none
+	clients   map[string]bool
 }
 
 // Server is the ingress. Create it with New.
@@ -90,6 +96,9 @@ type Server struct {
 	// sharedStore: the result store is shared by several ingress
 	// processes (Redis), so a poll may arrive before the record does.
 	sharedStore bool
+
+	meter    *Meter
+	pollCORS *corsPolicy // the routes' origins together; nil: none
 }
 
 // claimWait bounds how long a submit waits for another submit with the
@@ -112,6 +121,20 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 		for _, m := range rc.Methods {
 			r.methods[m] = true
 		}
+		if rc.CORS != nil {
+			r.cors = newCORS(rc.CORS, rc.Methods)
+		}
+		t, err := newTransform(rc)
+		if err != nil {
+			return nil, err
+		}
+		r.transform = t
+		if len(rc.Clients) > 0 {
+			r.clients = map[string]bool{}
+			for _, c := range rc.Clients {
+				r.clients[c] = true
+			}
+		}
 		if rc.Schema != "" {
 			sch, err := schemas.Compile(cfg.Path(rc.Schema))
 			if err != nil {
@@ -127,11 +150,15 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 		maxBody = max(maxBody, int64(rc.MaxBody))
 	}
 	sort.Slice(s.prefixes, func(i, j int) bool { return len(s.prefixes[i].cfg.Path) > len(s.prefixes[j].cfg.Path) })
+	s.meter = &Meter{}
+	all := slices.Collect(maps.Values(s.exact))
+	s.pollCORS = pollCORS(append(all, s.prefixes...))
 	s.srv = &fasthttp.Server{
 		Handler:                       s.handle,
 		ErrorHandler:                  s.parseError,
 		Name:                          "sluice",
 		MaxRequestBodySize:            int(min(maxBody, math.MaxInt32)),
+		ReadBufferSize:                MaxHeaderBytes, // larger headers: 431
 		ReadTimeout:                   60 * time.Second,
 		WriteTimeout:                  60 * time.Second,
 		IdleTimeout:                   120 * time.Second,
@@ -215,7 +242,18 @@ wait:
 	return err
 }
 
+// MaxHeaderBytes bounds a request's line and headers; past it, 431.
+const MaxHeaderBytes = 8 << 10
+
+// Meter is the per-client metering of this process (GET /admin/clients).
+func (s *Server) Meter() *Meter { return s.meter }
+
 func (s *Server) parseError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	if errors.As(err, &small) || errors.Is(err, fasthttp.ErrSmallReadBuffer) {
+		problem(ctx, 431, "the request line and headers are larger than 8 KiB", 0)
+		return
+	}
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 		problem(ctx, 413, "request body is larger than any route allows", 0)
 		return
@@ -238,7 +276,18 @@ func (s *Server) match(path string) (*route, string) {
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	path := ctx.Path()
 	if len(path) > len(pollPrefix) && string(path[:len(pollPrefix)]) == pollPrefix {
-		s.poll(ctx, string(path[len(pollPrefix):]))
+		if c := s.pollCORS; c != nil {
+			if isPreflight(ctx) {
+				c.preflight(ctx)
+				return
+			}
+			defer c.decorate(ctx)
+		}
+		client, ok := s.authenticate(ctx)
+		if !ok {
+			return
+		}
+		s.poll(ctx, string(path[len(pollPrefix):]), client)
 		return
 	}
 	r, rest := s.match(string(path))
@@ -246,12 +295,32 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		problem(ctx, 404, "no route for this path", 0)
 		return
 	}
+	if r.cors != nil {
+		if isPreflight(ctx) {
+			r.cors.preflight(ctx) // never enqueued, never metered
+			return
+		}
+		defer r.cors.decorate(ctx)
+	}
+	client := ""
+	defer func() { s.meter.count(client, r.cfg.Name, ctx.Response.StatusCode(), len(ctx.PostBody())) }()
 	if !r.methods[string(ctx.Method())] {
 		problem(ctx, 405, "this route accepts "+r.allow, 0)
 		ctx.Response.Header.Set("Allow", r.allow)
 		return
 	}
-	s.submit(ctx, r, rest)
+	var ok bool
+	if client, ok = s.authenticate(ctx); !ok {
+		return
+	}
+	if r.clients != nil && !r.clients[client] {
+		problem(ctx, 403, "client "+strconv.Quote(client)+" may not use route "+r.cfg.Name, 0)
+		return
+	}
+	if !s.admitRate(ctx, r, client) {
+		return
+	}
+	s.submit(ctx, r, rest, client)
 }
 
 // estimate is how long a request queued now for r's backend waits: its
@@ -266,11 +335,34 @@ func retryAfter(e backlog.Estimate) int {
 	return int(min(86400, max(1, math.Ceil(e.Wait.Seconds()))))
 }
 
-func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
+func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest, client string) {
 	body := ctx.PostBody()
 	if int64(len(body)) > int64(r.cfg.MaxBody) {
 		problem(ctx, 413, "request body is larger than this route's max_body ("+strconv.FormatInt(int64(r.cfg.MaxBody), 10)+" bytes)", 0)
 		return
+	}
+	owned := false // body is ours (inflated), not fasthttp's buffer
+	if enc := ctx.Request.Header.Peek("Content-Encoding"); encoded(enc) {
+		switch {
+		case r.cfg.Decompress:
+			b, err := inflate(enc, body, int64(r.cfg.MaxBody))
+			switch {
+			case errors.Is(err, errCoding):
+				problem(ctx, 415, "Content-Encoding "+strconv.Quote(string(enc))+" is not supported; send gzip or deflate", 0)
+				return
+			case errors.Is(err, errTooBig):
+				problem(ctx, 413, "the inflated body is larger than this route's max_body ("+strconv.FormatInt(int64(r.cfg.MaxBody), 10)+" bytes)", 0)
+				return
+			case err != nil:
+				problem(ctx, 400, "the body is not valid "+string(enc)+" data", 0)
+				return
+			}
+			body, owned = b, true
+		case r.schema != nil:
+			problem(ctx, 415, "this route checks its body against a schema and cannot read a "+strconv.Quote(string(enc))+
+				" body; send it uncompressed, or set decompress: true on the route", 0)
+			return
+		}
 	}
 	if r.prefix {
 		if why := badPath(rest, ctx.URI().PathOriginal()); why != "" {
@@ -282,7 +374,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		problem(ctx, 400, "the query "+why, 0)
 		return
 	}
-	header, why := forwarded(&ctx.Request.Header)
+	header, why := forwarded(&ctx.Request.Header, owned)
 	if why != "" {
 		problem(ctx, 400, why, 0)
 		return
@@ -311,7 +403,6 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 	}
 
 	id := job.NewID()
-	client := "" // set by authentication once it exists
 	idemKey := string(ctx.Request.Header.Peek("Idempotency-Key"))
 	if idemKey != "" {
 		claim, err := s.claim(client, idemKey, id)
@@ -339,10 +430,16 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest string) {
 		}
 	}
 
+	if r.transform != nil {
+		header = r.transform.apply(header, client, r.cfg.Name, id)
+	}
+	if !owned {
+		body = append([]byte(nil), body...) // fasthttp reuses its buffer
+	}
 	req := &job.Request{
 		ID: id, Route: r.cfg.Name, Backend: r.backend.Name, Client: client,
 		Method: string(ctx.Method()), Path: rest, Query: string(ctx.URI().QueryString()),
-		Header: header, Body: append([]byte(nil), body...), AcceptedAt: time.Now().UTC(),
+		Header: header, Body: body, AcceptedAt: time.Now().UTC(),
 	}
 
 	if s.fast != nil {

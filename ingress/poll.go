@@ -29,7 +29,8 @@ func parseWait(v string) (time.Duration, bool) {
 }
 
 // poll answers GET /v1/requests/<id>[?wait=D] and GET /v1/requests/<id>/response.
-func (s *Server) poll(ctx *fasthttp.RequestCtx, rest string) {
+// With auth on, another client's id is 404, as an unknown one is.
+func (s *Server) poll(ctx *fasthttp.RequestCtx, rest, client string) {
 	id, sub, _ := strings.Cut(rest, "/")
 	if id == "" || (sub != "" && sub != "response") {
 		problem(ctx, 404, "no route for this path", 0)
@@ -53,7 +54,7 @@ func (s *Server) poll(ctx *fasthttp.RequestCtx, rest string) {
 		}
 		defer s.polls.Add(-1)
 	}
-	rec, err := s.lookup(id, wait)
+	rec, err := s.lookup(id, client, wait)
 	switch {
 	case errors.Is(err, job.ErrNotFound):
 		problem(ctx, 404, "no request with this id (unknown or expired)", 0)
@@ -129,10 +130,14 @@ func (s *Server) get(ctx context.Context, id string, counted bool) (*job.Record,
 
 // lookup gets id's record; with wait > 0 it holds until the record is
 // terminal, wait passes or the server shuts down, woken by the store.
-func (s *Server) lookup(id string, wait time.Duration) (*job.Record, error) {
+// Another client's record is not found.
+func (s *Server) lookup(id, client string, wait time.Duration) (*job.Record, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second+wait)
 	defer cancel()
 	rec, err := s.get(ctx, id, wait > 0) // poll counted a waiting poll already
+	if err == nil && rec.Client != client {
+		return nil, job.ErrNotFound
+	}
 	if err != nil || wait <= 0 || rec.Status.Terminal() {
 		return rec, err
 	}
