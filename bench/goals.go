@@ -68,6 +68,12 @@ var goals = append([]goal{
 		cmp: atMost, want: 50, unit: "µs"},
 	{part: "ingest", what: "sluice embedded durable CPU/req", figure: "ingest.durable.cpu_us",
 		cmp: atMost, want: 15, unit: "µs", aim: true},
+	// Gateway policies cost little: API-key auth, a client rate limit
+	// and CORS on, against the same config without them.
+	{part: "policies", what: "ingest with auth, rate limit, CORS", figure: "policies.on.rps",
+		baseline: "the same without them", base: "policies.off.rps", cmp: atLeast, want: 0.8, unit: "x"},
+	{part: "policies", what: "ingest with auth, rate limit, CORS", figure: "policies.on.rps",
+		baseline: "the same without them", base: "policies.off.rps", cmp: atLeast, want: 0.9, unit: "x", aim: true},
 	// The same at 256 connections (0.54-0.60x, p99 1.4-1.5x).
 	{part: "ingest", what: "durable req/s, 256 conns", figure: "ingest.durable256.rps",
 		baseline: "bare fasthttp, 256 conns", base: "ingest.bare256.rps", cmp: atLeast, want: 0.35, unit: "x"},

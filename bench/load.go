@@ -149,7 +149,10 @@ func closedLoop(c int, d time.Duration, maxCalls int64, o op) loadResult {
 
 // post returns an op posting payload to http://addr+path over at most conns
 // connections.
-func post(addr, path string, conns int) op {
+func post(addr, path string, conns int) op { return postWith(addr, path, conns, nil) }
+
+// postWith is post with more request headers.
+func postWith(addr, path string, conns int, hdr [][2]string) op {
 	hc := &fasthttp.HostClient{Addr: addr, MaxConns: conns, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
 	uri := "http://" + addr + path
 	return func() (int, error) {
@@ -160,6 +163,9 @@ func post(addr, path string, conns int) op {
 		req.Header.SetMethod("POST")
 		req.Header.SetContentType("application/json")
 		req.SetBody(payload)
+		for _, kv := range hdr {
+			req.Header.Set(kv[0], kv[1])
+		}
 		if err := hc.Do(req, resp); err != nil {
 			return 0, err
 		}

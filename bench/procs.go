@@ -96,6 +96,7 @@ type sluiceConfig struct {
 	broker   string // the broker key; "" is the embedded broker in a temporary directory
 	embedded string // with the embedded broker: more of its keys, e.g. "sync: always"
 	results  string // more keys of results, e.g. "ttl: 2m"
+	route    string // more keys of the route, e.g. "rate_limit: { rate: 1000 }"
 }
 
 // resultsExtra is cfg.results as more keys of the results map.
@@ -140,11 +141,11 @@ log: { level: info }
 %s
 %s
 results: { embedded: { dir: %s }%s }
-routes: [{ name: logs, path: /v1/logs, backend: sink }]
+routes: [{ name: logs, path: /v1/logs, backend: sink%s }]
 backends:
   - name: sink
     urls: [%q]
-%s`, cfg.top, *extraConfig, brokerCfg, filepath.Join(dir, "r"), resultsExtra(cfg.results), sinkURL, backend.String())
+%s`, cfg.top, *extraConfig, brokerCfg, filepath.Join(dir, "r"), resultsExtra(cfg.results), resultsExtra(cfg.route), sinkURL, backend.String())
 	path := filepath.Join(dir, "sluice.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		_ = os.RemoveAll(dir)

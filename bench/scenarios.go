@@ -35,6 +35,7 @@ var parts = []part{
 	{name: "kafka", run: kafka},
 	{name: "rabbitmq", run: rabbitMQ},
 	{name: "delivery", run: delivery},
+	{name: "policies", run: policies},
 	{name: "soak", run: soak, long: true},
 	{name: "scale", run: scale, long: true},
 }
@@ -393,4 +394,45 @@ func rabbitMQ(b *bench) error {
 	_ = rabbitmq.DeleteQueues(rabbitmq.Options{URL: rabbitURL(), QueuePrefix: prefix, Backends: []string{"sink"}})
 	fmt.Fprintln(b.log)
 	return err
+}
+
+// policyRoute turns on API-key auth, a client rate limit far above what
+// the bench sends, and CORS: every request pays for all three.
+const (
+	policyTop   = "auth: { api_keys: [ { client: bench, key: bench-key-0123456789abcdef } ] }"
+	policyRoute = "rate_limit: { rate: 10000000, burst: 10000000 }, cors: { origins: [\"https://app.example\"] }"
+)
+
+// policies measures ingest with the gateway policies on against the same
+// config without them, alternating (off, on, off, on) so the machine's
+// drift falls on both alike; the figures are the sums.
+func policies(b *bench) error {
+	fmt.Fprintln(b.log, "== policies: ingest with API-key auth, a client rate limit and CORS, against none")
+	hdr := [][2]string{{"X-API-Key", "bench-key-0123456789abcdef"}, {"Origin", "https://app.example"}}
+	var sum [2]float64
+	for i := range 4 {
+		on := i%2 == 1
+		cfg := sluiceConfig{top: "ack: durable", backend: "concurrency: 16"}
+		name, label, h := fmt.Sprintf("off%d", i/2+1), "sluice, no policies", [][2]string(nil)
+		if on {
+			cfg.top += "\n" + policyTop
+			cfg.route = policyRoute
+			name, label, h = fmt.Sprintf("on%d", i/2+1), "sluice, auth + rate limit + CORS", hdr
+		}
+		p, err := b.startSluice(cfg)
+		if err != nil {
+			return err
+		}
+		p.pause(true)
+		r := b.measure("policies", name, label, "req/s", b.spec(p.cpu), postWith(p.addr, "/v1/logs", b.conns, h))
+		p.stop()
+		if r.ok() < r.calls {
+			return fmt.Errorf("policies %s: %d of %d requests refused", name, r.calls-r.ok(), r.calls)
+		}
+		sum[i%2] += r.rps()
+	}
+	b.rep.figure("policies.off.rps", sum[0])
+	b.rep.figure("policies.on.rps", sum[1])
+	fmt.Fprintf(b.log, "  with policies / without: %.2fx\n\n", sum[1]/sum[0])
+	return nil
 }
