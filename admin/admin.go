@@ -15,8 +15,8 @@ import (
 
 	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
-	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/metering"
 	"github.com/sluice-gw/sluice/problem"
 	"github.com/sluice-gw/sluice/workers"
 )
@@ -48,14 +48,14 @@ type DeadLetters interface {
 
 // Meter is the per-client metering of the ingress (ingress.Meter).
 type Meter interface {
-	Snapshot() []ingress.ClientUsage
+	Snapshot() []metering.ClientUsage
 }
 
 // Handler serves the admin API.
 type Handler struct {
 	// Meter answers GET /admin/clients; nil in a process without the
 	// ingress role, which meters nothing.
-	Meter Meter
+	Meter    Meter
 	Token    string
 	Backends Backends
 	Dead     DeadLetters
@@ -324,7 +324,7 @@ func (h *Handler) replay(rw http.ResponseWriter, r *http.Request) {
 // clients answers GET /admin/clients (SPEC §6 metering): per client and
 // route, what this process accepted and refused since it started.
 func (h *Handler) clients(rw http.ResponseWriter, _ *http.Request) {
-	usage := []ingress.ClientUsage{}
+	usage := []metering.ClientUsage{}
 	if h.Meter != nil {
 		usage = h.Meter.Snapshot()
 	}

@@ -16,8 +16,8 @@ import (
 	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
-	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/metering"
 	"github.com/sluice-gw/sluice/wire"
 	"github.com/sluice-gw/sluice/workers"
 )
@@ -202,9 +202,9 @@ func TestReadyz(t *testing.T) {
 	}
 }
 
-type fakeMeter []ingress.ClientUsage
+type fakeMeter []metering.ClientUsage
 
-func (f fakeMeter) Snapshot() []ingress.ClientUsage { return f }
+func (f fakeMeter) Snapshot() []metering.ClientUsage { return f }
 
 // TestClients: GET /admin/clients answers the ingress's metering in
 // SPEC §6's shape, an empty list without an ingress, behind the token.
@@ -214,7 +214,7 @@ func TestClients(t *testing.T) {
 	if resp, body := serve(h, "GET", "/admin/clients", "", auth); resp.StatusCode != 200 || strings.TrimSpace(body) != `{"clients":[]}` {
 		t.Fatalf("no ingress: %d %s", resp.StatusCode, body)
 	}
-	h.Meter = fakeMeter{{Client: "team-a", Routes: []ingress.RouteUsage{{Route: "logs", Accepted: 3, Bytes: 42, Rejected: map[string]int64{"429": 2}}}}}
+	h.Meter = fakeMeter{{Client: "team-a", Routes: []metering.RouteUsage{{Route: "logs", Accepted: 3, Bytes: 42, Rejected: map[string]int64{"429": 2}}}}}
 	resp, body := serve(h, "GET", "/admin/clients", "", auth)
 	if want := `{"clients":[{"client":"team-a","routes":[{"route":"logs","accepted":3,"bytes":42,"rejected":{"429":2}}]}]}`; resp.StatusCode != 200 || strings.TrimSpace(body) != want {
 		t.Fatalf("got %d %s, want %s", resp.StatusCode, body, want)

@@ -117,12 +117,18 @@ func checkJWKSFile(path string) error {
 	if len(set.Keys) == 0 {
 		return fmt.Errorf("holds no keys")
 	}
+	public := 0
 	for i, k := range set.Keys {
 		switch kty, _ := k["kty"].(string); kty {
-		case "RSA", "EC", "OKP", "oct":
+		case "RSA", "EC", "OKP":
+			public++
+		case "oct":
 		default:
-			return fmt.Errorf("keys[%d]: kty must be RSA, EC, OKP or oct, got %q", i, kty)
+			return fmt.Errorf("keys[%d]: kty must be RSA, EC or OKP, got %q", i, kty)
 		}
+	}
+	if public == 0 {
+		return fmt.Errorf("holds no public key (RSA, EC or OKP); for a shared secret use hs256_secret")
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-gw/sluice/admin"
+	"github.com/sluice-gw/sluice/auth"
 	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/broker/embedded"
@@ -158,6 +159,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.has(Ingress) {
 		if p.ingress, err = ingress.New(cfg, p.broker, p.store, monitor, log); err != nil {
 			return err
+		}
+		// A JWKS URL is fetched now; one that is down does not stop the
+		// start (tokens get 503 until its keys come).
+		authn, err := auth.New(ctx, cfg.Auth, cfg.Dir, log)
+		if err != nil {
+			return err
+		}
+		defer authn.Close()
+		if authn != nil {
+			p.ingress.SetAuth(authn)
 		}
 	}
 	adminAPI := admin.New(cfg.AdminToken, cfg.AdminPprof, p.manager,

@@ -16,8 +16,10 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/sluice-gw/sluice/internal/retry"
+	"github.com/sluice-gw/sluice/metering"
 	"github.com/valyala/fasthttp"
 
+	"github.com/sluice-gw/sluice/auth"
 	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/config"
@@ -97,8 +99,9 @@ type Server struct {
 	// processes (Redis), so a poll may arrive before the record does.
 	sharedStore bool
 
-	meter    *Meter
-	pollCORS *corsPolicy // the routes' origins together; nil: none
+	meter    *metering.Meter
+	pollCORS *corsPolicy         // the routes' origins together; nil: none
+	auth     *auth.Authenticator // nil: no auth, every client is ""
 }
 
 // claimWait bounds how long a submit waits for another submit with the
@@ -150,7 +153,7 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 		maxBody = max(maxBody, int64(rc.MaxBody))
 	}
 	sort.Slice(s.prefixes, func(i, j int) bool { return len(s.prefixes[i].cfg.Path) > len(s.prefixes[j].cfg.Path) })
-	s.meter = &Meter{}
+	s.meter = &metering.Meter{}
 	all := slices.Collect(maps.Values(s.exact))
 	s.pollCORS = pollCORS(append(all, s.prefixes...))
 	s.srv = &fasthttp.Server{
@@ -246,7 +249,7 @@ wait:
 const MaxHeaderBytes = 8 << 10
 
 // Meter is the per-client metering of this process (GET /admin/clients).
-func (s *Server) Meter() *Meter { return s.meter }
+func (s *Server) Meter() *metering.Meter { return s.meter }
 
 func (s *Server) parseError(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
@@ -303,7 +306,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		defer r.cors.decorate(ctx)
 	}
 	client := ""
-	defer func() { s.meter.count(client, r.cfg.Name, ctx.Response.StatusCode(), len(ctx.PostBody())) }()
+	defer func() { s.meter.Count(client, r.cfg.Name, ctx.Response.StatusCode(), len(ctx.PostBody())) }()
 	if !r.methods[string(ctx.Method())] {
 		problem(ctx, 405, "this route accepts "+r.allow, 0)
 		ctx.Response.Header.Set("Allow", r.allow)

@@ -1,4 +1,4 @@
-package ingress
+package metering
 
 import (
 	"slices"
@@ -33,8 +33,9 @@ func (m *Meter) row(client, route string) *meterRow {
 	return r.(*meterRow)
 }
 
-// count records one answer to a request on route.
-func (m *Meter) count(client, route string, status int, bytes int) {
+// Count records one answer to a request on route: a status under 300
+// counts as accepted, with its bytes; any other as rejected by status.
+func (m *Meter) Count(client, route string, status int, bytes int) {
 	r := m.row(client, route)
 	if status < 300 {
 		r.accepted.Add(1)

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// TestPolicies drives SPEC §6's policies through the HTTP API of a
+// running sluice: API keys and HS256 JWTs, a route's client list, a
+// per-client rate limit, CORS, header transforms, gzip bodies, per-client
+// polls and idempotency keys, and the metering table.
+func TestPolicies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts sluice")
+	}
+	be := newBackend(t, nil)
+	const secret = "an-hs256-secret-of-32-bytes-or-more!"
+	g := startGateway(t, `
+auth:
+  api_keys:
+    - { client: team-a, key: key-a-0123456789 }
+    - { client: team-b, key_sha256: "`+sha256Hex("key-b-0123456789")+`" }
+  jwt: { hs256_secret: "`+secret+`", issuer: sluice-test, audience: logs }
+routes:
+  - name: logs
+    path: /v1/logs
+    backend: be
+    ack: { status: 200 }
+    rate_limit: { rate: 1, burst: 3 }
+    cors: { origins: ["https://app.example"] }
+    set_headers: { X-Tenant: "${client}", X-Via: "sluice/${route}" }
+    remove_headers: [Cookie]
+    decompress: true
+  - { name: private, path: /v1/private, backend: be, clients: [team-b] }
+backends:
+`+backendCfg("be", be.URL, ""))
+	keyA := map[string]string{"X-API-Key": "key-a-0123456789"}
+	keyB := map[string]string{"Authorization": "Bearer key-b-0123456789"}
+
+	// Without credentials: 401 with a challenge, never enqueued.
+	resp, body := do(t, "POST", g.base+"/v1/logs", `{}`, nil)
+	if resp.StatusCode != 401 || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") ||
+		resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("no credentials: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	if resp, _ := do(t, "POST", g.base+"/v1/logs", `{}`, map[string]string{"X-API-Key": "wrong"}); resp.StatusCode != 401 {
+		t.Fatalf("wrong key: %d", resp.StatusCode)
+	}
+	for name, tok := range map[string]string{
+		"expired":      hs256(t, secret, jwt.MapClaims{"sub": "svc", "iss": "sluice-test", "aud": "logs", "exp": time.Now().Add(-time.Hour).Unix()}),
+		"no exp":       hs256(t, secret, jwt.MapClaims{"sub": "svc", "iss": "sluice-test", "aud": "logs"}),
+		"wrong issuer": hs256(t, secret, jwt.MapClaims{"sub": "svc", "iss": "else", "aud": "logs", "exp": time.Now().Add(time.Hour).Unix()}),
+		"wrong secret": hs256(t, "another-secret-of-32-bytes-or-more!!", jwt.MapClaims{"sub": "svc", "iss": "sluice-test", "aud": "logs", "exp": time.Now().Add(time.Hour).Unix()}),
+		"alg none":     "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJzdmMiLCJpc3MiOiJzbHVpY2UtdGVzdCIsImF1ZCI6ImxvZ3MiLCJleHAiOjQxMDI0NDQ4MDB9.",
+		"malformed":    "a.b.c",
+	} {
+		resp, body := do(t, "POST", g.base+"/v1/private", `{}`, map[string]string{"Authorization": "Bearer " + tok})
+		if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") == "" {
+			t.Fatalf("%s token: %d %s", name, resp.StatusCode, body)
+		}
+	}
+	if n := be.count(); n != 0 {
+		t.Fatalf("%d refused requests reached the backend", n)
+	}
+
+	// clients narrows a route: 403 for team-a, a JWT's sub may pass.
+	if resp, _ := do(t, "POST", g.base+"/v1/private", `{}`, keyA); resp.StatusCode != 403 {
+		t.Fatalf("team-a on private: %d", resp.StatusCode)
+	}
+	if resp, body := do(t, "POST", g.base+"/v1/private", `{}`, keyB); resp.StatusCode != 202 {
+		t.Fatalf("team-b on private: %d %s", resp.StatusCode, body)
+	}
+	good := hs256(t, secret, jwt.MapClaims{"sub": "team-b", "iss": "sluice-test", "aud": "logs", "exp": time.Now().Add(time.Hour).Unix()})
+	resp, body = do(t, "POST", g.base+"/v1/private", `{}`, map[string]string{"Authorization": "Bearer " + good})
+	if resp.StatusCode != 202 {
+		t.Fatalf("JWT for team-b: %d %s", resp.StatusCode, body)
+	}
+	var viaJWT accepted
+	_ = json.Unmarshal(body, &viaJWT)
+
+	// A gzip body, inflated for the backend; credentials and Cookie stay
+	// behind; set_headers arrive. ack: {status: 200}.
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	_, _ = zw.Write([]byte(`{"msg":"inflated"}`))
+	_ = zw.Close()
+	req, _ := http.NewRequest("POST", g.base+"/v1/logs", bytes.NewReader(z.Bytes()))
+	req.Header.Set("X-API-Key", "key-a-0123456789")
+	req.Header.Set("Content-Encoding", "gzip")
+	req.Header.Set("Cookie", "session=1")
+	req.Header.Set("Origin", "https://app.example")
+	req.Header.Set("Idempotency-Key", "k1")
+	resp, body = send(t, req)
+	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" ||
+		resp.Header.Get("RateLimit-Limit") == "" {
+		t.Fatalf("gzip submit: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	var a accepted
+	_ = json.Unmarshal(body, &a)
+	rec := g.awaitAs(a.ID, keyA, 15*time.Second)
+	if rec.Status != "succeeded" {
+		t.Fatalf("gzip request %s", rec.Status)
+	}
+	h := be.hitsFor(a.ID)[0]
+	if h.Body != `{"msg":"inflated"}` || h.Header.Get("Content-Encoding") != "" || h.Header.Get("X-Tenant") != "team-a" ||
+		h.Header.Get("X-Via") != "sluice/logs" || h.Header.Get("Cookie") != "" || h.Header.Get("X-Api-Key") != "" ||
+		h.Header.Get("Authorization") != "" {
+		t.Fatalf("the backend got %q with %v", h.Body, h.Header)
+	}
+
+	// Polls are per client: another client's id is 404, as is no credential.
+	if resp, _ := do(t, "GET", g.base+"/v1/requests/"+a.ID, "", keyB); resp.StatusCode != 404 {
+		t.Fatalf("team-b polling team-a's id: %d", resp.StatusCode)
+	}
+	if resp, _ := do(t, "GET", g.base+"/v1/requests/"+a.ID, "", nil); resp.StatusCode != 401 {
+		t.Fatalf("polling without credentials: %d", resp.StatusCode)
+	}
+	if resp, _ := do(t, "GET", g.base+"/v1/requests/"+viaJWT.ID, "", keyB); resp.StatusCode != 200 {
+		t.Fatalf("team-b's key polling its JWT request: %d", resp.StatusCode)
+	}
+	// Idempotency keys are per client: the same key from team-b is a new request.
+	resp, body = do(t, "POST", g.base+"/v1/logs", `{}`, map[string]string{"X-API-Key": "key-a-0123456789", "Idempotency-Key": "k1"})
+	if resp.StatusCode == 200 {
+		var again accepted
+		_ = json.Unmarshal(body, &again)
+		if again.ID != a.ID {
+			t.Fatalf("team-a's key k1 again: id %s, want %s", again.ID, a.ID)
+		}
+	} else if resp.StatusCode != 429 {
+		t.Fatalf("team-a's key k1 again: %d", resp.StatusCode)
+	}
+
+	// A preflight is answered by sluice and never enqueued.
+	before := be.count()
+	resp, _ = do(t, "OPTIONS", g.base+"/v1/logs", "", map[string]string{"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+	if resp.StatusCode != 204 || resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" {
+		t.Fatalf("preflight: %d %v", resp.StatusCode, resp.Header)
+	}
+
+	// The rate limit: team-b has its own budget of 3 at once; the 4th is 429.
+	var last *http.Response
+	codes := []int{}
+	for range 5 {
+		last, _ = do(t, "POST", g.base+"/v1/logs", `{}`, keyB)
+		codes = append(codes, last.StatusCode)
+	}
+	if codes[0] != 200 || codes[4] != 429 {
+		t.Fatalf("team-b's burst: %v", codes)
+	}
+	if ra, _ := strconv.Atoi(last.Header.Get("Retry-After")); ra < 1 || last.Header.Get("RateLimit-Remaining") != "0" ||
+		last.Header.Get("RateLimit-Limit") == "" || last.Header.Get("RateLimit-Reset") == "" {
+		t.Fatalf("429 headers: %v", last.Header)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if be.count() > before+4 {
+		t.Fatalf("the preflight or a refused request reached the backend: %d hits, want at most %d", be.count(), before+4)
+	}
+
+	// Metering: per client and route, with rejections by status.
+	var m struct {
+		Clients []struct {
+			Client string `json:"client"`
+			Routes []struct {
+				Route    string           `json:"route"`
+				Accepted int              `json:"accepted"`
+				Bytes    int              `json:"bytes"`
+				Rejected map[string]int64 `json:"rejected"`
+			} `json:"routes"`
+		} `json:"clients"`
+	}
+	resp, body = do(t, "GET", g.admin+"/admin/clients", "", nil)
+	if resp.StatusCode != 200 || json.Unmarshal(body, &m) != nil {
+		t.Fatalf("/admin/clients: %d %s", resp.StatusCode, body)
+	}
+	rows := map[string]map[string]int64{}
+	for _, c := range m.Clients {
+		for _, r := range c.Routes {
+			row := map[string]int64{"accepted": int64(r.Accepted)}
+			for s, n := range r.Rejected {
+				row[s] = n
+			}
+			rows[c.Client+"/"+r.Route] = row
+		}
+	}
+	if rows["team-a/private"]["403"] != 1 || rows["team-b/private"]["accepted"] != 2 || rows["team-b/logs"]["429"] < 1 ||
+		rows["/private"]["401"] < 6 || rows["team-a/logs"]["accepted"] < 1 {
+		t.Fatalf("metering: %s", body)
+	}
+}
+
+// awaitAs long-polls id with the client's credentials until terminal.
+func (g *gw) awaitAs(id string, hdr map[string]string, d time.Duration) record {
+	g.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		resp, b := do(g.t, "GET", g.base+"/v1/requests/"+id+"?wait=5s", "", hdr)
+		if resp.StatusCode != 200 {
+			g.t.Fatalf("poll %s: %d %s", id, resp.StatusCode, b)
+		}
+		var r record
+		_ = json.Unmarshal(b, &r)
+		if r.Status == "succeeded" || r.Status == "failed" || time.Now().After(deadline) {
+			return r
+		}
+	}
+}
+
+func hs256(t *testing.T, secret string, claims jwt.MapClaims) string {
+	t.Helper()
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
