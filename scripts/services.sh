@@ -6,7 +6,8 @@
 # docker-compose.yml is validated by a Go test (compose-go), so no Docker is
 # needed. Installs what the tests run, and only that, from Debian packages
 # when a service is missing. Under CI (CI=true) a service that cannot be had
-# is a failure.
+# is a failure. Also installs the log clients the interop tests run (winston,
+# with scripts/node-clients.sh).
 set -uo pipefail
 
 log() { echo "services: $*"; }
@@ -101,4 +102,22 @@ if [ -n "${KAFKA_BROKERS:-}" ]; then
   log "Kafka tests run against $KAFKA_BROKERS"
 else
   log "Kafka tests run against kfake (in-process); set KAFKA_BROKERS for a real cluster"
+fi
+# Real log clients for the interop tests (cmd/sluice/interop_test.go): winston,
+# installed into a cache dir by scripts/node-clients.sh (the test runs it too,
+# so a plain go test works; here an install problem shows before the suite),
+# and python3 for logging.handlers.HTTPHandler.
+if node_dir=$("$(dirname "$0")/node-clients.sh"); then
+  log "winston for the interop tests is in $node_dir"
+elif [ "${CI:-}" = true ]; then
+  fail "winston could not be installed (CI=true: a missing client is a failure)"
+else
+  log "winston could not be installed: the winston interop test will skip"
+fi
+if command -v python3 >/dev/null; then
+  log "python3 for the interop tests: $(command -v python3)"
+elif [ "${CI:-}" = true ]; then
+  fail "python3 is required for the Python HTTPHandler interop test (CI=true: a missing client is a failure)"
+else
+  log "python3 is not installed: the Python HTTPHandler interop test will skip"
 fi
