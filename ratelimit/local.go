@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/maphash"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,7 +32,8 @@ const (
 // sweep or a minute has passed, on the call that finds it so (Local starts
 // no goroutine). Memory is thus bounded by the keys active within one
 // refill time, and at most 1<<20 keys in all: past that cap a sweep also
-// drops arbitrary keys, whose clients start over with a full burst.
+// drops the keys nearest to full, whose clients start over with a full
+// burst.
 //
 // Allow on a key it knows takes one uncontended lock and allocates nothing.
 type Local struct {
@@ -127,14 +129,7 @@ func (s *shard) sweep(now int64, maxLen int) {
 		}
 	}
 	if len(s.tat) >= maxLen {
-		drop := len(s.tat) - maxLen*7/8
-		for k := range s.tat {
-			if drop <= 0 {
-				break
-			}
-			delete(s.tat, k)
-			drop--
-		}
+		s.shed(maxLen * 7 / 8)
 	}
 	if before >= 4*minSweepLen && len(s.tat) < before/4 {
 		// A Go map keeps its table after deletes; copy to give it back.
@@ -146,6 +141,35 @@ func (s *shard) sweep(now int64, maxLen int) {
 	}
 	s.sweepLen = min(max(2*len(s.tat), minSweepLen), maxLen)
 	s.nextSweep = now + int64(sweepEvery)
+}
+
+// shed drops the keys nearest to full until the shard holds at most keep:
+// those buckets tell least about their clients, who start over with a full
+// burst. The cut is estimated from a sample, then made exact by arbitrary
+// deletes. The caller holds s.mu.
+func (s *shard) shed(keep int) {
+	var sample [256]int64
+	n := 0
+	for _, tat := range s.tat {
+		if n == len(sample) {
+			break
+		}
+		sample[n] = tat
+		n++
+	}
+	slices.Sort(sample[:n])
+	cut := sample[min(n-1, n*(len(s.tat)-keep)/len(s.tat))]
+	for k, tat := range s.tat {
+		if tat <= cut && len(s.tat) > keep {
+			delete(s.tat, k)
+		}
+	}
+	for k := range s.tat {
+		if len(s.tat) <= keep {
+			break
+		}
+		delete(s.tat, k)
+	}
 }
 
 // len is how many keys l holds.
