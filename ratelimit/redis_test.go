@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -245,6 +246,31 @@ func TestRedisDown(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"error":`) {
 		t.Fatalf("the warning does not say why: %s", logs)
+	}
+}
+
+// TestRedisWarnsRarely checks that failures are logged at most every
+// warnEvery, with the count of local decisions in between.
+func TestRedisWarnsRarely(t *testing.T) {
+	logs := &syncBuffer{}
+	rdb := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
+	r := NewRedis(rdb, "p:", nil, zerolog.New(logs))
+	clk := &clock{}
+	r.now = clk.now
+	fail := errors.New("i/o timeout")
+	for i := range 100 {
+		r.fellBack.Add(1)
+		r.failed(fail)
+		clk.advance(warnEvery / 50) // 100 failures over two warnEvery
+		if i == 49 {
+			clk.advance(time.Millisecond)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `"local_decisions":1,`) ||
+		!strings.Contains(lines[1], `"local_decisions":50,`) || !strings.Contains(lines[1], "i/o timeout") {
+		t.Fatalf("100 failures over %v: want 2 warnings counting 1 and then 50 local decisions; got\n%s", 2*warnEvery, logs)
 	}
 }
 
