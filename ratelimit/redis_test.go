@@ -178,6 +178,9 @@ func TestRedisShared(t *testing.T) {
 	logs := &syncBuffer{}
 	a, prefix := redisLimiter(t, "", logs)
 	b, _ := redisLimiter(t, prefix, logs)
+	// This measures the shared budget, not Redis's latency on a busy test
+	// machine: a call slower than redisTimeout would be decided locally.
+	a.timeout, b.timeout = 2*time.Second, 2*time.Second
 
 	var wg sync.WaitGroup
 	var allowed, sent [2]int
@@ -208,14 +211,14 @@ func TestRedisShared(t *testing.T) {
 	want := lim.Rate*run.Seconds() + float64(lim.Burst)
 	got := float64(allowed[0] + allowed[1])
 	off := (got - want) / want * 100
-	t.Logf("offered %d+%d in %v, allowed %d+%d = %.0f; want %.0f: %+.2f%%",
-		sent[0], sent[1], run, allowed[0], allowed[1], got, want, off)
+	t.Logf("offered %d+%d in %v, allowed %d+%d = %.0f; want %.0f: %+.2f%% (%d local decisions)",
+		sent[0], sent[1], run, allowed[0], allowed[1], got, want, off, a.fellBack.Load()+b.fellBack.Load())
+	if n := a.fellBack.Load() + b.fellBack.Load(); n != 0 || logs.String() != "" {
+		t.Fatalf("%d calls decided locally, with Redis up: %s", n, logs)
+	}
 	if math.Abs(off) > 5 {
 		t.Fatalf("two limiters together allowed %.0f in %v at rate %g burst %d: %+.1f%% off %.0f",
 			got, run, lim.Rate, lim.Burst, off, want)
-	}
-	if n := a.fellBack.Load() + b.fellBack.Load(); n != 0 || logs.String() != "" {
-		t.Fatalf("%d calls decided locally, with Redis up: %s", n, logs)
 	}
 }
 
