@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/sluice-gw/sluice/admin"
@@ -22,6 +23,7 @@ import (
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/ratelimit"
 	"github.com/sluice-gw/sluice/results"
 	"github.com/sluice-gw/sluice/results/bolt"
 	"github.com/sluice-gw/sluice/results/collector"
@@ -169,6 +171,19 @@ func (g *Gateway) Run(ctx context.Context) error {
 		defer authn.Close()
 		if authn != nil {
 			p.ingress.SetAuth(authn)
+		}
+		if rc := cfg.Results.Redis; cfg.Results.Store == "redis" && rc != nil {
+			// One rate_limit budget for every ingress process: a GCRA in
+			// the result store's Redis. Its own client: a call is bounded
+			// by 100 ms and never retried (a retry could charge twice).
+			rdb := goredis.NewClient(&goredis.Options{Addr: rc.Addr, Password: rc.Password, DB: rc.DB,
+				ContextTimeoutEnabled: true, MaxRetries: -1})
+			defer rdb.Close()
+			prefix := rc.KeyPrefix
+			if prefix == "" {
+				prefix = redisstore.DefaultKeyPrefix
+			}
+			p.ingress.SetRateLimiter(ratelimit.NewRedis(rdb, prefix, ratelimit.NewLocal(), log))
 		}
 	}
 	adminAPI := admin.New(cfg.AdminToken, cfg.AdminPprof, p.manager,

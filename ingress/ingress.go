@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/sluice-gw/sluice/internal/retry"
 	"github.com/sluice-gw/sluice/metering"
+	"github.com/sluice-gw/sluice/ratelimit"
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-gw/sluice/auth"
@@ -72,6 +73,7 @@ type route struct {
 	cors      *corsPolicy // nil: no CORS headers at all
 	transform *transform  // set_headers, remove_headers; nil: none
 	clients   map[string]bool
+	rateLimit ratelimit.Limit // Rate 0: no limit
 }
 
 // Server is the ingress. Create it with New.
@@ -102,6 +104,7 @@ type Server struct {
 	meter    *metering.Meter
 	pollCORS *corsPolicy         // the routes' origins together; nil: none
 	auth     *auth.Authenticator // nil: no auth, every client is ""
+	limiter  ratelimit.Limiter
 }
 
 // claimWait bounds how long a submit waits for another submit with the
@@ -132,6 +135,9 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 			return nil, err
 		}
 		r.transform = t
+		if rl := rc.RateLimit; rl != nil {
+			r.rateLimit = ratelimit.Limit{Rate: rl.Rate, Burst: rl.Burst}
+		}
 		if len(rc.Clients) > 0 {
 			r.clients = map[string]bool{}
 			for _, c := range rc.Clients {
@@ -154,6 +160,7 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 	}
 	sort.Slice(s.prefixes, func(i, j int) bool { return len(s.prefixes[i].cfg.Path) > len(s.prefixes[j].cfg.Path) })
 	s.meter = &metering.Meter{}
+	s.limiter = ratelimit.NewLocal()
 	all := slices.Collect(maps.Values(s.exact))
 	s.pollCORS = pollCORS(append(all, s.prefixes...))
 	s.srv = &fasthttp.Server{

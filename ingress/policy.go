@@ -1,12 +1,15 @@
 package ingress
 
 import (
+	"context"
 	"errors"
 	"strconv"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-gw/sluice/auth"
+	"github.com/sluice-gw/sluice/ratelimit"
 )
 
 // SetAuth makes every route and poll need credentials (SPEC §6). Call it
@@ -38,9 +41,37 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (string, bool) {
 	return "", false
 }
 
-// admitRate spends one of the client's rate_limit on r, or answers 429.
+// SetRateLimiter keeps the routes' rate_limit budgets: in this process
+// (ratelimit.Local), or in Redis for every ingress process together
+// (ratelimit.Redis). Without one, a Local is made at New.
+func (s *Server) SetRateLimiter(l ratelimit.Limiter) { s.limiter = l }
+
+// admitRate spends one of the client's rate_limit on r, or answers 429
+// with Retry-After and the RateLimit-* headers (IETF draft
+// ratelimit-headers, as popular gateways send them). An allowed request
+// carries them too. Without auth, the client is its address.
 func (s *Server) admitRate(ctx *fasthttp.RequestCtx, r *route, client string) bool {
-	return true
+	if r.rateLimit.Rate <= 0 {
+		return true
+	}
+	who := client
+	if s.auth == nil {
+		who = ctx.RemoteIP().String()
+	}
+	res, _ := s.limiter.Allow(context.Background(), r.cfg.Name+"\x00"+who, r.rateLimit) // never fails: it falls back to this process's budget
+	if !res.Allowed {
+		problem(ctx, 429, "client "+strconv.Quote(who)+" is over route "+r.cfg.Name+"'s rate limit ("+
+			strconv.FormatFloat(r.rateLimit.Rate, 'g', -1, 64)+"/s, burst "+strconv.Itoa(r.rateLimit.Burst)+"); try later",
+			ceilSeconds(res.RetryAfter))
+	}
+	h := &ctx.Response.Header
+	h.Set("RateLimit-Limit", strconv.Itoa(res.Limit))
+	h.Set("RateLimit-Remaining", strconv.Itoa(res.Remaining))
+	h.Set("RateLimit-Reset", strconv.Itoa(ceilSeconds(res.Reset)))
+	return res.Allowed
 }
 
-var _ = strconv.Itoa
+// ceilSeconds is d in whole seconds, rounded up, at least 1.
+func ceilSeconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
+}

@@ -6,9 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,7 +132,8 @@ backends:
 	if resp, _ := do(t, "GET", g.base+"/v1/requests/"+viaJWT.ID, "", keyB); resp.StatusCode != 200 {
 		t.Fatalf("team-b's key polling its JWT request: %d", resp.StatusCode)
 	}
-	// Idempotency keys are per client: the same key from team-b is a new request.
+	// Idempotency keys are per client: the same key from team-a is its
+	// first request, from team-b a new one.
 	resp, body = do(t, "POST", g.base+"/v1/logs", `{}`, map[string]string{"X-API-Key": "key-a-0123456789", "Idempotency-Key": "k1"})
 	if resp.StatusCode == 200 {
 		var again accepted
@@ -138,6 +143,11 @@ backends:
 		}
 	} else if resp.StatusCode != 429 {
 		t.Fatalf("team-a's key k1 again: %d", resp.StatusCode)
+	}
+	resp, body = do(t, "POST", g.base+"/v1/logs", `{}`, map[string]string{"Authorization": "Bearer key-b-0123456789", "Idempotency-Key": "k1"})
+	var other accepted
+	if resp.StatusCode != 200 || json.Unmarshal(body, &other) != nil || other.ID == a.ID {
+		t.Fatalf("team-b's key k1: %d %s (team-a's id %s)", resp.StatusCode, body, a.ID)
 	}
 
 	// A preflight is answered by sluice and never enqueued.
@@ -227,4 +237,60 @@ func hs256(t *testing.T, secret string, claims jwt.MapClaims) string {
 func sha256Hex(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])
+}
+
+// TestRateLimitAcrossProcesses: with results.store: redis, a client's
+// rate_limit is one budget over every ingress process (a GCRA in Redis):
+// two processes offered 150/s each at rate 100 accept 100/s together,
+// within 5%.
+func TestRateLimitAcrossProcesses(t *testing.T) {
+	integration(t)
+	if testing.Short() {
+		t.Skip("starts two sluice processes")
+	}
+	be := newBackend(t, nil)
+	prefix := fmt.Sprintf("sluice-rl-%d:", time.Now().UnixNano())
+	cfg := `
+auth: { api_keys: [ { client: team-a, key: key-a-0123456789 } ] }
+results: { store: redis, redis: { addr: "` + redisAddrForTests() + `", key_prefix: "` + prefix + `" } }
+routes: [{ name: logs, path: /v1/logs, backend: be, rate_limit: { rate: 100, burst: 10 } }]
+backends:
+` + backendCfg("be", be.URL, "")
+	gws := []*gw{startGateway(t, cfg), startGateway(t, cfg)}
+	const secs, perSec = 5, 150
+	var accepted, refused atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, g := range gws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hc := &http.Client{Timeout: 5 * time.Second}
+			for i := range secs * perSec {
+				time.Sleep(time.Until(start.Add(time.Duration(i) * time.Second / perSec)))
+				req, _ := http.NewRequest("POST", g.base+"/v1/logs", strings.NewReader(`{}`))
+				req.Header.Set("X-API-Key", "key-a-0123456789")
+				resp, err := hc.Do(req)
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch resp.StatusCode {
+				case 202:
+					accepted.Add(1)
+				case 429:
+					refused.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	want := 100*elapsed + 10
+	got := float64(accepted.Load())
+	t.Logf("accepted %.0f, refused %d in %.2fs: want %.0f ±5%%", got, refused.Load(), elapsed, want)
+	if got < want*0.95 || got > want*1.05 {
+		t.Fatalf("two processes accepted %.0f in %.2fs, want %.0f ±5%% (refused %d)", got, elapsed, want, refused.Load())
+	}
 }
