@@ -69,9 +69,10 @@ var goals = append([]goal{
 	{part: "ingest", what: "sluice embedded durable CPU/req", figure: "ingest.durable.cpu_us",
 		cmp: atMost, want: 15, unit: "µs", aim: true},
 	// Gateway policies cost little: API-key auth, a client rate limit
-	// and CORS on, against the same config without them.
+	// and CORS on, against the same config without them, the same
+	// requests sent to both (0.92-1.00x).
 	{part: "policies", what: "ingest with auth, rate limit, CORS", figure: "policies.on.rps",
-		baseline: "the same without them", base: "policies.off.rps", cmp: atLeast, want: 0.8, unit: "x"},
+		baseline: "the same without them", base: "policies.off.rps", cmp: atLeast, want: 0.85, unit: "x"},
 	{part: "policies", what: "ingest with auth, rate limit, CORS", figure: "policies.on.rps",
 		baseline: "the same without them", base: "policies.off.rps", cmp: atLeast, want: 0.9, unit: "x", aim: true},
 	// The same at 256 connections (0.54-0.60x, p99 1.4-1.5x).

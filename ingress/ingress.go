@@ -74,6 +74,7 @@ type route struct {
 	transform *transform  // set_headers, remove_headers; nil: none
 	clients   map[string]bool
 	rateLimit ratelimit.Limit // Rate 0: no limit
+	limitKey  string          // the route's part of a rate-limit key
 }
 
 // Server is the ingress. Create it with New.
@@ -137,6 +138,7 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 		r.transform = t
 		if rl := rc.RateLimit; rl != nil {
 			r.rateLimit = ratelimit.Limit{Rate: rl.Rate, Burst: rl.Burst}
+			r.limitKey = rc.Name + "\x00"
 		}
 		if len(rc.Clients) > 0 {
 			r.clients = map[string]bool{}

@@ -58,16 +58,17 @@ func (s *Server) admitRate(ctx *fasthttp.RequestCtx, r *route, client string) bo
 	if s.auth == nil {
 		who = ctx.RemoteIP().String()
 	}
-	res, _ := s.limiter.Allow(context.Background(), r.cfg.Name+"\x00"+who, r.rateLimit) // never fails: it falls back to this process's budget
+	res, _ := s.limiter.Allow(context.Background(), r.limitKey+who, r.rateLimit) // never fails: it falls back to this process's budget
 	if !res.Allowed {
 		problem(ctx, 429, "client "+strconv.Quote(who)+" is over route "+r.cfg.Name+"'s rate limit ("+
 			strconv.FormatFloat(r.rateLimit.Rate, 'g', -1, 64)+"/s, burst "+strconv.Itoa(r.rateLimit.Burst)+"); try later",
 			ceilSeconds(res.RetryAfter))
 	}
 	h := &ctx.Response.Header
-	h.Set("RateLimit-Limit", strconv.Itoa(res.Limit))
-	h.Set("RateLimit-Remaining", strconv.Itoa(res.Remaining))
-	h.Set("RateLimit-Reset", strconv.Itoa(ceilSeconds(res.Reset)))
+	var buf [20]byte // the header copies the value: no allocation
+	h.SetBytesV("RateLimit-Limit", strconv.AppendInt(buf[:0], int64(res.Limit), 10))
+	h.SetBytesV("RateLimit-Remaining", strconv.AppendInt(buf[:0], int64(res.Remaining), 10))
+	h.SetBytesV("RateLimit-Reset", strconv.AppendInt(buf[:0], int64(ceilSeconds(res.Reset)), 10))
 	return res.Allowed
 }
 
