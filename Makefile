@@ -25,12 +25,14 @@ test-short: ## unit tests only
 	$(GO) test -short -count=1 ./...
 
 bench: build ## benchmarks against baselines measured in the same run; fails when a goal is missed (BENCHFLAGS="-only ingest -json")
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./workers/ ./ingress/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./workers/ ./ingress/ ./auth/ ./ratelimit/
 	$(GO) run ./bench -sluice $(BIN) $(BENCHFLAGS)
 
 fuzz: ## run each fuzz target for a while (FUZZTIME=30s)
 	$(GO) test ./config/ -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s}
-	$(GO) test ./ingress/ -run '^$$' -fuzz FuzzHandle -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./ingress/ -run '^$$' -fuzz 'FuzzHandle$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./ingress/ -run '^$$' -fuzz FuzzHandlePolicies -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./auth/ -run '^$$' -fuzz FuzzAuthenticate -fuzztime $${FUZZTIME:-30s}
 
 clean:
 	rm -rf bin data
