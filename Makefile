@@ -25,7 +25,7 @@ test-short: ## unit tests only
 	$(GO) test -short -count=1 ./...
 
 bench: build ## benchmarks against baselines measured in the same run; fails when a goal is missed (BENCHFLAGS="-only ingest -json")
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./workers/ ./ingress/ ./auth/ ./ratelimit/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./workers/ ./ingress/ ./auth/
 	$(GO) run ./bench -sluice $(BIN) $(BENCHFLAGS)
 
 fuzz: ## run each fuzz target for a while (FUZZTIME=30s)
