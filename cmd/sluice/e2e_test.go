@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptrace"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -512,6 +514,48 @@ func TestShippedConfigsAreValid(t *testing.T) {
 	t.Setenv("SLUICE_ADMIN_TOKEN", "")
 	if _, err := check("../../sluice.yaml"); err != nil {
 		t.Errorf("sluice.yaml: %v", err)
+	}
+	// Its commented-out auth example, uncommented, is valid too.
+	raw, err := os.ReadFile("../../sluice.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	inAuth := false
+	for _, l := range strings.Split(string(raw), "\n") {
+		switch {
+		case strings.HasPrefix(l, "#auth:"):
+			inAuth = true
+			l = l[1:]
+		case inAuth && strings.HasPrefix(l, "#  "):
+			l = l[1:]
+		case strings.TrimSpace(l) == "#clients: [demo]           # with auth: only these clients (others 403)":
+			l = strings.Replace(l, "#clients", "clients", 1)
+		default:
+			inAuth = false
+		}
+		lines = append(lines, l)
+	}
+	withAuth := strings.Join(lines, "\n")
+	if !strings.Contains(withAuth, "\nauth:\n") || !strings.Contains(withAuth, "\n    clients: [demo]") {
+		t.Fatal("sluice.yaml's auth example is not where this test looks for it")
+	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "schemas"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	schema, err := os.ReadFile("../../schemas/log.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "schemas", "log.json"), schema, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sluice.yaml"), []byte(withAuth), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := check(filepath.Join(dir, "sluice.yaml")); err != nil {
+		t.Errorf("sluice.yaml with its auth example: %v %s", err, msg)
 	}
 	if msg, err := check("../../deploy/sluice-kafka.yaml"); err == nil || !strings.Contains(msg, "admin_listen:") {
 		t.Errorf("deploy config without a token: %v %s, want admin_listen refused", err, msg)
