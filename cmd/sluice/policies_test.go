@@ -3,12 +3,19 @@ package main
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +24,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/sluice-gw/sluice/internal/wait"
 )
 
 // TestPolicies drives SPEC §6's policies through the HTTP API of a
@@ -292,5 +300,73 @@ backends:
 	t.Logf("accepted %.0f, refused %d in %.2fs: want %.0f ±5%%", got, refused.Load(), elapsed, want)
 	if got < want*0.95 || got > want*1.05 {
 		t.Fatalf("two processes accepted %.0f in %.2fs, want %.0f ±5%% (refused %d)", got, elapsed, want, refused.Load())
+	}
+}
+
+// TestJWKSURLThroughSluice: RS256 tokens checked against a JWKS URL.
+// While the URL has never answered, a token gets 503 with Retry-After
+// (the keys are missing, not the token wrong); once it answers, the same
+// token is accepted; an HS256 token made with the public key as secret
+// (key confusion) and a token from another key are 401.
+func TestJWKSURLThroughSluice(t *testing.T) {
+	integration(t)
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks := fmt.Sprintf(`{"keys":[{"kty":"RSA","kid":"k1","use":"sig","alg":"RS256","n":%q,"e":%q}]}`,
+		base64.RawURLEncoding.EncodeToString(key.N.Bytes()), base64.RawURLEncoding.EncodeToString(big.NewInt(int64(key.E)).Bytes()))
+	var up atomic.Bool
+	idp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up.Load() {
+			http.Error(w, "down", 503)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, jwks)
+	}))
+	defer idp.Close()
+	be := newBackend(t, nil)
+	g := startGateway(t, `
+auth: { jwt: { jwks_url: "`+idp.URL+`/jwks.json", jwks_min_refresh: 1s, audience: logs } }
+routes: [{ name: logs, path: /v1/logs, backend: be }]
+backends:
+`+backendCfg("be", be.URL, ""))
+	claims := jwt.MapClaims{"sub": "svc-a", "aud": "logs", "exp": time.Now().Add(time.Hour).Unix()}
+	sign := func(k *rsa.PrivateKey) string {
+		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, claims)
+		tok.Header["kid"] = "k1"
+		s, err := tok.SignedString(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	good := map[string]string{"Authorization": "Bearer " + sign(key)}
+	resp, body := do(t, "POST", g.base+"/v1/logs", `{}`, good)
+	if ra, _ := strconv.Atoi(resp.Header.Get("Retry-After")); resp.StatusCode != 503 || ra < 1 {
+		t.Fatalf("JWKS never fetched: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	up.Store(true)
+	wait.For(t, 15*time.Second, "the JWKS fetched", func() bool {
+		resp, _ := do(t, "POST", g.base+"/v1/logs", `{}`, good)
+		return resp.StatusCode == 202
+	})
+	pub := x509.MarshalPKCS1PublicKey(&key.PublicKey)
+	confused := hs256(t, string(pem.EncodeToMemory(&pem.Block{Type: "RSA PUBLIC KEY", Bytes: pub})), claims)
+	for name, tok := range map[string]string{"key confusion": confused, "another key": sign(other)} {
+		if resp, body := do(t, "POST", g.base+"/v1/logs", `{}`, map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != 401 {
+			t.Fatalf("%s: %d %s", name, resp.StatusCode, body)
+		}
+	}
+	// The URL goes down: the keys fetched keep working.
+	up.Store(false)
+	time.Sleep(1100 * time.Millisecond)
+	if resp, body := do(t, "POST", g.base+"/v1/logs", `{}`, good); resp.StatusCode != 202 {
+		t.Fatalf("after the URL went down: %d %s", resp.StatusCode, body)
 	}
 }
