@@ -245,6 +245,12 @@ func TestHS256(t *testing.T) {
 	ago := func(d time.Duration) int64 { return time.Now().Add(-d).Unix() }
 	valid := hs(nil)
 	parts := strings.Split(valid, ".")
+	critTok := jwt.NewWithClaims(jwt.SigningMethodHS256, claims(nil))
+	critTok.Header["crit"] = []string{"x-unknown"}
+	withCrit, err := critTok.SignedString([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
 	none, err := jwt.NewWithClaims(jwt.SigningMethodNone, claims(nil)).SignedString(jwt.UnsafeAllowNoneSignatureType)
 	if err != nil {
 		t.Fatal(err)
@@ -256,6 +262,7 @@ func TestHS256(t *testing.T) {
 		detail string
 	}{
 		{name: "valid", token: valid, client: "team-jwt"},
+		{name: "crit header", token: withCrit, detail: "token has critical header extensions this server does not understand"},
 		{name: "aud as a list", token: hs(set("aud", []string{"other", "sluice"})), client: "team-jwt"},
 		{name: "expired within leeway", token: hs(set("exp", ago(10*time.Second))), client: "team-jwt"},
 		{name: "expired", token: hs(set("exp", ago(time.Minute))), detail: "token expired"},

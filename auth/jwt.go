@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,6 +43,7 @@ var jwksMethods = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
 var (
 	errMalformed  = refused("malformed token")
 	errMethod     = refused("signing method not allowed")
+	errCrit       = refused("token has critical header extensions this server does not understand")
 	errSignature  = refused("invalid signature")
 	errUnknownKey = refused("unknown signing key")
 	errExpired    = refused("token expired")
@@ -97,6 +100,13 @@ func newVerifier(ctx context.Context, cfg *config.JWT, dir string, log zerolog.L
 	}
 	if sources != 1 {
 		return nil, errors.New("auth.jwt: needs exactly one of hs256_secret, jwks_file and jwks_url")
+	}
+	if cfg.HS256Secret == "" && cfg.Audience == "" {
+		// A shared identity provider signs tokens for every app it serves.
+		log.Warn().Msg("auth.jwt.audience is not set: any token the JWKS keys signed is accepted, also one issued for another app; set audience (and issuer)")
+	}
+	if u, err := url.Parse(cfg.JWKSURL); err == nil && u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+		log.Warn().Msg("auth.jwt.jwks_url is plain http: whoever can change the answer on the way can sign tokens; use https")
 	}
 	switch {
 	case cfg.HS256Secret != "":
@@ -174,6 +184,9 @@ func (v *verifier) verify(tok []byte) (string, error) {
 	t, err := v.parser.ParseWithClaims(string(tok), claims, v.keyfunc)
 	if err != nil {
 		return "", v.reject(t, claims, err)
+	}
+	if _, crit := t.Header["crit"]; crit {
+		return "", errCrit // RFC 7515 §4.1.11: no extension is understood here
 	}
 	c, ok := claims[v.claim].(string)
 	switch {
@@ -359,4 +372,13 @@ func (r *remoteKeys) KeyReadAll(ctx context.Context) ([]jwkset.JWK, error) {
 func (r *remoteKeys) empty() bool {
 	keys, err := r.Storage.KeyReadAll(context.Background())
 	return err != nil || len(keys) == 0
+}
+
+// loopbackHost reports whether host names only this machine.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

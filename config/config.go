@@ -315,7 +315,7 @@ type Breaker struct {
 
 // DefaultCORSHeaders are the request headers a route's CORS allows when
 // cors.headers is absent.
-var DefaultCORSHeaders = []string{"Content-Type", "Idempotency-Key", "Authorization", "X-API-Key", "traceparent"}
+var DefaultCORSHeaders = []string{"Content-Type", "Content-Encoding", "Idempotency-Key", "Authorization", "X-API-Key", "traceparent"}
 
 // DefaultRetryStatuses are retried when retry.on_status is absent.
 var DefaultRetryStatuses = []int{408, 425, 429, 500, 502, 503, 504}

@@ -21,7 +21,7 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // TestGolden checks the exact error output of config validation, one line per
 // problem, against testdata/<name>.golden.
 func TestGolden(t *testing.T) {
-	for _, name := range []string{"bad_values", "unknown_keys", "not_yet", "kafka_bad", "policies_bad", "jwt_bad"} {
+	for _, name := range []string{"bad_values", "unknown_keys", "not_yet", "kafka_bad", "policies_bad", "policies_more", "jwt_bad"} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Load(filepath.Join("testdata", name+".yaml"))
 			if err == nil {
@@ -247,7 +247,7 @@ func TestNotYetKeys(t *testing.T) {
 		{name: "adaptive null", backend: ", adaptive: null"},
 		{name: "adaptive on", backend: ", adaptive: true", refused: "backends[0].adaptive: not supported yet"},
 		{name: "auth false", top: "auth: false\n", refused: "auth: must be a mapping"},
-		{name: "auth null", top: "auth:\n"},
+		{name: "auth null", top: "auth:\n", refused: "auth: needs api_keys or jwt"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(fmt.Sprintf(base, tc.backend, tc.top)), t.TempDir())

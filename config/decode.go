@@ -67,7 +67,14 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, c *Config) 
 		n = n.Alias
 	}
 	if n.Tag == "!!null" {
-		return // an empty key keeps its default
+		// An empty key keeps its default; an empty section (auth:,
+		// rate_limit:, cors: with every line under it commented out) is
+		// an empty one, so Validate says what it lacks instead of the
+		// section silently not being there.
+		if v.Kind() == reflect.Pointer && v.IsNil() && v.Type().Elem().Kind() == reflect.Struct {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		return
 	}
 	if reflect.PointerTo(v.Type()).Implements(unmarshalerType) {
 		if err := v.Addr().Interface().(yaml.Unmarshaler).UnmarshalYAML(n); err != nil {

@@ -11,7 +11,9 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -44,6 +46,14 @@ func (c *Config) validateAuth(bad func(key, format string, args ...any)) map[str
 			bad(key, "set key or key_sha256, not both")
 			continue
 		case k.Key != "":
+			switch {
+			case strings.TrimSpace(k.Key) != k.Key || strings.ContainsFunc(k.Key, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+				bad(key+".key", "must not start or end with spaces or hold control characters: clients could never send it")
+			case len(k.Key) > maxKeyBytes:
+				bad(key+".key", "is longer than %d bytes, the most a request carries", maxKeyBytes)
+			case a.JWT != nil && strings.Count(k.Key, ".") == 2:
+				bad(key+".key", "has two dots, so a Bearer value with it is read as a JWT; use X-API-Key or another key")
+			}
 			h := sha256.Sum256([]byte(k.Key))
 			sum = hex.EncodeToString(h[:])
 		case k.KeySHA256 != "":
@@ -85,14 +95,14 @@ func (c *Config) validateAuth(bad func(key, format string, args ...any)) map[str
 		if j.ClientClaim == "" {
 			bad("auth.jwt.client_claim", "must name a claim, such as sub")
 		}
-		if j.JWKSRefresh < 0 {
-			bad("auth.jwt.jwks_refresh", "must be > 0")
+		if j.JWKSRefresh < Duration(time.Second) {
+			bad("auth.jwt.jwks_refresh", "must be at least 1s")
 		}
-		if j.JWKSMinRefresh < 0 {
-			bad("auth.jwt.jwks_min_refresh", "must be > 0")
+		if j.JWKSMinRefresh < Duration(time.Second) {
+			bad("auth.jwt.jwks_min_refresh", "must be at least 1s: a token with an unknown kid, from anyone, fetches the URL")
 		}
-		if j.Leeway != nil && *j.Leeway < 0 {
-			bad("auth.jwt.leeway", "must be >= 0")
+		if j.Leeway != nil && (*j.Leeway < 0 || *j.Leeway > Duration(5*time.Minute)) {
+			bad("auth.jwt.leeway", "must be 0 to 5m")
 		}
 		return nil // a JWT may name any client
 	}
@@ -139,6 +149,16 @@ var reservedHeaders = map[string]bool{
 	"X-Request-Id": true, "X-Sluice-Attempt": true,
 }
 
+// Bounds of a rate_limit: past them the arithmetic means nothing.
+const (
+	maxRate  = 1e9
+	maxBurst = 1_000_000_000
+)
+
+// maxKeyBytes is the longest API key a request can carry (auth's token
+// cap).
+const maxKeyBytes = 8 << 10
+
 // validatePolicies checks a route's policy keys: clients, rate_limit,
 // ack, cors, set_headers and remove_headers.
 func (c *Config) validatePolicies(key string, r Route, clients map[string]bool, bad func(key, format string, args ...any)) {
@@ -146,16 +166,20 @@ func (c *Config) validatePolicies(key string, r Route, clients map[string]bool, 
 		bad(key+".clients", "needs auth: without it no request names a client")
 	}
 	for j, cl := range r.Clients {
+		if !clientName.MatchString(cl) {
+			bad(fmt.Sprintf("%s.clients[%d]", key, j), "must be 1-128 visible ASCII characters without spaces, got %q", cl)
+			continue
+		}
 		if clients != nil && !clients[cl] {
 			bad(fmt.Sprintf("%s.clients[%d]", key, j), "unknown client %q: no auth.api_keys entry names it", cl)
 		}
 	}
 	if rl := r.RateLimit; rl != nil {
-		if rl.Rate <= 0 {
-			bad(key+".rate_limit.rate", "must be > 0 (requests per second per client)")
+		if !(rl.Rate > 0) || rl.Rate > maxRate {
+			bad(key+".rate_limit.rate", "must be > 0 and at most %g (requests per second per client)", float64(maxRate))
 		}
-		if rl.Burst < 0 {
-			bad(key+".rate_limit.burst", "must be >= 1")
+		if rl.Burst < 0 || rl.Burst > maxBurst {
+			bad(key+".rate_limit.burst", "must be 1 to %d", maxBurst)
 		}
 	}
 	switch r.Ack.Status {
@@ -175,9 +199,8 @@ func (c *Config) validatePolicies(key string, r Route, clients map[string]bool, 
 				}
 				continue
 			}
-			if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
-				(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-				bad(okey, "must be an origin such as \"https://app.example\" (scheme, host and port only) or \"*\", got %q", o)
+			if why := badOrigin(o); why != "" {
+				bad(okey, "%s, got %q", why, o)
 			}
 		}
 		for j, h := range co.Headers {
@@ -189,8 +212,14 @@ func (c *Config) validatePolicies(key string, r Route, clients map[string]bool, 
 			bad(key+".cors.max_age", "must be >= 0")
 		}
 	}
+	canon := map[string]string{}
 	for _, name := range sortedKeys(r.SetHeaders) {
 		hkey := key + ".set_headers." + name
+		c := textproto.CanonicalMIMEHeaderKey(name)
+		if prev, dup := canon[c]; dup {
+			bad(hkey, "sets the same header as %s (header names are case-insensitive)", prev)
+		}
+		canon[c] = name
 		if !httpguts.ValidHeaderFieldName(name) {
 			bad(hkey, "%q is not a header name", name)
 			continue
@@ -216,4 +245,29 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// badOrigin explains why o cannot match the Origin a browser sends:
+// scheme://host[:port], lower case, no path, no default port, no
+// wildcard. Empty: it can.
+func badOrigin(o string) string {
+	const shape = "must be an origin such as \"https://app.example\" (scheme, host and port only) or \"*\""
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return shape
+	}
+	if strings.Contains(u.Host, "*") {
+		return "wildcards in a host are not supported; list each origin, or use \"*\""
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		switch {
+		case err != nil || n < 1 || n > 65535:
+			return "has no valid port"
+		case u.Scheme == "https" && n == 443, u.Scheme == "http" && n == 80:
+			return "names the default port, which browsers leave out of Origin; drop :" + p
+		}
+	}
+	return ""
 }

@@ -283,6 +283,8 @@ func (c *Config) Validate() error {
 		switch {
 		case r.Name == "":
 			bad(key+".name", "is required")
+		case !clientName.MatchString(r.Name):
+			bad(key+".name", "must be 1-128 visible ASCII characters without spaces, got %q", r.Name)
 		case names[r.Name]:
 			bad(key+".name", "duplicate route %q", r.Name)
 		}

@@ -55,6 +55,9 @@ func pollCORS(routes []*route) *corsPolicy {
 		if u == nil {
 			u = &corsPolicy{origins: map[string]bool{}, methods: "GET, HEAD", maxAge: c.maxAge}
 		}
+		if len(c.maxAge) > len(u.maxAge) || len(c.maxAge) == len(u.maxAge) && c.maxAge > u.maxAge {
+			u.maxAge = c.maxAge // the longest of the routes'
+		}
 		u.any = u.any || c.any
 		u.credentials = u.credentials || c.credentials
 		for o := range c.origins {

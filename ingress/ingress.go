@@ -3,6 +3,7 @@ package ingress
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"math"
 	"net"
@@ -187,7 +188,15 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 
 type fasthttpLogger struct{ l zerolog.Logger }
 
-func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Debug().Msgf(format, args...) }
+// Printf logs fasthttp's errors at debug level, without the raw request
+// it quotes after "contents:" (credentials would be in it).
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if i := strings.Index(msg, "contents:"); i >= 0 {
+		msg = msg[:i] + "contents: (not logged)"
+	}
+	f.l.Debug().Msg(msg)
+}
 
 // Serve answers on ln until Shutdown, with at most max_connections open
 // connections (and max_connections_per_ip from one address): one more
@@ -354,7 +363,7 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest, client string)
 		return
 	}
 	owned := false // body is ours (inflated), not fasthttp's buffer
-	if enc := ctx.Request.Header.Peek("Content-Encoding"); encoded(enc) {
+	if enc := contentEncoding(&ctx.Request.Header); encoded(enc) {
 		switch {
 		case r.cfg.Decompress:
 			b, err := inflate(enc, body, int64(r.cfg.MaxBody))

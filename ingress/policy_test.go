@@ -169,7 +169,8 @@ func TestHeaderTransforms(t *testing.T) {
     backend: b
     set_headers: { X-Tenant: "t-${client}", X-Route: "${route}", X-Id: "${request_id}", X-Price: "$$5", X-Override: fixed }
     remove_headers: [Cookie, x-secret]`)
-	ctx := call(s, "POST", "/logs", "x", map[string]string{"Cookie": "a=b", "X-Secret": "s", "X-Override": "client's", "X-Keep": "k"})
+	ctx := call(s, "POST", "/logs", "x", map[string]string{"Cookie": "a=b", "X-Secret": "s", "X-Override": "client's", "X-Keep": "k",
+		"X_Tenant": "evil", "X_secret": "s2"})
 	if ctx.Response.StatusCode() != 202 {
 		t.Fatalf("status %d", ctx.Response.StatusCode())
 	}
@@ -180,7 +181,7 @@ func TestHeaderTransforms(t *testing.T) {
 			t.Fatalf("%s = %q (%v), want %q; all %v", k, got, ok, v, r.Header)
 		}
 	}
-	for _, k := range []string{"Cookie", "X-Secret"} {
+	for _, k := range []string{"Cookie", "X-Secret", "X_Tenant", "X_secret"} {
 		if _, ok := header(r, k); ok {
 			t.Fatalf("%s reached the queue: %v", k, r.Header)
 		}
@@ -268,6 +269,17 @@ func TestDecompress(t *testing.T) {
 	}
 	if c := post("/in", doc, "identity"); c.Response.StatusCode() != 202 {
 		t.Fatalf("identity: %d", c.Response.StatusCode())
+	}
+	// Two header lines are one list: a second must not hide a bomb.
+	var two fasthttp.RequestCtx
+	two.Request.Header.SetMethod("POST")
+	two.Request.SetRequestURI("/in")
+	two.Request.SetBody(gz(t, doc))
+	two.Request.Header.Add("Content-Encoding", "identity")
+	two.Request.Header.Add("Content-Encoding", "gzip")
+	s.handle(&two)
+	if two.Response.StatusCode() != 415 {
+		t.Fatalf("Content-Encoding: identity + gzip lines: %d %s", two.Response.StatusCode(), two.Response.Body())
 	}
 	// Without decompress, a compressed body passes untouched with its header.
 	z := gz(t, doc)

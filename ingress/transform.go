@@ -11,6 +11,7 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zlib"
+	"github.com/valyala/fasthttp"
 
 	"github.com/sluice-gw/sluice/config"
 )
@@ -53,7 +54,13 @@ func newTransform(r config.Route) (*transform, error) {
 func (t *transform) apply(h [][2]string, client, route, id string) [][2]string {
 	out := h[:0]
 	for _, kv := range h {
-		if !t.remove[textproto.CanonicalMIMEHeaderKey(kv[0])] {
+		name := kv[0]
+		if strings.Contains(name, "_") {
+			// X_Tenant reaches CGI-style backends as HTTP_X_TENANT, the
+			// same as X-Tenant: it is removed or replaced with it.
+			name = strings.ReplaceAll(name, "_", "-")
+		}
+		if !t.remove[textproto.CanonicalMIMEHeaderKey(name)] {
 			out = append(out, kv)
 		}
 	}
@@ -70,8 +77,23 @@ var (
 	errCorrupt = errors.New("body is not valid for its Content-Encoding")
 )
 
+// contentEncoding is the request's Content-Encoding, every header line
+// joined into one list: a second line must not hide a coding from the
+// check.
+func contentEncoding(h *fasthttp.RequestHeader) []byte {
+	all := h.PeekAll("Content-Encoding")
+	switch len(all) {
+	case 0:
+		return nil
+	case 1:
+		return all[0]
+	}
+	return bytes.Join(all, []byte(", "))
+}
+
 // encoded reports whether a Content-Encoding value says the body is
-// compressed (anything but absent or identity).
+// compressed: anything but absent or identity. A list of codings
+// ("gzip, identity") counts as encoded, and inflate refuses it.
 func encoded(enc []byte) bool {
 	return len(enc) > 0 && !bytes.EqualFold(bytes.TrimSpace(enc), []byte("identity"))
 }

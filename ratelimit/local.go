@@ -107,7 +107,7 @@ func (l *Local) allow(key string, lim Limit) Result {
 // and small enough that burst of them do not overflow. A rate that is not
 // > 0 gets the largest, so a burst and then nothing.
 func interval(rate float64, burst int) int64 {
-	hi := int64(math.MaxInt64/4) / int64(burst)
+	hi := max(1, int64(math.MaxInt64/4)/int64(burst))
 	if !(rate > 0) {
 		return hi
 	}
