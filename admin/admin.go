@@ -80,6 +80,8 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 	h.mux.HandleFunc("POST /admin/dead-letters/replay", h.replay)
 	h.mux.HandleFunc("GET /admin/clients", h.clients)
 	h.mux.HandleFunc("GET /admin/history", h.history)
+	h.mux.HandleFunc("GET /{$}", h.index)
+	h.mux.HandleFunc("GET /ui/", h.static)
 	if pprofOn {
 		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -89,7 +91,11 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 }
 
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	if h.Token != "" && r.URL.Path != "/healthz" {
+	if crossSite(r) {
+		problem.Write(rw, 403, "the admin API takes no changes from another site's page")
+		return
+	}
+	if h.Token != "" && !public(r) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(h.Token)) != 1 {
 			rw.Header().Set("WWW-Authenticate", `Bearer realm="sluice-admin"`)
