@@ -582,7 +582,7 @@
           el('td', { title: when(it.dead_lettered_at), text: ago(it.dead_lettered_at) }),
           el('td', { class: 'actions' },
             el('button', { type: 'button', class: 'small ghost lookup', text: 'Attempts', onclick: () => lookup(it.id) }),
-            el('button', { type: 'button', class: 'small', text: 'Replay', onclick: (ev) => replay(it.backend, [it.id], ev.currentTarget) }),
+            el('button', { type: 'button', class: 'small replay', text: 'Replay', onclick: (ev) => replay(it.backend, [it.id], ev.currentTarget) }),
           ),
         ),
       );

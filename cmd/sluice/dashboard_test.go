@@ -54,7 +54,7 @@ func artifactDir(t *testing.T) string {
 // TestDashboard: with admin_token set and two backends, the page asks for
 // the token, then shows both backends' cards and charts, the dead letter
 // and the metering; a rate set through the page's control is what the API
-// then reports. The page calls no host but sluice's admin port and writes
+// then reports, and so are a pause and a replay. The page calls no host but sluice's admin port and writes
 // no error to the console, in the light scheme and the dark one.
 func TestDashboard(t *testing.T) {
 	integration(t)
@@ -173,7 +173,8 @@ backends:
 			chromedp.WithPollingTimeout(10*time.Second)),
 	)
 
-	// Set alpha's rate through its control.
+	// Set alpha's rate through its control: the page's PATCH, and what the
+	// API then reports.
 	rate := card("alpha") + ` input[name="rate"]`
 	step("set alpha's rate to 7",
 		// Focused and emptied as a person would before typing; a focused
@@ -192,6 +193,40 @@ backends:
 	step("see the new rate on the card",
 		chromedp.Poll[chromedp.Void](`document.querySelector('`+card("alpha")+` [data-kpi="rate"]').textContent === '7/s'`,
 			chromedp.WithPollingTimeout(5*time.Second)),
+	)
+
+	// One request's attempts, once the admin API can look requests up
+	// (GET /admin/requests/<id>); a build without it skips this part. Before the
+	// replay: its two attempts, both answered 503.
+	doomed := ids[len(ids)-1]
+	if resp, _ := do(t, "GET", g.admin+"/admin/requests/"+doomed, "", map[string]string{"Authorization": "Bearer " + token}); resp.StatusCode == 200 {
+		step("see the dead letter's attempts",
+			chromedp.Click(chromedp.CSS(`#dl-rows tr:first-child button.lookup`)),
+			chromedp.Poll[chromedp.Void](`document.querySelectorAll('#lookup-attempts tr').length === 2 &&
+				Array.from(document.querySelectorAll('#lookup-attempts tr td:nth-child(3)')).every(td => td.textContent === '503')`,
+				chromedp.WithPollingTimeout(5*time.Second)),
+		)
+	} else {
+		t.Logf("GET /admin/requests/<id> answers %d in this build: the attempt log is not checked", resp.StatusCode)
+	}
+
+	// Pause and resume beta, and replay its dead letter, from the page.
+	answer := func(sel, prefix string) chromedp.Action[chromedp.Void] {
+		return chromedp.Poll[chromedp.Void](`document.querySelector('`+sel+`').textContent.startsWith('`+prefix+`')`,
+			chromedp.WithPollingTimeout(5*time.Second))
+	}
+	step("pause beta",
+		chromedp.Click(chromedp.CSS(card("beta")+` button.pause`)),
+		answer(card("beta")+` .controls .answer`, "Paused"),
+	)
+	if _, body := do(t, "GET", g.admin+"/admin/backends/beta", "", map[string]string{"Authorization": "Bearer " + token}); !strings.Contains(string(body), `"paused":true`) {
+		t.Fatalf("beta after Pause: %s", body)
+	}
+	step("resume beta and replay its dead letter",
+		chromedp.Click(chromedp.CSS(card("beta")+` button.pause`)),
+		answer(card("beta")+` .controls .answer`, "Resumed"),
+		chromedp.Click(chromedp.CSS(`#dl-rows tr:first-child button.replay`)),
+		answer(`#dl-answer`, "Replayed 1 request to beta."),
 	)
 
 	// Live figures: traffic while the page watches the last minute.
@@ -223,20 +258,6 @@ backends:
 	)
 	close(stopTraffic)
 	traffic.Wait()
-
-	// One request's attempts, once the admin API can look requests up
-	// (GET /admin/requests/<id>); a build without it skips this part.
-	doomed := ids[len(ids)-1]
-	if resp, _ := do(t, "GET", g.admin+"/admin/requests/"+doomed, "", map[string]string{"Authorization": "Bearer " + token}); resp.StatusCode == 200 {
-		step("see the dead letter's attempts",
-			chromedp.Click(chromedp.CSS(`#dl-rows tr:first-child button.lookup`)),
-			chromedp.Poll[chromedp.Void](`document.querySelectorAll('#lookup-attempts tr').length === 2 &&
-				Array.from(document.querySelectorAll('#lookup-attempts tr td:nth-child(3)')).every(td => td.textContent === '503')`,
-				chromedp.WithPollingTimeout(5*time.Second)),
-		)
-	} else {
-		t.Logf("GET /admin/requests/<id> answers %d in this build: the attempt log is not checked", resp.StatusCode)
-	}
 
 	dir := artifactDir(t)
 	for _, scheme := range []string{"light", "dark"} {
