@@ -267,8 +267,8 @@ func (g *Gateway) stop(p *parts) {
 	_ = p.admin.Shutdown(sctx)
 	g.logStop(p.grp, p.adminProc)
 	g.logStop(p.grp, p.historyProc) // after the admin API, which reads it
-	g.logStop(p.grp, p.storeProc)  // writes what it still holds
-	g.logStop(p.grp, p.brokerProc) // then Gateway.Run closes the broker
+	g.logStop(p.grp, p.storeProc)   // writes what it still holds
+	g.logStop(p.grp, p.brokerProc)  // then Gateway.Run closes the broker
 }
 
 func (g *Gateway) logStop(grp *group, p *proc) {
