@@ -28,6 +28,9 @@ import (
 func chromiumPath(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("SLUICE_CHROMIUM"); p != "" {
+		if _, err := exec.LookPath(p); err != nil {
+			clientMissing(t, "SLUICE_CHROMIUM=%s: %v", p, err)
+		}
 		return p
 	}
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
@@ -61,6 +64,9 @@ func TestDashboard(t *testing.T) {
 	chrome := chromiumPath(t)
 	start := time.Now()
 
+	// Everything the browser does is bounded by ctx.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	alpha := newBackend(t, nil)
 	beta := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
 		if strings.Contains(h.Body, "doomed") || n == 1 {
@@ -84,11 +90,20 @@ backends:
 	}
 	ids = append(ids, g.submit("/b", `{"doomed":true}`, nil).ID)
 	for _, id := range ids {
-		g.await(id, 20*time.Second)
+		g.await(id, 10*time.Second)
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// The dead letter is listed before the page opens (it lists them
+	// every 10 s).
+	doomed := ids[len(ids)-1]
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, body := do(t, "GET", g.admin+"/admin/dead-letters?backend=beta", "", map[string]string{"Authorization": "Bearer " + token})
+		if strings.Contains(string(body), doomed) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dead letter %s is not listed: %s", doomed, body)
+		}
+	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chrome),
 		chromedp.NoSandbox, // root in containers and CI
@@ -167,7 +182,7 @@ backends:
 			!document.querySelector('`+card("alpha")+` [data-kpi="delivered"]').textContent.startsWith('—') &&
 			document.querySelector('`+card("beta")+` [data-kpi="rate"]').textContent === 'unlimited'`,
 			chromedp.WithPollingTimeout(10*time.Second)),
-		chromedp.Poll[chromedp.Void](`Array.from(document.querySelectorAll('#dl-rows td.id')).some(td => td.textContent === '`+ids[len(ids)-1]+`')`,
+		chromedp.Poll[chromedp.Void](`Array.from(document.querySelectorAll('#dl-rows td.id')).some(td => td.textContent === '`+doomed+`')`,
 			chromedp.WithPollingTimeout(10*time.Second)),
 		chromedp.Poll[chromedp.Void](`document.querySelectorAll('#client-rows tr').length === 2`,
 			chromedp.WithPollingTimeout(10*time.Second)),
@@ -198,7 +213,6 @@ backends:
 	// One request's attempts, once the admin API can look requests up
 	// (GET /admin/requests/<id>); a build without it skips this part. Before the
 	// replay: its two attempts, both answered 503.
-	doomed := ids[len(ids)-1]
 	if resp, _ := do(t, "GET", g.admin+"/admin/requests/"+doomed, "", map[string]string{"Authorization": "Bearer " + token}); resp.StatusCode == 200 {
 		step("see the dead letter's attempts",
 			chromedp.Click(chromedp.CSS(`#dl-rows tr:first-child button.lookup`)),
