@@ -61,7 +61,9 @@ type Handler struct {
 	Dead     DeadLetters
 	Backlog  Backlog
 	Ready    []Check
-	mux      *http.ServeMux
+	// History answers GET /admin/history; the gateway runs it.
+	History *History
+	mux     *http.ServeMux
 }
 
 // New builds the handler. pprof serves Go's profiles under /debug/pprof/.
@@ -77,6 +79,9 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 	h.mux.HandleFunc("GET /admin/dead-letters", h.listDead)
 	h.mux.HandleFunc("POST /admin/dead-letters/replay", h.replay)
 	h.mux.HandleFunc("GET /admin/clients", h.clients)
+	h.mux.HandleFunc("GET /admin/history", h.history)
+	h.mux.HandleFunc("GET /{$}", h.index)
+	h.mux.HandleFunc("GET /ui/", h.static)
 	if pprofOn {
 		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -86,7 +91,11 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 }
 
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	if h.Token != "" && r.URL.Path != "/healthz" {
+	if crossSite(r) {
+		problem.Write(rw, 403, "the admin API takes no changes from another site's page")
+		return
+	}
+	if h.Token != "" && !public(r) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(h.Token)) != 1 {
 			rw.Header().Set("WWW-Authenticate", `Bearer realm="sluice-admin"`)
@@ -169,7 +178,13 @@ func (h *Handler) backend(name string) (Backend, bool) {
 	if !ok {
 		return Backend{}, false
 	}
-	est := h.Backlog.Estimate(broker.RequestTopic(name), st.Rate, st.Concurrency)
+	return describe(name, st, h.Backlog), true
+}
+
+// describe is backend name's object from its status and backlog, for the
+// API and the history alike.
+func describe(name string, st workers.Status, bl Backlog) Backend {
+	est := bl.Estimate(broker.RequestTopic(name), st.Rate, st.Concurrency)
 	depth, drain, backlog := est.Depth, est.Drain, math.Round(est.Wait.Seconds()*10)/10
 	return Backend{
 		Name: name, Rate: st.Rate, Burst: st.Burst, Concurrency: st.Concurrency, Paused: st.Paused,
@@ -179,7 +194,7 @@ func (h *Handler) backend(name string) (Backend, bool) {
 			Attempts: st.Attempts, Succeeded: st.Succeeded, Failed: st.Failed,
 			Retried: st.Retried, DeadLettered: st.DeadLettered,
 		},
-	}, true
+	}
 }
 
 func (h *Handler) listBackends(rw http.ResponseWriter, _ *http.Request) {
@@ -329,4 +344,32 @@ func (h *Handler) clients(rw http.ResponseWriter, _ *http.Request) {
 		usage = h.Meter.Snapshot()
 	}
 	writeJSON(rw, 200, map[string]any{"clients": usage})
+}
+
+// historyBody is the answer of GET /admin/history.
+type historyBody struct {
+	IntervalSeconds float64          `json:"interval_seconds"`
+	WindowSeconds   float64          `json:"window_seconds"`
+	Backends        []BackendHistory `json:"backends"`
+}
+
+// history answers GET /admin/history[?since=<RFC 3339 time>]: every
+// backend's points of the last minutes, or only those after since (the
+// last at a client has).
+func (h *Handler) history(rw http.ResponseWriter, r *http.Request) {
+	if h.History == nil {
+		problem.Write(rw, 404, "this process keeps no history")
+		return
+	}
+	var since time.Time
+	if v := r.URL.Query().Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			problem.Write(rw, 400, "since must be an RFC 3339 time, such as a point's at")
+			return
+		}
+		since = t
+	}
+	writeJSON(rw, 200, historyBody{IntervalSeconds: h.History.Interval().Seconds(),
+		WindowSeconds: h.History.Window().Seconds(), Backends: h.History.Snapshot(since)})
 }

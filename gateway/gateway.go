@@ -110,6 +110,7 @@ type parts struct {
 	admin                     *http.Server
 	collector                 *collector.Collector
 	monitor, workers, collect *proc
+	historyProc               *proc
 	adminProc, ingressProc    *proc
 	storeProc, brokerProc     *proc
 }
@@ -193,6 +194,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if p.ingress != nil {
 		adminAPI.Meter = p.ingress.Meter()
 	}
+	// The dashboard's charts: the last minutes of every backend's figures.
+	adminAPI.History = admin.NewHistory(p.manager, monitor, admin.HistoryInterval, admin.HistoryWindow)
 	p.admin = &http.Server{Handler: adminAPI, ReadHeaderTimeout: 10 * time.Second}
 
 	p.collector = collector.New(p.broker, p.store, log, collector.Options{Keep: job.ParseKeep(cfg.Results.KeepResponse)})
@@ -207,6 +210,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.has(Worker) {
 		p.workers = p.grp.Go("worker", p.manager.Run)
 	}
+	p.historyProc = p.grp.Go("history", adminAPI.History.Run)
 	p.adminProc = p.grp.Go("admin", func(ctx context.Context) error { return serveHTTP(ctx, p.admin, admLn) })
 	ingAddr := ""
 	if p.ingress != nil {
@@ -262,8 +266,9 @@ func (g *Gateway) stop(p *parts) {
 	g.logStop(p.grp, p.monitor)
 	_ = p.admin.Shutdown(sctx)
 	g.logStop(p.grp, p.adminProc)
-	g.logStop(p.grp, p.storeProc)  // writes what it still holds
-	g.logStop(p.grp, p.brokerProc) // then Gateway.Run closes the broker
+	g.logStop(p.grp, p.historyProc) // after the admin API, which reads it
+	g.logStop(p.grp, p.storeProc)   // writes what it still holds
+	g.logStop(p.grp, p.brokerProc)  // then Gateway.Run closes the broker
 }
 
 func (g *Gateway) logStop(grp *group, p *proc) {

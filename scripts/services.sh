@@ -7,7 +7,8 @@
 # needed. Installs what the tests run, and only that, from Debian packages
 # when a service is missing. Under CI (CI=true) a service that cannot be had
 # is a failure. Also installs the log clients the interop tests run (winston,
-# with scripts/node-clients.sh).
+# with scripts/node-clients.sh) and headless Chromium for the dashboard's
+# browser test.
 set -uo pipefail
 
 log() { echo "services: $*"; }
@@ -85,6 +86,25 @@ ensure_rabbitmq() {
   return 1
 }
 
+chromium_path() {
+  if [ -n "${SLUICE_CHROMIUM:-}" ]; then
+    [ -x "$SLUICE_CHROMIUM" ] && echo "$SLUICE_CHROMIUM"
+    return
+  fi
+  command -v chromium || command -v chromium-browser || command -v google-chrome
+}
+
+# ensure_chromium installs Debian's chromium (without its recommends, plus a
+# font) when no Chromium is there. The test drives it headless; it fetches
+# nothing.
+ensure_chromium() {
+  chromium_path >/dev/null && return 0
+  [ -n "${SLUICE_CHROMIUM:-}" ] && return 1
+  log "installing chromium from Debian packages"
+  apt_install --no-install-recommends chromium fonts-liberation || return 1
+  chromium_path >/dev/null
+}
+
 command -v go >/dev/null || fail "Go is not installed"
 if ! ensure_redis; then
   if [ "${CI:-}" = true ]; then
@@ -120,4 +140,13 @@ elif [ "${CI:-}" = true ]; then
   fail "python3 is required for the Python HTTPHandler interop test (CI=true: a missing client is a failure)"
 else
   log "python3 is not installed: the Python HTTPHandler interop test will skip"
+fi
+# Headless Chromium for the dashboard test (cmd/sluice/dashboard_test.go),
+# which skips without it, or fails under CI=true.
+if ensure_chromium; then
+  log "Chromium for the dashboard test: $(chromium_path)"
+elif [ "${CI:-}" = true ]; then
+  fail "Chromium is required for the dashboard browser test and could not be installed (CI=true: a missing browser is a failure)"
+else
+  log "Chromium could not be installed (apt-get as root is needed, or set SLUICE_CHROMIUM): the dashboard browser test will skip"
 fi
