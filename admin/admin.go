@@ -55,7 +55,9 @@ type Meter interface {
 type Handler struct {
 	// Meter answers GET /admin/clients; nil in a process without the
 	// ingress role, which meters nothing.
-	Meter    Meter
+	Meter Meter
+	// Records answers GET /admin/requests/<id>: the result store.
+	Records  Records
 	Token    string
 	Backends Backends
 	Dead     DeadLetters
@@ -77,6 +79,7 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 	h.mux.HandleFunc("GET /admin/dead-letters", h.listDead)
 	h.mux.HandleFunc("POST /admin/dead-letters/replay", h.replay)
 	h.mux.HandleFunc("GET /admin/clients", h.clients)
+	h.mux.HandleFunc("GET /admin/requests/{id}", h.request)
 	if pprofOn {
 		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
