@@ -253,3 +253,37 @@ func TestAttemptLogJSON(t *testing.T) {
 		t.Fatalf("read back %+v %v", back, err)
 	}
 }
+
+// TestAttemptLogJSONAsEncodingJSON: a log writes what encoding/json
+// writes for its entries, whatever they hold, with HTML escaping or
+// without as asked.
+func TestAttemptLogJSONAsEncodingJSON(t *testing.T) {
+	zone := time.FixedZone("", -(5*3600 + 30*60))
+	var l AttemptLog
+	for i, e := range []string{"", "timeout", `a "quoted" \\ one`, "<&>", "\u2028 é\x01"} {
+		l = append(l, Attempt{Attempt: i - 1, At: t0.Add(time.Duration(i) * 7777 * time.Microsecond).In(zone),
+			Status: 1000*i - 1, Error: e, DurationMS: int64(i) << 40, Gen: i % 3})
+	}
+	l = append(l, Attempt{})
+	got, err := json.Marshal(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type plain Attempt // without the log's MarshalJSON
+	ps := make([]plain, len(l))
+	for i, a := range l {
+		ps[i] = plain(a)
+	}
+	want, _ := json.Marshal(ps)
+	if string(got) != string(want) {
+		t.Fatalf("log:\n got %s\nwant %s", got, want)
+	}
+	got, _ = Marshal(l)
+	want, _ = Marshal(ps)
+	if string(got) != string(want) {
+		t.Fatalf("log without HTML escaping:\n got %s\nwant %s", got, want)
+	}
+	if _, err := json.Marshal(AttemptLog{{At: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}}); err == nil {
+		t.Fatal("a year past 9999 encoded")
+	}
+}
