@@ -33,6 +33,7 @@ fuzz: ## run each fuzz target for a while (FUZZTIME=30s)
 	$(GO) test ./ingress/ -run '^$$' -fuzz 'FuzzHandle$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./ingress/ -run '^$$' -fuzz FuzzHandlePolicies -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./auth/ -run '^$$' -fuzz FuzzAuthenticate -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./results/internal/record/ -run '^$$' -fuzz FuzzDecode -fuzztime $${FUZZTIME:-30s}
 
 clean:
 	rm -rf bin data

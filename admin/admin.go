@@ -55,7 +55,9 @@ type Meter interface {
 type Handler struct {
 	// Meter answers GET /admin/clients; nil in a process without the
 	// ingress role, which meters nothing.
-	Meter    Meter
+	Meter Meter
+	// Records answers GET /admin/requests/<id>: the result store.
+	Records  Records
 	Token    string
 	Backends Backends
 	Dead     DeadLetters
@@ -79,6 +81,7 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 	h.mux.HandleFunc("GET /admin/dead-letters", h.listDead)
 	h.mux.HandleFunc("POST /admin/dead-letters/replay", h.replay)
 	h.mux.HandleFunc("GET /admin/clients", h.clients)
+	h.mux.HandleFunc("GET /admin/requests/{id}", h.request)
 	h.mux.HandleFunc("GET /admin/history", h.history)
 	h.mux.HandleFunc("GET /{$}", h.index)
 	h.mux.HandleFunc("GET /ui/", h.static)

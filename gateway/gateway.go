@@ -191,6 +191,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		workers.NewDeadLetters(p.broker, p.manager.Names(), p.store, log), monitor, []admin.Check{
 			{Name: "broker", Ping: p.broker.Ping}, {Name: "results", Ping: p.store.Ping},
 		})
+	adminAPI.Records = p.store // GET /admin/requests/<id>
 	if p.ingress != nil {
 		adminAPI.Meter = p.ingress.Meter()
 	}

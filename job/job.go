@@ -61,6 +61,10 @@ type Request struct {
 	// AvoidURL is 1 + the index of the backend url the last attempt failed
 	// on, so a retry goes elsewhere; 0: none.
 	AvoidURL int
+	// AttemptLog is the attempts made so far, of every generation: each
+	// attempt adds its entry before the request is retried or
+	// dead-lettered.
+	AttemptLog AttemptLog
 }
 
 // Event is one status change, sent by workers to the result topic. Every
@@ -79,6 +83,9 @@ type Event struct {
 	LastError    string
 	Response     *Response
 	DeadLettered bool
+	// AttemptLog is the request's attempt log as it stands with this
+	// event: an outcome's event includes its own attempt.
+	AttemptLog AttemptLog
 }
 
 // Marshal is json.Marshal without HTML escaping: a backend's "<" stays one
@@ -99,6 +106,7 @@ func EventFor(r *Request, s Status, attempts int) *Event {
 	return &Event{
 		ID: r.ID, Route: r.Route, Backend: r.Backend, Client: r.Client, Gen: r.Gen,
 		Status: s, Attempts: attempts, AcceptedAt: r.AcceptedAt, At: time.Now().UTC(),
+		AttemptLog: r.AttemptLog,
 	}
 }
 
@@ -117,6 +125,7 @@ type Record struct {
 	LastError    string     `json:"last_error,omitempty"`
 	Response     *Response  `json:"response,omitempty"`
 	DeadLettered bool       `json:"dead_lettered"`
+	AttemptLog   AttemptLog `json:"attempt_log"`
 	// Client owns the record; Gen orders replays. Neither is shown to
 	// clients; the stores keep them beside the record.
 	Client string `json:"-"`
@@ -127,6 +136,12 @@ type Record struct {
 // late, twice or out of order (delivery is at-least-once): an event older
 // than what r already holds is ignored, and the first terminal status of a
 // generation is final.
+//
+// The event that wins replaces the whole record, its attempt log
+// included: a later event's log holds every attempt an earlier one's does
+// (the log travels with the request, see AttemptLog), so the record is
+// always the projection of the last event it took — which is what lets
+// the Redis store merge by comparing keys alone.
 func (r *Record) Apply(e *Event) bool {
 	if r.ID != "" {
 		if r.Gen == e.Gen && r.Status.Terminal() {
@@ -141,6 +156,7 @@ func (r *Record) Apply(e *Event) bool {
 		ID: e.ID, Route: e.Route, Backend: e.Backend, Client: e.Client, Gen: e.Gen,
 		Status: e.Status, Attempts: e.Attempts, AcceptedAt: e.AcceptedAt, UpdatedAt: e.At,
 		LastError: e.LastError, Response: e.Response, DeadLettered: e.DeadLettered,
+		AttemptLog: e.AttemptLog,
 	}
 	if e.Status.Terminal() {
 		at := e.At

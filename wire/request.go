@@ -27,6 +27,9 @@ const (
 	HLastError    = "sluice-last-error"
 	HAvoidURL     = "sluice-avoid-url"
 	HDeadLettered = "sluice-dead-lettered-at"
+	// HAttemptLog is the request's attempt log so far (job.AttemptLog), a
+	// JSON array of the entries as a poll shows them; left out when empty.
+	HAttemptLog = "sluice-attempt-log"
 )
 
 // EncodeRequest encodes r for a request or dead-letter topic.
@@ -41,6 +44,9 @@ func EncodeRequest(r *job.Request) broker.Message {
 		n++
 	}
 	if !r.DeadAt.IsZero() {
+		n++
+	}
+	if len(r.AttemptLog) > 0 {
 		n++
 	}
 	h := make(map[string]string, n)
@@ -66,6 +72,10 @@ func EncodeRequest(r *job.Request) broker.Message {
 	}
 	if !r.DeadAt.IsZero() {
 		h[HDeadLettered] = r.DeadAt.UTC().Format(time.RFC3339Nano)
+	}
+	if len(r.AttemptLog) > 0 {
+		b, _ := json.Marshal(r.AttemptLog) // plain values always encode
+		h[HAttemptLog] = string(b)
 	}
 	return broker.Message{Key: r.ID, Headers: h, Body: r.Body}
 }
@@ -140,6 +150,13 @@ func DecodeRequest(m broker.Message) (*job.Request, error) {
 	r.AvoidURL, _ = strconv.Atoi(h[HAvoidURL])
 	if s := h[HDeadLettered]; s != "" {
 		r.DeadAt, _ = time.Parse(time.RFC3339Nano, s)
+	}
+	if s := h[HAttemptLog]; s != "" {
+		// The log only informs: one that cannot be read is dropped, and
+		// the request is delivered all the same.
+		if json.Unmarshal([]byte(s), &r.AttemptLog) != nil {
+			r.AttemptLog = nil
+		}
 	}
 	return r, nil
 }

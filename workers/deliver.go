@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluice-gw/sluice/job"
 )
 
 // Verdict is what one attempt's outcome means.
@@ -92,6 +94,16 @@ func describe(err error) string {
 	default:
 		return ErrNetwork
 	}
+}
+
+// logEntry is attempt n's entry in req's attempt log: the backend's
+// status, or, with no answer, status 0 and the error's category.
+func logEntry(req *job.Request, n int, res result) job.Attempt {
+	a := job.Attempt{Gen: req.Gen, Attempt: n, At: res.at.UTC(), Status: res.status, DurationMS: res.took.Milliseconds()}
+	if res.err != nil {
+		a.Status, a.Error = 0, describe(res.err)
+	}
+	return a
 }
 
 // retryAfter reads a Retry-After header, seconds or an HTTP date, capped at

@@ -343,6 +343,9 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 		p.handBack(d)
 		return
 	}
+	// The retry or dead letter copy and the outcome's event carry the log
+	// with this attempt.
+	req.AttemptLog = req.AttemptLog.With(logEntry(req, attempt, res))
 
 	var lastErr string
 	if res.err != nil {
@@ -506,13 +509,17 @@ type result struct {
 	body   []byte
 	cut    bool // body longer than job.MaxStoredBody, cut there
 	err    error
-	url    int  // the index of the url tried
-	probe  bool // a probe of an ejected url
+	url    int           // the index of the url tried
+	probe  bool          // a probe of an ejected url
+	at     time.Time     // when the attempt began
+	took   time.Duration // how long it took, the response body read
 }
 
 // attempt makes one HTTP request; err is set for network errors, timeouts
 // and requests that cannot be built (errBuild).
 func (p *Pool) attempt(ctx context.Context, req *job.Request, attempt int) (res result) {
+	res.at = time.Now()
+	defer func() { res.took = time.Since(res.at) }()
 	res.url, res.probe = p.bal.pick(req.AvoidURL - 1)
 	for _, kv := range req.Header {
 		if !httpguts.ValidHeaderFieldName(kv[0]) || !httpguts.ValidHeaderFieldValue(kv[1]) {

@@ -8,7 +8,8 @@ import (
 )
 
 // TestBrokerPath runs the full path through each external broker:
-// deliveries with retries, a dead letter, and its replay.
+// deliveries with retries, a dead letter, and its replay, each with its
+// attempt log.
 func TestBrokerPath(t *testing.T) {
 	integration(t)
 	t.Parallel()
@@ -47,6 +48,7 @@ backends:
 		if r.Status != "succeeded" || r.Attempts != 2 || r.Response == nil || r.Response.Body != "stored" {
 			t.Fatalf("%s: %+v", id, r)
 		}
+		checkLog(t, r, "503 200")
 		hits := flaky.hitsFor(id)
 		if len(hits) != 2 || hits[1].Header.Get("X-Sluice-Attempt") != "2" || hits[1].Header.Get("X-Custom") != "v" {
 			t.Fatalf("%s: backend saw %d attempts", id, len(hits))
@@ -56,6 +58,8 @@ backends:
 	d := g.submit("/v1/dead", "x", nil)
 	if r := g.await(d.ID, 30*time.Second); r.Status != "failed" || !r.DeadLettered || r.Attempts != 2 {
 		t.Fatalf("dead: %+v", r)
+	} else {
+		checkLog(t, r, "500 500")
 	}
 	_, body := do(t, "GET", g.admin+"/admin/dead-letters?backend=dead", "", nil)
 	if !strings.Contains(string(body), d.ID) {
@@ -72,6 +76,8 @@ backends:
 	}
 	if r := g.await(d.ID, 30*time.Second); r.Status != "succeeded" || r.Attempts != 1 {
 		t.Fatalf("after replay: %+v", r)
+	} else {
+		checkLog(t, r, "500 500 200/1") // the attempt log travels through the broker's retries and dead letters
 	}
 	_, body = do(t, "GET", g.admin+"/admin/dead-letters?backend=dead", "", nil)
 	if strings.Contains(string(body), d.ID) {

@@ -235,7 +235,8 @@ backends:
 	}
 }
 
-// withoutTimestamps is a poll's body without its timestamps.
+// withoutTimestamps is a poll's body without its timestamps (its
+// attempts' included).
 func withoutTimestamps(t *testing.T, poll []byte) []byte {
 	t.Helper()
 	var m map[string]any
@@ -245,6 +246,11 @@ func withoutTimestamps(t *testing.T, poll []byte) []byte {
 	delete(m, "accepted_at")
 	delete(m, "updated_at")
 	delete(m, "completed_at")
+	if log, ok := m["attempt_log"].([]any); ok {
+		for _, a := range log {
+			delete(a.(map[string]any), "at")
+		}
+	}
 	b, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)

@@ -140,7 +140,15 @@ type record struct {
 	CompletedAt  string `json:"completed_at"`
 	LastError    string `json:"last_error"`
 	DeadLettered bool   `json:"dead_lettered"`
-	Response     *struct {
+	AttemptLog   []struct {
+		Attempt    int    `json:"attempt"`
+		At         string `json:"at"`
+		Status     int    `json:"status"`
+		Error      string `json:"error"`
+		DurationMS int64  `json:"duration_ms"`
+		Replay     int    `json:"replay"`
+	} `json:"attempt_log"`
+	Response *struct {
 		Status       int               `json:"status"`
 		Headers      map[string]string `json:"headers"`
 		Body         string            `json:"body"`

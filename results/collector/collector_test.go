@@ -109,6 +109,7 @@ type fakeStore struct {
 	mu            sync.Mutex
 	stored        map[string]bool
 	responses     map[string]bool // ids stored with a response
+	logs          map[string]int  // the attempt log's length of the ids stored
 	fail          bool
 }
 
@@ -123,6 +124,9 @@ func (s *fakeStore) Apply(_ context.Context, events []*job.Event) error {
 		s.stored[e.ID] = true
 		if s.responses != nil && e.Response != nil {
 			s.responses[e.ID] = true
+		}
+		if s.logs != nil {
+			s.logs[e.ID] = len(e.AttemptLog)
 		}
 	}
 	return nil
@@ -208,7 +212,7 @@ func TestStopWithoutStopBy(t *testing.T) {
 }
 
 // TestKeepResponse: the keep policy decides which stored outcomes carry
-// the backend's response.
+// the backend's response; every one keeps its attempt log.
 func TestKeepResponse(t *testing.T) {
 	resp := &job.Response{Status: 200, Headers: map[string]string{"Content-Type": "text/plain"}, Body: "ok", BodyEncoding: "utf8"}
 	outcomes := []*job.Event{
@@ -226,13 +230,14 @@ func TestKeepResponse(t *testing.T) {
 		{"never", job.KeepNever, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f, s := newTopic(), &fakeStore{stored: map[string]bool{}, responses: map[string]bool{}}
+			f, s := newTopic(), &fakeStore{stored: map[string]bool{}, responses: map[string]bool{}, logs: map[string]int{}}
 			c := New(f, s, zerolog.Nop(), Options{Keep: tc.keep})
 			ctx, cancel := context.WithCancel(context.Background())
 			wait := start(t, c, ctx)
 			for _, e := range outcomes {
 				cp := *e
-				cp.Route, cp.Backend, cp.Attempts, cp.At = "r", "b", 1, time.Now()
+				cp.Route, cp.Backend, cp.Attempts, cp.At = "r", "b", 2, time.Now()
+				cp.AttemptLog = job.AttemptLog{{Attempt: 1, At: cp.At, Error: "timeout"}, {Attempt: 2, At: cp.At, Status: 200}}
 				f.publish(wire.EncodeEvent(&cp))
 			}
 			c.StopBy(time.Now().Add(5 * time.Second))
@@ -245,6 +250,11 @@ func TestKeepResponse(t *testing.T) {
 			slices.Sort(got)
 			if strings.Join(got, " ") != tc.want || s.count() != len(outcomes) {
 				t.Fatalf("stored %d outcomes, with a response: %q, want %q", s.count(), got, tc.want)
+			}
+			for _, e := range outcomes {
+				if s.logs[e.ID] != 2 {
+					t.Fatalf("%s stored with %d attempts in its log, want 2", e.ID, s.logs[e.ID])
+				}
 			}
 		})
 	}

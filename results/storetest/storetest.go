@@ -77,19 +77,29 @@ func event(id string, gen int, st job.Status, attempts int, at time.Time) *job.E
 }
 
 // lifeEvents is every event of a request's life: delivered on the second
-// attempt, then replayed from the dead-letter queue and failed again. Its
-// last event wins whatever the order.
+// attempt, then replayed from the dead-letter queue and failed again, each
+// event with the attempt log it would carry. Its last event wins whatever
+// the order, its log with it.
 func lifeEvents(id string) []*job.Event {
 	t := time.Now().UTC()
 	at := func(ms int) time.Time { return t.Add(time.Duration(ms) * time.Millisecond) }
+	log := job.AttemptLog{
+		{Attempt: 1, At: at(1), Status: 503, DurationMS: 1},
+		{Attempt: 2, At: at(3), Error: "connection refused"},
+		{Gen: 1, Attempt: 1, At: at(5), Status: 500, DurationMS: 1},
+	}
+	withLog := func(e *job.Event, n int) *job.Event {
+		e.AttemptLog = log[:n:n]
+		return e
+	}
 	return []*job.Event{
 		event(id, 0, job.Queued, 0, at(0)),
 		event(id, 0, job.InFlight, 1, at(1)),
-		event(id, 0, job.Retrying, 1, at(2)),
-		event(id, 0, job.InFlight, 2, at(3)),
-		event(id, 0, job.Succeeded, 2, at(4)),
-		event(id, 1, job.Queued, 0, at(5)), // the admin replay
-		event(id, 1, job.Failed, 1, at(6)),
+		withLog(event(id, 0, job.Retrying, 1, at(2)), 1),
+		withLog(event(id, 0, job.InFlight, 2, at(3)), 1),
+		withLog(event(id, 0, job.Succeeded, 2, at(4)), 2),
+		withLog(event(id, 1, job.Queued, 0, at(5)), 2), // the admin replay
+		withLog(event(id, 1, job.Failed, 1, at(6)), 3),
 	}
 }
 
