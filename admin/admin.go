@@ -62,6 +62,10 @@ type Handler struct {
 	Backlog  Backlog
 	Ready    []Check
 	mux      *http.ServeMux
+
+	// Metrics answers GET /metrics (package metrics); nil with
+	// metrics: false, and then /metrics is 404.
+	Metrics http.Handler
 }
 
 // New builds the handler. pprof serves Go's profiles under /debug/pprof/.
@@ -77,6 +81,7 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 	h.mux.HandleFunc("GET /admin/dead-letters", h.listDead)
 	h.mux.HandleFunc("POST /admin/dead-letters/replay", h.replay)
 	h.mux.HandleFunc("GET /admin/clients", h.clients)
+	h.mux.HandleFunc("GET /metrics", h.metrics)
 	if pprofOn {
 		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -151,6 +156,10 @@ type Stats struct {
 	Failed         int64   `json:"failed"`
 	Retried        int64   `json:"retried"`
 	DeadLettered   int64   `json:"dead_lettered"`
+
+	// ConcurrencyLimit is the concurrency enforced now in this process
+	// (SPEC §6; sluice_backend_concurrency): concurrency times share.
+	ConcurrencyLimit int `json:"concurrency_limit"`
 }
 
 // Backend is the object of GET and PATCH /admin/backends.
@@ -177,7 +186,7 @@ func (h *Handler) backend(name string) (Backend, bool) {
 			InFlight: st.InFlight, QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
 			BacklogSeconds: backlog, Stalled: est.Stalled, Breaker: st.Breaker, Share: math.Round(st.Share*1000) / 1000,
 			Attempts: st.Attempts, Succeeded: st.Succeeded, Failed: st.Failed,
-			Retried: st.Retried, DeadLettered: st.DeadLettered,
+			Retried: st.Retried, DeadLettered: st.DeadLettered, ConcurrencyLimit: st.ConcurrencyLimit,
 		},
 	}, true
 }
@@ -329,4 +338,14 @@ func (h *Handler) clients(rw http.ResponseWriter, _ *http.Request) {
 		usage = h.Meter.Snapshot()
 	}
 	writeJSON(rw, 200, map[string]any{"clients": usage})
+}
+
+// metrics answers GET /metrics: the Prometheus text format, or 404 with
+// metrics: false.
+func (h *Handler) metrics(rw http.ResponseWriter, r *http.Request) {
+	if h.Metrics == nil {
+		problem.Write(rw, 404, "metrics are off in this process's config (metrics: false)")
+		return
+	}
+	h.Metrics.ServeHTTP(rw, r)
 }
