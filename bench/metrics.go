@@ -82,7 +82,7 @@ const metricsSlice = time.Second
 // a delivery attempt pays for metrics (one histogram observation) is
 // BenchmarkLatencyObserve's.
 func metricsCost(b *bench) error {
-	turns := max(4, int(2*b.dur/metricsSlice))
+	turns := max(4, int(4*b.dur/metricsSlice)) // 20 at the default -duration: fewer swing with a busy machine
 	fmt.Fprintf(b.log, "== metrics: ingest with GET /metrics scraped every second, against metrics: false; %d turns of %v each, side by side\n",
 		turns, metricsSlice)
 	var procs [2]*sluiceProc
