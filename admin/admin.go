@@ -66,6 +66,10 @@ type Handler struct {
 	// History answers GET /admin/history; the gateway runs it.
 	History *History
 	mux     *http.ServeMux
+
+	// Metrics answers GET /metrics (package metrics); nil with
+	// metrics: false, and then /metrics is 404.
+	Metrics http.Handler
 }
 
 // New builds the handler. pprof serves Go's profiles under /debug/pprof/.
@@ -85,6 +89,7 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 	h.mux.HandleFunc("GET /admin/history", h.history)
 	h.mux.HandleFunc("GET /{$}", h.index)
 	h.mux.HandleFunc("GET /ui/", h.static)
+	h.mux.HandleFunc("GET /metrics", h.metrics)
 	if pprofOn {
 		h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -163,6 +168,10 @@ type Stats struct {
 	Failed         int64   `json:"failed"`
 	Retried        int64   `json:"retried"`
 	DeadLettered   int64   `json:"dead_lettered"`
+
+	// ConcurrencyLimit is the concurrency enforced now in this process
+	// (SPEC §6; sluice_backend_concurrency): concurrency times share.
+	ConcurrencyLimit int `json:"concurrency_limit"`
 }
 
 // Backend is the object of GET and PATCH /admin/backends.
@@ -195,7 +204,7 @@ func describe(name string, st workers.Status, bl Backlog) Backend {
 			InFlight: st.InFlight, QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
 			BacklogSeconds: backlog, Stalled: est.Stalled, Breaker: st.Breaker, Share: math.Round(st.Share*1000) / 1000,
 			Attempts: st.Attempts, Succeeded: st.Succeeded, Failed: st.Failed,
-			Retried: st.Retried, DeadLettered: st.DeadLettered,
+			Retried: st.Retried, DeadLettered: st.DeadLettered, ConcurrencyLimit: st.ConcurrencyLimit,
 		},
 	}
 }
@@ -375,4 +384,14 @@ func (h *Handler) history(rw http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(rw, 200, historyBody{IntervalSeconds: h.History.Interval().Seconds(),
 		WindowSeconds: h.History.Window().Seconds(), Backends: h.History.Snapshot(since)})
+}
+
+// metrics answers GET /metrics: the Prometheus text format, or 404 with
+// metrics: false.
+func (h *Handler) metrics(rw http.ResponseWriter, r *http.Request) {
+	if h.Metrics == nil {
+		problem.Write(rw, 404, "metrics are off in this process's config (metrics: false)")
+		return
+	}
+	h.Metrics.ServeHTTP(rw, r)
 }

@@ -223,3 +223,32 @@ func TestClients(t *testing.T) {
 		t.Fatalf("without the token: %d", resp.StatusCode)
 	}
 }
+
+// TestMetricsEndpoint: GET /metrics hands the request to the metrics
+// handler, behind the token; without one (metrics: false) it is a 404
+// problem. The backend object shows the enforced concurrency limit.
+func TestMetricsEndpoint(t *testing.T) {
+	h, _ := testHandler(t, "s3cret")
+	auth := map[string]string{"Authorization": "Bearer s3cret"}
+	resp, body := serve(h, "GET", "/metrics", "", auth)
+	if resp.StatusCode != 404 || !strings.Contains(body, "metrics: false") || resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("metrics off: %d %s", resp.StatusCode, body)
+	}
+	h.Metrics = http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+		rw.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_, _ = io.WriteString(rw, "sluice_up 1\n")
+	})
+	if resp, body := serve(h, "GET", "/metrics", "", auth); resp.StatusCode != 200 || body != "sluice_up 1\n" {
+		t.Fatalf("metrics on: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := serve(h, "GET", "/metrics", "", nil); resp.StatusCode != 401 || strings.Contains(body, "sluice_up") {
+		t.Fatalf("without the token: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := serve(h, "POST", "/metrics", "", auth); resp.StatusCode != 405 {
+		t.Fatalf("POST /metrics: %d", resp.StatusCode)
+	}
+	_, body = serve(h, "GET", "/admin/backends/logs", "", auth)
+	if !strings.Contains(body, `"concurrency_limit":8`) {
+		t.Fatalf("no concurrency_limit in %s", body)
+	}
+}

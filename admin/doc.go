@@ -1,6 +1,7 @@
 // Package admin is sluice's operator API on the admin listener (net/http):
 // health and readiness, live backend tuning (rate, burst, concurrency,
-// pause), dead-letter listing and replay, metering, and the dashboard.
+// pause), dead-letter listing and replay, metering, GET /metrics (the
+// handler package metrics builds, set by the gateway), and the dashboard.
 //
 // History samples every backend's status and backlog every 2 s into a ring
 // of 10 minutes (GET /admin/history), so the dashboard shows the last

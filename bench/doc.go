@@ -15,12 +15,14 @@
 //	rabbitmq sluice through RabbitMQ vs the raw amqp091 publisher
 //	delivery sluice CPU per delivery at rate 200 on each broker, draining a
 //	         backlog vs keeping up with submits at the rate
+//	policies ingest with API-key auth, a client rate limit and CORS vs none
+//	metrics  ingest with GET /metrics scraped every second vs metrics: false
 //	scale    (only when named) 1-3 sluice processes per role on Kafka and
 //	         RabbitMQ with Redis: ingest, delivery, a rate held in total
 //
 // The program is split by concern: load.go is the one load generator every
 // part measures with (closed loop, bounded in time and count); scenarios.go
-// holds the parts; baselines.go the raw broker clients and the bare server;
+// holds the parts (metrics.go the metrics part); baselines.go the raw broker clients and the bare server;
 // procs.go the processes under test and the delivery sink; goals.go the one
 // table of goals and its evaluation; report.go the text and -json output.
 // Every load loop targets 127.0.0.1 only.

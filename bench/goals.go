@@ -75,6 +75,17 @@ var goals = append([]goal{
 		baseline: "the same without them", base: "policies.off.rps", cmp: atLeast, want: 0.85, unit: "x"},
 	{part: "policies", what: "ingest with auth, rate limit, CORS", figure: "policies.on.rps",
 		baseline: "the same without them", base: "policies.off.rps", cmp: atLeast, want: 0.9, unit: "x", aim: true},
+	// Prometheus metrics cost ingest nothing per request: every series is
+	// read at scrape time (issue 12). /metrics scraped every second
+	// against metrics: false, the same requests sent to both.
+	{part: "metrics", what: "ingest with /metrics scraped every 1s", figure: "metrics.on.rps",
+		baseline: "metrics: false", base: "metrics.off.rps", cmp: atLeast, want: 0.9, unit: "x"},
+	{part: "metrics", what: "ingest with /metrics scraped every 1s", figure: "metrics.on.rps",
+		baseline: "metrics: false", base: "metrics.off.rps", cmp: atLeast, want: 0.97, unit: "x", aim: true},
+	// The same as CPU, which a busy machine moves less: one scrape's CPU
+	// against a second of ingest at full load.
+	{part: "metrics", what: "CPU of a scrape a second, of ingest's", figure: "metrics.scrape_cpu_pct",
+		cmp: atMost, want: 3, unit: "%"},
 	// The same at 256 connections (0.54-0.60x, p99 1.4-1.5x).
 	{part: "ingest", what: "durable req/s, 256 conns", figure: "ingest.durable256.rps",
 		baseline: "bare fasthttp, 256 conns", base: "ingest.bare256.rps", cmp: atLeast, want: 0.35, unit: "x"},

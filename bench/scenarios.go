@@ -36,6 +36,7 @@ var parts = []part{
 	{name: "rabbitmq", run: rabbitMQ},
 	{name: "delivery", run: delivery},
 	{name: "policies", run: policies},
+	{name: "metrics", run: metricsCost},
 	{name: "soak", run: soak, long: true},
 	{name: "scale", run: scale, long: true},
 }

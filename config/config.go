@@ -46,6 +46,11 @@ type Config struct {
 	GroupCommit GroupCommit `yaml:"group_commit"`
 	Log         Log         `yaml:"log"`
 
+	// Metrics serves GET /metrics (Prometheus) on the admin port and
+	// records attempt durations. Default true; false: /metrics answers 404
+	// and nothing is recorded per delivery for it.
+	Metrics *bool `yaml:"metrics"`
+
 	Broker  Broker  `yaml:"broker"`
 	Results Results `yaml:"results"`
 	// Auth, when present, makes every route and poll need credentials.
@@ -394,6 +399,9 @@ func (c *Config) Path(p string) string {
 	return filepath.Join(c.Dir, p)
 }
 
+// MetricsOn reports whether metrics is on (true unless set to false).
+func (c *Config) MetricsOn() bool { return c.Metrics == nil || *c.Metrics }
+
 // ApplyDefaults fills every unset key with its documented default.
 func (c *Config) ApplyDefaults() {
 	def := func(s *string, v string) {
@@ -411,6 +419,10 @@ func (c *Config) ApplyDefaults() {
 	def(&c.Results.Store, "embedded")
 	def(&c.Results.Embedded.Dir, "./data/results")
 	def(&c.Results.KeepResponse, KeepAlways)
+	if c.Metrics == nil {
+		on := true
+		c.Metrics = &on
+	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = Duration(15 * time.Second)
 	}

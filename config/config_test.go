@@ -75,6 +75,7 @@ func TestDefaults(t *testing.T) {
 		{"on_status", len(b.Retry.OnStatus), 7},
 		{"breaker.failures", *b.Breaker.Failures, 20},
 		{"breaker.cooldown", b.Breaker.Cooldown.D(), 5 * time.Second},
+		{"metrics", c.MetricsOn(), true},
 	}
 	for _, ck := range checks {
 		if ck.got != ck.want {
@@ -113,6 +114,37 @@ backends:
 	}
 	if b.Rate != 2.5 || b.Burst != 3 || len(b.Retry.OnStatus) != 0 || *b.Breaker.Failures != 0 {
 		t.Errorf("backend values not kept: %+v", b)
+	}
+}
+
+// TestMetricsKey: metrics is on unless set to false; anything but a
+// boolean is refused by name.
+func TestMetricsKey(t *testing.T) {
+	const base = "routes: [{name: r, path: /r, backend: b}]\nbackends: [{name: b, urls: [\"http://127.0.0.1:1/\"]}]\n"
+	for _, c := range []struct {
+		name, line string
+		on         bool
+		err        string
+	}{
+		{"absent", "", true, ""},
+		{"null", "metrics:\n", true, ""},
+		{"true", "metrics: true\n", true, ""},
+		{"false", "metrics: false\n", false, ""},
+		{"not a boolean", "metrics: sometimes\n", false, `metrics: must be a boolean, got "sometimes"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(c.line+base), t.TempDir())
+			switch {
+			case c.err != "":
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("got %v, want %q", err, c.err)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case cfg.MetricsOn() != c.on:
+				t.Fatalf("MetricsOn() = %v, want %v", cfg.MetricsOn(), c.on)
+			}
+		})
 	}
 }
 

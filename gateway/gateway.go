@@ -23,6 +23,7 @@ import (
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/job"
+	"github.com/sluice-gw/sluice/metrics"
 	"github.com/sluice-gw/sluice/ratelimit"
 	"github.com/sluice-gw/sluice/results"
 	"github.com/sluice-gw/sluice/results/bolt"
@@ -197,6 +198,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	// The dashboard's charts: the last minutes of every backend's figures.
 	adminAPI.History = admin.NewHistory(p.manager, monitor, admin.HistoryInterval, admin.HistoryWindow)
+	if cfg.MetricsOn() {
+		adminAPI.Metrics = newMetrics(p.manager, monitor, p.ingress)
+	}
 	p.admin = &http.Server{Handler: adminAPI, ReadHeaderTimeout: 10 * time.Second}
 
 	p.collector = collector.New(p.broker, p.store, log, collector.Options{Keep: job.ParseKeep(cfg.Results.KeepResponse)})
@@ -419,4 +423,14 @@ func settledIn(store results.Store) workers.Settled {
 		}
 		return out, nil
 	}
+}
+
+// newMetrics builds GET /metrics over the parts this process runs: without
+// the ingress role there is no metering to read.
+func newMetrics(m *workers.Manager, monitor *backlog.Monitor, ing *ingress.Server) *metrics.Metrics {
+	src := metrics.Sources{Backends: m, Backlog: monitor}
+	if ing != nil {
+		src.Meter = ing.Meter()
+	}
+	return metrics.New(src)
 }

@@ -143,6 +143,14 @@ func (l *Limiter) State() State {
 	return st
 }
 
+// ConcurrencyLimit is how many deliveries may be in flight now: the
+// concurrency setting times this process's share.
+func (l *Limiter) ConcurrencyLimit() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.eff
+}
+
 // Permit is one admitted delivery. Done (or Cancel, if the delivery never
 // started) must be called once.
 type Permit struct {

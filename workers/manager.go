@@ -23,12 +23,16 @@ type Manager struct {
 	names []string
 }
 
-// NewManager builds one pool per configured backend.
+// NewManager builds one pool per configured backend. With metrics: false
+// the pools record no attempt durations.
 func NewManager(cfg *config.Config, br broker.Broker, log zerolog.Logger) *Manager {
 	m := &Manager{pools: map[string]*Pool{}}
 	drain := cfg.ShutdownTimeout.D() * 3 / 4
 	for _, b := range cfg.Backends {
 		m.pools[b.Name] = NewPool(b, br, log, drain)
+		if !cfg.MetricsOn() {
+			m.pools[b.Name].latency = nil
+		}
 		m.names = append(m.names, b.Name)
 	}
 	return m
@@ -59,6 +63,12 @@ type Status struct {
 	Settings
 	State
 	Attempts, Succeeded, Failed, Retried, DeadLettered int64
+	// ConcurrencyLimit is the concurrency enforced in this process now:
+	// Concurrency (the configured ceiling) times Share.
+	ConcurrencyLimit int
+	// Latency is how long attempts took since the pool started
+	// (LatencyQuantile reads it); empty with metrics: false.
+	Latency Latency
 }
 
 // Status reports backend name; false if it is not configured.
@@ -72,6 +82,8 @@ func (m *Manager) Status(name string) (Status, bool) {
 		Attempts: c.Attempts.Load(), Succeeded: c.Succeeded.Load(), Failed: c.Failed.Load(),
 		Retried: c.Retried.Load(), DeadLettered: c.DeadLettered.Load()}
 	st.InFlight = int(c.InFlight.Load())
+	st.ConcurrencyLimit = p.lim.ConcurrencyLimit()
+	st.Latency = p.latency.snapshot()
 	return st, true
 }
 

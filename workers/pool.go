@@ -73,6 +73,7 @@ type Pool struct {
 	settled      Settled // nil: every request of a batch handed out again is delivered
 	packed       func(topic string, requests int)
 	Counter      Counters
+	latency      *latencyHist // attempt durations; nil with metrics: false
 }
 
 // Broker is what a pool needs of the broker.
@@ -85,7 +86,7 @@ type Broker interface {
 // in-flight deliveries at shutdown before handing them back.
 func NewPool(b config.Backend, br Broker, log zerolog.Logger, drain time.Duration) *Pool {
 	p := &Pool{cfg: b, broker: br, log: log.With().Str("backend", b.Name).Logger(), drain: drain,
-		settleWithin: settleTimeout}
+		settleWithin: settleTimeout, latency: &latencyHist{}}
 	p.lim = NewLimiter(Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency},
 		*b.Breaker.Failures, b.Breaker.Cooldown.D())
 	for _, raw := range b.URLs {
@@ -317,7 +318,9 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 		_ = p.broker.Publish(ectx, broker.ResultTopic, wire.EncodeEvent(inflight))
 	})
 
+	start := time.Now()
 	res := p.attempt(ctx, req, attempt)
+	took := time.Since(start)
 	if !progress.Stop() {
 		<-published
 	}
@@ -330,6 +333,7 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 		p.bal.report(res.url, res.probe, outcomeNeutral)
 	default:
 		permit.Done(verdict != Retry)
+		p.latency.observe(took)
 		switch {
 		case res.err != nil:
 			p.bal.report(res.url, res.probe, outcomeConnFailure)
