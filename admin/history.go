@@ -27,9 +27,9 @@ type Point struct {
 	RetriedPerSecond      *float64  `json:"retried_per_second"`
 	AttemptsPerSecond     *float64  `json:"attempts_per_second"`
 	DeadLetteredPerSecond *float64  `json:"dead_lettered_per_second"`
-	// LatencyP50Ms and LatencyP99Ms are the delivery latencies of the
-	// interval; null while workers.Status carries no latency buckets, and
-	// for an interval without deliveries.
+	// LatencyP50Ms and LatencyP99Ms are the attempts' latencies in the
+	// interval; null for an interval without attempts (and with
+	// metrics: false, which records none).
 	LatencyP50Ms   *float64 `json:"latency_p50_ms"`
 	LatencyP99Ms   *float64 `json:"latency_p99_ms"`
 	QueueDepth     int64    `json:"queue_depth"`
@@ -144,9 +144,7 @@ func (h *History) Sample() {
 		p := Point{At: at.UTC().Truncate(time.Millisecond),
 			QueueDepth: b.Stats.QueueDepth, BacklogSeconds: b.Stats.BacklogSeconds,
 			InFlight: b.Stats.InFlight, Rate: b.Rate, Breaker: b.Stats.Breaker, Paused: b.Paused,
-			// MERGE(adaptive): once Stats has ConcurrencyLimit (the current
-			// limit, SPEC §6), take it: Concurrency: b.Stats.ConcurrencyLimit.
-			Concurrency: b.Concurrency,
+			Concurrency: b.Stats.ConcurrencyLimit, // the limit in force (SPEC §6)
 		}
 		h.mu.Lock()
 		if prev, ok := h.prev[name]; ok {
@@ -160,12 +158,13 @@ func (h *History) Sample() {
 				p.RetriedPerSecond = rate(prev.st.Retried, st.Retried)
 				p.AttemptsPerSecond = rate(prev.st.Attempts, st.Attempts)
 				p.DeadLetteredPerSecond = rate(prev.st.DeadLettered, st.DeadLettered)
-				// MERGE(latency): once workers.Status has cumulative latency
-				// buckets, the interval's quantiles come from the two samples'
-				// difference, in milliseconds rounded to 0.1, left nil for an
-				// interval without deliveries:
-				//   p.LatencyP50Ms = ms(workers.LatencyQuantile(prev.st, st, 0.5))
-				//   p.LatencyP99Ms = ms(workers.LatencyQuantile(prev.st, st, 0.99))
+				// The interval's quantiles come from the two samples'
+				// difference, in milliseconds rounded to 0.1; nil for an
+				// interval without attempts.
+				if st.Latency.Count > prev.st.Latency.Count {
+					p.LatencyP50Ms = ms(workers.LatencyQuantile(prev.st.Latency, st.Latency, 0.5))
+					p.LatencyP99Ms = ms(workers.LatencyQuantile(prev.st.Latency, st.Latency, 0.99))
+				}
 			}
 		}
 		h.prev[name] = sampled{at: at, st: st}
@@ -188,4 +187,10 @@ func (h *History) Snapshot(since time.Time) []BackendHistory {
 		}
 	}
 	return out
+}
+
+// ms is d in milliseconds, rounded to 0.1.
+func ms(d time.Duration) *float64 {
+	v := math.Round(float64(d)/float64(time.Millisecond)*10) / 10
+	return &v
 }

@@ -24,7 +24,8 @@ var _ Backends = (*fakeBackends)(nil)
 func newFakeBackends(names ...string) *fakeBackends {
 	f := &fakeBackends{names: names, st: map[string]workers.Status{}}
 	for _, n := range names {
-		f.st[n] = workers.Status{Settings: workers.Settings{Rate: 10, Burst: 1, Concurrency: 4}, State: workers.State{Breaker: "closed", Share: 1}}
+		f.st[n] = workers.Status{Settings: workers.Settings{Rate: 10, Burst: 1, Concurrency: 8}, State: workers.State{Breaker: "closed", Share: 1},
+			ConcurrencyLimit: 4}
 	}
 	return f
 }
@@ -84,6 +85,9 @@ func TestHistoryRates(t *testing.T) {
 	fb.set("a", func(s *workers.Status) {
 		s.Succeeded, s.Failed, s.Retried, s.Attempts, s.DeadLettered = 10, 2, 4, 16, 1
 		s.InFlight, s.Breaker, s.Paused, s.Rate = 3, "open", true, 25
+		// 10 attempts between the samples: 9 within 10 ms, 1 within 500 ms.
+		s.Latency.Buckets = [workers.LatencyBuckets]uint64{0, 0, 0, 9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10}
+		s.Latency.Count = 10
 	})
 	c.advance(2 * time.Second)
 	h.Sample()
@@ -110,11 +114,13 @@ func TestHistoryRates(t *testing.T) {
 		{"dead-lettered", val(p1.DeadLetteredPerSecond), 0.5},
 		{"delivered after a restart", val(p2.DeliveredPerSecond), 0.0},
 		{"failed over 4 s", val(p2.FailedPerSecond), 0.0},
-		{"latency p50 (no buckets yet)", val(p1.LatencyP50Ms), nil},
+		{"latency p50", val(p1.LatencyP50Ms), 7.8},
+		{"latency p99", val(p1.LatencyP99Ms), 475.0},
+		{"latency p50 without attempts", val(p2.LatencyP50Ms), nil},
 		{"queue depth", p1.QueueDepth, int64(7)},
 		{"backlog", p1.BacklogSeconds, 4.0},
 		{"in flight", p1.InFlight, 3},
-		{"concurrency", p1.Concurrency, 4},
+		{"concurrency: the limit in force, not the ceiling", p1.Concurrency, 4},
 		{"rate", p1.Rate, 25.0},
 		{"breaker", p1.Breaker, "open"},
 		{"paused", p1.Paused, true},
