@@ -19,18 +19,8 @@ fail() {
   exit 1
 }
 
-need_root_apt() {
-  command -v apt-get >/dev/null || return 1
-  [ "$(id -u)" = 0 ] || return 1
-}
-
-apt_install() {
-  need_root_apt || return 1
-  if [ ! -f /tmp/.sluice-apt-updated ]; then
-    timeout 300 apt-get update -qq >/dev/null 2>&1 && touch /tmp/.sluice-apt-updated
-  fi
-  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "$@" >/dev/null 2>&1
-}
+# shellcheck source=scripts/apt.sh
+. "$(dirname "$0")/apt.sh"
 
 dir=${SLUICE_NODE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/sluice/node}
 

@@ -221,9 +221,16 @@ func (g *gw) poll(id string) (int, record) {
 // await long-polls id until it is terminal or d passes.
 func (g *gw) await(id string, d time.Duration) record {
 	g.t.Helper()
+	return g.awaitAs(id, nil, d)
+}
+
+// awaitAs long-polls id with the client's credentials (hdr) until it is
+// terminal, failing the test when d passes first.
+func (g *gw) awaitAs(id string, hdr map[string]string, d time.Duration) record {
+	g.t.Helper()
 	deadline := time.Now().Add(d)
 	for {
-		resp, b := do(g.t, "GET", g.base+"/v1/requests/"+id+"?wait=5s", "", nil)
+		resp, b := do(g.t, "GET", g.base+"/v1/requests/"+id+"?wait=5s", "", hdr)
 		if resp.StatusCode != 200 {
 			g.t.Fatalf("poll %s: %d %s", id, resp.StatusCode, b)
 		}

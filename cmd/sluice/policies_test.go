@@ -216,23 +216,6 @@ backends:
 	}
 }
 
-// awaitAs long-polls id with the client's credentials until terminal.
-func (g *gw) awaitAs(id string, hdr map[string]string, d time.Duration) record {
-	g.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		resp, b := do(g.t, "GET", g.base+"/v1/requests/"+id+"?wait=5s", "", hdr)
-		if resp.StatusCode != 200 {
-			g.t.Fatalf("poll %s: %d %s", id, resp.StatusCode, b)
-		}
-		var r record
-		_ = json.Unmarshal(b, &r)
-		if r.Status == "succeeded" || r.Status == "failed" || time.Now().After(deadline) {
-			return r
-		}
-	}
-}
-
 func hs256(t *testing.T, secret string, claims jwt.MapClaims) string {
 	t.Helper()
 	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(secret))
