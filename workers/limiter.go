@@ -16,8 +16,8 @@ const maxTokenWait = 250 * time.Millisecond
 
 // Limiter is the gate every delivery to one backend passes, shared by the
 // backend's whole pool: a token bucket (rate, burst), a cap on deliveries in
-// flight (concurrency), a pause switch and a consecutive-failure circuit
-// breaker. All settings can change while deliveries wait; a change takes
+// flight (concurrency), a pause switch and a consecutive-failure circuit breaker with half-open
+// probes. All settings can change while deliveries wait; a change takes
 // effect within maxTokenWait. It is safe for concurrent use.
 type Limiter struct {
 	mu       sync.Mutex
@@ -25,20 +25,13 @@ type Limiter struct {
 	rate     float64 // 0 = unlimited
 	burst    int
 	limit    int
-	inflight int
 	paused   bool
+	inflight int           // permits out
 	share    float64       // this process's part of the backend's limits
 	eff      int           // concurrency after the share
 	changed  chan struct{} // closed and replaced on every change
-
-	// breaker
-	threshold int // consecutive failures that open it; 0 = off
-	cooldown  time.Duration
-	fails     int
-	open      bool
-	openUntil time.Time
-	probing   bool
-	now       func() time.Time
+	brk      breaker
+	now      func() time.Time
 }
 
 // Settings are a limiter's tunables.
@@ -52,9 +45,18 @@ type Settings struct {
 // NewLimiter builds a limiter; failures 0 turns the breaker off.
 func NewLimiter(s Settings, failures int, cooldown time.Duration) *Limiter {
 	l := &Limiter{tb: rate.NewLimiter(rate.Inf, 1), changed: make(chan struct{}),
-		threshold: failures, cooldown: cooldown, now: time.Now, share: 1}
+		brk: newBreaker(failures, cooldown), now: time.Now, share: 1}
 	l.Set(s)
 	return l
+}
+
+// SetProbes sets the attempts the breaker lets through half-open (at
+// least 1; 1 until set).
+func (l *Limiter) SetProbes(n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.brk.probes = max(1, n)
+	l.signal()
 }
 
 // Set replaces the settings and wakes every waiter.
@@ -93,6 +95,11 @@ func (l *Limiter) apply() {
 	l.signal()
 }
 
+// capacity is the limit on deliveries in flight now.
+func (l *Limiter) capacity() int {
+	return l.eff
+}
+
 func (l *Limiter) signal() {
 	close(l.changed)
 	l.changed = make(chan struct{})
@@ -125,29 +132,27 @@ func (l *Limiter) Settings() Settings {
 // State describes the limiter right now.
 type State struct {
 	InFlight int
-	Breaker  string  // closed | open | half_open
-	Share    float64 // this process's part of the backend's limits
+	// Limit is the cap on deliveries in flight in this process now:
+	// Concurrency after the share.
+	Limit   int
+	Breaker string  // closed | open | half_open
+	Share   float64 // this process's part of the backend's limits
 }
 
-// State reports deliveries in flight and the breaker's state.
+// State reports deliveries in flight, the current limit and the breaker's
+// state.
 func (l *Limiter) State() State {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := State{InFlight: l.inflight, Breaker: "closed", Share: l.share}
-	if l.open {
-		st.Breaker = "open"
-		if !l.now().Before(l.openUntil) {
-			st.Breaker = "half_open"
-		}
-	}
-	return st
+	return State{InFlight: l.inflight, Limit: l.capacity(), Breaker: l.brk.state(l.now()), Share: l.share}
 }
 
-// Permit is one admitted delivery. Done (or Cancel, if the delivery never
-// started) must be called once.
+// Permit is one admitted delivery. Done (or Release, or Cancel if the
+// delivery never started) must be called once.
 type Permit struct {
 	l     *Limiter
 	probe bool
+	epoch int // the breaker's, for a probe
 	r     *rate.Reservation
 }
 
@@ -157,7 +162,11 @@ func (l *Limiter) TryAcquire() *Permit {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	if l.paused || l.inflight >= l.eff || l.open {
+	if l.paused || l.inflight >= l.capacity() {
+		return nil
+	}
+	ok, probe, _ := l.brk.admit(now)
+	if !ok {
 		return nil
 	}
 	r := l.tb.ReserveN(now, 1)
@@ -166,7 +175,7 @@ func (l *Limiter) TryAcquire() *Permit {
 		return nil
 	}
 	l.inflight++
-	return &Permit{l: l, r: r}
+	return &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r}
 }
 
 // Cancel gives back a permit that was not used: its slot and its token.
@@ -176,6 +185,7 @@ func (p *Permit) Cancel() {
 	if p.r != nil {
 		p.r.CancelAt(l.now())
 	}
+	l.brk.neutral(p.probe, p.epoch)
 	l.signal()
 }
 
@@ -184,9 +194,6 @@ func (p *Permit) release() *Limiter {
 	l := p.l
 	l.mu.Lock()
 	l.inflight--
-	if p.probe {
-		l.probing = false
-	}
 	return l
 }
 
@@ -207,37 +214,34 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 		changed := l.changed
 		now := l.now()
 		var wait time.Duration // 0: until something changes
-		switch {
-		case l.paused && stopOnPause:
+		if l.paused && stopOnPause {
 			l.mu.Unlock()
 			return nil, ErrPaused
-		case l.paused, l.inflight >= l.eff:
-		case l.open && now.Before(l.openUntil):
-			wait = l.openUntil.Sub(now)
-		case l.open && l.probing:
-		default:
-			r := l.tb.ReserveN(now, 1)
-			d := r.DelayFrom(now)
-			if d > maxTokenWait {
+		}
+		if !l.paused && l.inflight < l.capacity() {
+			var ok, probe bool
+			if ok, probe, wait = l.brk.admit(now); ok {
+				r := l.tb.ReserveN(now, 1)
+				d := r.DelayFrom(now)
+				if d <= maxTokenWait {
+					p := &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r}
+					l.inflight++
+					l.mu.Unlock()
+					if d > 0 {
+						t := time.NewTimer(d)
+						select {
+						case <-t.C:
+						case <-ctx.Done():
+							t.Stop()
+							p.Cancel()
+							return nil, ctx.Err()
+						}
+					}
+					return p, nil
+				}
 				r.CancelAt(now)
 				wait = maxTokenWait
-				break
 			}
-			p := &Permit{l: l, probe: l.open, r: r}
-			l.probing = l.probing || p.probe
-			l.inflight++
-			l.mu.Unlock()
-			if d > 0 {
-				t := time.NewTimer(d)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-					p.Done(true)
-					return nil, ctx.Err()
-				}
-			}
-			return p, nil
 		}
 		l.mu.Unlock()
 		var timer *time.Timer
@@ -266,23 +270,19 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 func (p *Permit) Done(healthy bool) {
 	l := p.release()
 	defer l.mu.Unlock()
-	if healthy {
-		l.fails, l.open = 0, false
-	} else {
-		l.fails++
-		if l.threshold > 0 && (p.probe || l.fails >= l.threshold) {
-			l.open, l.openUntil = true, l.now().Add(l.cooldown)
-		}
-	}
+	now := l.now()
+	l.brk.done(p.probe, p.epoch, healthy, now)
 	l.signal()
 }
 
 // Release frees the permit's slot without a verdict on the backend: the
 // attempt never reached it (sluice could not build the request, or a
-// shutdown cut it short). The breaker neither opens nor closes for it.
+// shutdown cut it short). The breaker neither opens nor closes for it, and a
+// probe's place is given back.
 func (p *Permit) Release() {
 	l := p.release()
 	defer l.mu.Unlock()
+	l.brk.neutral(p.probe, p.epoch)
 	l.signal()
 }
 

@@ -88,6 +88,7 @@ func NewPool(b config.Backend, br Broker, log zerolog.Logger, drain time.Duratio
 		settleWithin: settleTimeout}
 	p.lim = NewLimiter(Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency},
 		*b.Breaker.Failures, b.Breaker.Cooldown.D())
+	p.lim.SetProbes(b.Breaker.Probes)
 	for _, raw := range b.URLs {
 		u, _ := url.Parse(raw) // validated by config
 		p.urls = append(p.urls, u)
