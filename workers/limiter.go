@@ -16,7 +16,8 @@ const maxTokenWait = 250 * time.Millisecond
 
 // Limiter is the gate every delivery to one backend passes, shared by the
 // backend's whole pool: a token bucket (rate, burst), a cap on deliveries in
-// flight (concurrency), a pause switch and a consecutive-failure circuit breaker with half-open
+// flight (concurrency, or with adaptive the limit found between 1 and it),
+// a pause switch and a consecutive-failure circuit breaker with half-open
 // probes. All settings can change while deliveries wait; a change takes
 // effect within maxTokenWait. It is safe for concurrent use.
 type Limiter struct {
@@ -27,8 +28,10 @@ type Limiter struct {
 	limit    int
 	paused   bool
 	inflight int           // permits out
+	used     int           // permits whose delivery began
 	share    float64       // this process's part of the backend's limits
 	eff      int           // concurrency after the share
+	ad       *aimd         // the adaptive limit; nil unless adaptive
 	changed  chan struct{} // closed and replaced on every change
 	brk      breaker
 	now      func() time.Time
@@ -38,7 +41,8 @@ type Limiter struct {
 type Settings struct {
 	Rate        float64
 	Burst       int
-	Concurrency int
+	Concurrency int // with Adaptive, the ceiling of the limit found
+	Adaptive    bool
 	Paused      bool
 }
 
@@ -59,11 +63,19 @@ func (l *Limiter) SetProbes(n int) {
 	l.signal()
 }
 
-// Set replaces the settings and wakes every waiter.
+// Set replaces the settings and wakes every waiter. Turning Adaptive on
+// starts the limit again from 1 (in slow start); turning it off goes back
+// to Concurrency.
 func (l *Limiter) Set(s Settings) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.rate, l.burst, l.limit, l.paused = s.Rate, max(1, s.Burst), max(1, s.Concurrency), s.Paused
+	switch {
+	case !s.Adaptive:
+		l.ad = nil
+	case l.ad == nil:
+		l.ad = newAIMD(l.limit, l.now())
+	}
 	l.apply()
 }
 
@@ -92,11 +104,17 @@ func (l *Limiter) apply() {
 	l.tb.SetLimitAt(now, lim)
 	l.tb.SetBurstAt(now, max(1, int(math.Round(float64(l.burst)*l.share))))
 	l.eff = max(1, int(math.Round(float64(l.limit)*l.share)))
+	if l.ad != nil {
+		l.ad.setCeiling(l.eff)
+	}
 	l.signal()
 }
 
 // capacity is the limit on deliveries in flight now.
 func (l *Limiter) capacity() int {
+	if l.ad != nil {
+		return min(l.eff, l.ad.limit)
+	}
 	return l.eff
 }
 
@@ -126,14 +144,14 @@ func (l *Limiter) WaitUnpaused(ctx context.Context) error {
 func (l *Limiter) Settings() Settings {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return Settings{Rate: l.rate, Burst: l.burst, Concurrency: l.limit, Paused: l.paused}
+	return Settings{Rate: l.rate, Burst: l.burst, Concurrency: l.limit, Adaptive: l.ad != nil, Paused: l.paused}
 }
 
 // State describes the limiter right now.
 type State struct {
 	InFlight int
 	// Limit is the cap on deliveries in flight in this process now:
-	// Concurrency after the share.
+	// Concurrency after the share, or below it the adaptive limit.
 	Limit   int
 	Breaker string  // closed | open | half_open
 	Share   float64 // this process's part of the backend's limits
@@ -147,13 +165,16 @@ func (l *Limiter) State() State {
 	return State{InFlight: l.inflight, Limit: l.capacity(), Breaker: l.brk.state(l.now()), Share: l.share}
 }
 
-// Permit is one admitted delivery. Done (or Release, or Cancel if the
-// delivery never started) must be called once.
+// Permit is one admitted delivery. Begin marks the start of its delivery;
+// Done (or Release, or Cancel if the delivery never started) must be
+// called once.
 type Permit struct {
 	l     *Limiter
 	probe bool
 	epoch int // the breaker's, for a probe
 	r     *rate.Reservation
+	begun bool
+	at    time.Time // when the delivery began
 }
 
 // TryAcquire admits a delivery only if one may start right now; otherwise
@@ -175,7 +196,25 @@ func (l *Limiter) TryAcquire() *Permit {
 		return nil
 	}
 	l.inflight++
-	return &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r}
+	return &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r, at: now}
+}
+
+// Begin marks the permit as used: its delivery starts now. The adaptive
+// limit counts only begun permits as deliveries in flight (a dispatcher
+// holding permits while it waits for messages uses nothing), and times the
+// attempt from here to Done.
+func (p *Permit) Begin() {
+	l := p.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if p.begun {
+		return
+	}
+	p.begun, p.at = true, l.now()
+	l.used++
+	if l.ad != nil && l.ad.begin(l.used, p.at) {
+		l.signal()
+	}
 }
 
 // Cancel gives back a permit that was not used: its slot and its token.
@@ -194,6 +233,9 @@ func (p *Permit) release() *Limiter {
 	l := p.l
 	l.mu.Lock()
 	l.inflight--
+	if p.begun {
+		l.used--
+	}
 	return l
 }
 
@@ -224,7 +266,7 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 				r := l.tb.ReserveN(now, 1)
 				d := r.DelayFrom(now)
 				if d <= maxTokenWait {
-					p := &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r}
+					p := &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r, at: now}
 					l.inflight++
 					l.mu.Unlock()
 					if d > 0 {
@@ -266,19 +308,22 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 
 // Done frees the permit's slot. healthy says whether the backend answered
 // (any status that is not retried counts); unhealthy attempts feed the
-// breaker.
+// breaker and are back pressure to the adaptive limit.
 func (p *Permit) Done(healthy bool) {
 	l := p.release()
 	defer l.mu.Unlock()
 	now := l.now()
 	l.brk.done(p.probe, p.epoch, healthy, now)
+	if l.ad != nil && p.begun {
+		l.ad.sample(now.Sub(p.at), !healthy, now)
+	}
 	l.signal()
 }
 
 // Release frees the permit's slot without a verdict on the backend: the
 // attempt never reached it (sluice could not build the request, or a
-// shutdown cut it short). The breaker neither opens nor closes for it, and a
-// probe's place is given back.
+// shutdown cut it short). The breaker neither opens nor closes for it, a
+// probe's place is given back, and the adaptive limit learns nothing.
 func (p *Permit) Release() {
 	l := p.release()
 	defer l.mu.Unlock()

@@ -86,7 +86,7 @@ type Broker interface {
 func NewPool(b config.Backend, br Broker, log zerolog.Logger, drain time.Duration) *Pool {
 	p := &Pool{cfg: b, broker: br, log: log.With().Str("backend", b.Name).Logger(), drain: drain,
 		settleWithin: settleTimeout}
-	p.lim = NewLimiter(Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency},
+	p.lim = NewLimiter(Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency, Adaptive: b.Adaptive},
 		*b.Breaker.Failures, b.Breaker.Cooldown.D())
 	p.lim.SetProbes(b.Breaker.Probes)
 	for _, raw := range b.URLs {
@@ -183,6 +183,7 @@ func (p *Pool) Run(ctx context.Context) error {
 			continue
 		}
 		for i, d := range ds {
+			permits[i].Begin()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
