@@ -151,6 +151,10 @@ type Stats struct {
 	Failed         int64   `json:"failed"`
 	Retried        int64   `json:"retried"`
 	DeadLettered   int64   `json:"dead_lettered"`
+
+	// ConcurrencyLimit is this process's cap on deliveries in flight now:
+	// concurrency after the share, or with adaptive the limit found.
+	ConcurrencyLimit int `json:"concurrency_limit"`
 }
 
 // Backend is the object of GET and PATCH /admin/backends.
@@ -172,12 +176,12 @@ func (h *Handler) backend(name string) (Backend, bool) {
 	est := h.Backlog.Estimate(broker.RequestTopic(name), st.Rate, st.Concurrency)
 	depth, drain, backlog := est.Depth, est.Drain, math.Round(est.Wait.Seconds()*10)/10
 	return Backend{
-		Name: name, Rate: st.Rate, Burst: st.Burst, Concurrency: st.Concurrency, Paused: st.Paused,
+		Name: name, Rate: st.Rate, Burst: st.Burst, Concurrency: st.Concurrency, Adaptive: st.Adaptive, Paused: st.Paused,
 		Stats: Stats{
 			InFlight: st.InFlight, QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
 			BacklogSeconds: backlog, Stalled: est.Stalled, Breaker: st.Breaker, Share: math.Round(st.Share*1000) / 1000,
 			Attempts: st.Attempts, Succeeded: st.Succeeded, Failed: st.Failed,
-			Retried: st.Retried, DeadLettered: st.DeadLettered,
+			Retried: st.Retried, DeadLettered: st.DeadLettered, ConcurrencyLimit: st.Limit,
 		},
 	}, true
 }
@@ -221,9 +225,6 @@ func (p Patch) Validate() error {
 	if p.Concurrency != nil && *p.Concurrency < 1 {
 		errs = append(errs, errors.New("concurrency: must be >= 1"))
 	}
-	if p.Adaptive != nil && *p.Adaptive {
-		errs = append(errs, errors.New("adaptive: not supported yet in this release"))
-	}
 	return errors.Join(errs...)
 }
 
@@ -253,6 +254,9 @@ func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 		}
 		if p.Concurrency != nil {
 			set.Concurrency = *p.Concurrency
+		}
+		if p.Adaptive != nil {
+			set.Adaptive = *p.Adaptive
 		}
 		if p.Paused != nil {
 			set.Paused = *p.Paused
