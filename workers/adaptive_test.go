@@ -272,12 +272,21 @@ func TestAdaptiveSimulated(t *testing.T) {
 		if rate < 0.9*80 || share > 0.1 {
 			t.Fatalf("capacity 8: %.1f delivered/s (want >= 72), %.1f%% 429s (want <= 10%%)", rate, 100*share)
 		}
-		for _, phase := range []struct{ capacity, lo, hi int }{{16, 14, 17}, {4, 3, 5}, {8, 7, 9}} {
+		// A drop to a quarter draws a burst of 429s until the limit is down:
+		// bounded by the slots pushed-back attempts hold for a round trip.
+		for _, phase := range []struct {
+			capacity, lo, hi int
+			max429           float64 // over the 10 s after the change
+		}{{16, 14, 17, 0.05}, {4, 3, 5, 0.25}, {8, 7, 9, 0.10}} {
 			be.capacity = phase.capacity
 			st := simulate(l, c, be, events, 10*time.Second)
 			took := st.followed(phase.lo, phase.hi)
-			t.Logf("capacity -> %d: the limit within [%d, %d] after %v; %.1f delivered/s of %d",
-				phase.capacity, phase.lo, phase.hi, took, float64(st.ok)/10, phase.capacity*10)
+			share := float64(st.rejected) / float64(st.ok+st.rejected)
+			t.Logf("capacity -> %d: the limit within [%d, %d] after %v; %.1f delivered/s of %d, %.1f%% answered 429",
+				phase.capacity, phase.lo, phase.hi, took, float64(st.ok)/10, phase.capacity*10, 100*share)
+			if share > phase.max429 {
+				t.Fatalf("capacity -> %d: %.1f%% of the attempts answered 429, want <= %.0f%%", phase.capacity, 100*share, 100*phase.max429)
+			}
 			if took < 0 || took > 5*time.Second {
 				t.Fatalf("capacity -> %d: limit did not follow within 5 s (%v); limits every 10 ms: %v",
 					phase.capacity, took, st.limits)

@@ -32,6 +32,7 @@ type Limiter struct {
 	share    float64       // this process's part of the backend's limits
 	eff      int           // concurrency after the share
 	ad       *aimd         // the adaptive limit; nil unless adaptive
+	held     []time.Time   // with adaptive: until when pushed-back attempts hold their slots
 	changed  chan struct{} // closed and replaced on every change
 	brk      breaker
 	now      func() time.Time
@@ -72,7 +73,7 @@ func (l *Limiter) Set(s Settings) {
 	l.rate, l.burst, l.limit, l.paused = s.Rate, max(1, s.Burst), max(1, s.Concurrency), s.Paused
 	switch {
 	case !s.Adaptive:
-		l.ad = nil
+		l.ad, l.held = nil, nil
 	case l.ad == nil:
 		l.ad = newAIMD(l.limit, l.now())
 	}
@@ -183,7 +184,7 @@ func (l *Limiter) TryAcquire() *Permit {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	if l.paused || l.inflight >= l.capacity() {
+	if busy, _ := l.busy(now); l.paused || busy >= l.capacity() {
 		return nil
 	}
 	ok, probe, _ := l.brk.admit(now)
@@ -260,7 +261,11 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 			l.mu.Unlock()
 			return nil, ErrPaused
 		}
-		if !l.paused && l.inflight < l.capacity() {
+		busy, freeIn := l.busy(now)
+		if !l.paused && busy >= l.capacity() {
+			wait = freeIn
+		}
+		if !l.paused && busy < l.capacity() {
 			var ok, probe bool
 			if ok, probe, wait = l.brk.admit(now); ok {
 				r := l.tb.ReserveN(now, 1)
@@ -315,9 +320,37 @@ func (p *Permit) Done(healthy bool) {
 	now := l.now()
 	l.brk.done(p.probe, p.epoch, healthy, now)
 	if l.ad != nil && p.begun {
+		before := l.ad.limit
 		l.ad.sample(now.Sub(p.at), !healthy, now)
+		// A pushed-back attempt that did not lower the limit (it was
+		// lowered less than a window ago) keeps its slot for the rest of
+		// its round trip: a 429 comes back at once, and its slot handed on
+		// at once would draw the next 429 at once, many times over until
+		// the limit comes down again. A decrease frees the slots held.
+		switch until := p.at.Add(l.ad.window()); {
+		case l.ad.limit < before:
+			l.held = l.held[:0]
+		case !healthy && until.After(now):
+			l.held = append(l.held, until)
+		}
 	}
 	l.signal()
+}
+
+// busy is the slots taken at now: permits out, and the slots pushed-back
+// attempts still hold; freeIn is when the first of those frees (0: none).
+func (l *Limiter) busy(now time.Time) (busy int, freeIn time.Duration) {
+	keep := l.held[:0]
+	for _, until := range l.held {
+		if d := until.Sub(now); d > 0 {
+			keep = append(keep, until)
+			if freeIn == 0 || d < freeIn {
+				freeIn = d
+			}
+		}
+	}
+	l.held = keep
+	return l.inflight + len(keep), freeIn
 }
 
 // Release frees the permit's slot without a verdict on the backend: the
