@@ -2,6 +2,7 @@ package workers
 
 import (
 	"container/heap"
+	"context"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -391,4 +392,35 @@ func TestAdaptiveSettings(t *testing.T) {
 	if got := l.State().Limit; got != 32 {
 		t.Fatalf("limit %d after concurrency 32, want 32", got)
 	}
+}
+
+// TestAdaptiveHeldSlot: a 429 that comes within a window of the last
+// decrease does not lower the limit again, and its slot stays taken for
+// the rest of its round trip — a waiting Acquire gets it then, not at once.
+func TestAdaptiveHeldSlot(t *testing.T) {
+	l := NewLimiter(Settings{Concurrency: 8, Adaptive: true}, 0, 0)
+	now := time.Now()
+	l.mu.Lock()
+	l.ad = cruising(2, 8, now.Add(-time.Second))
+	l.ad.srtt, l.ad.lastCut = 0.3, now // a 300 ms round trip; just lowered
+	l.mu.Unlock()
+	ctx := context.Background()
+	first, _ := l.Acquire(ctx)
+	second, _ := l.Acquire(ctx)
+	first.Begin()
+	second.Begin()
+	start := time.Now()
+	first.Done(false)
+	if l.TryAcquire() != nil || l.State().Limit != 2 {
+		t.Fatalf("a 429 right after a decrease: a slot handed on at once, or the limit %d changed", l.State().Limit)
+	}
+	p, err := l.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < 200*time.Millisecond || el > 2*time.Second {
+		t.Fatalf("the held slot came free after %v, want about 300 ms (the rest of the round trip)", el)
+	}
+	p.Cancel()
+	second.Done(true)
 }

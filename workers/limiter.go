@@ -262,33 +262,36 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 			return nil, ErrPaused
 		}
 		busy, freeIn := l.busy(now)
-		if !l.paused && busy >= l.capacity() {
-			wait = freeIn
-		}
-		if !l.paused && busy < l.capacity() {
-			var ok, probe bool
-			if ok, probe, wait = l.brk.admit(now); ok {
-				r := l.tb.ReserveN(now, 1)
-				d := r.DelayFrom(now)
-				if d <= maxTokenWait {
-					p := &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r, at: now}
-					l.inflight++
-					l.mu.Unlock()
-					if d > 0 {
-						t := time.NewTimer(d)
-						select {
-						case <-t.C:
-						case <-ctx.Done():
-							t.Stop()
-							p.Cancel()
-							return nil, ctx.Err()
-						}
-					}
-					return p, nil
-				}
+		var ok, probe bool
+		switch {
+		case l.paused:
+		case busy >= l.capacity():
+			wait = freeIn // when a held slot frees, if one does
+		default:
+			if ok, probe, wait = l.brk.admit(now); !ok {
+				break
+			}
+			r := l.tb.ReserveN(now, 1)
+			d := r.DelayFrom(now)
+			if d > maxTokenWait {
 				r.CancelAt(now)
 				wait = maxTokenWait
+				break
 			}
+			p := &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r, at: now}
+			l.inflight++
+			l.mu.Unlock()
+			if d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					p.Cancel()
+					return nil, ctx.Err()
+				}
+			}
+			return p, nil
 		}
 		l.mu.Unlock()
 		var timer *time.Timer
