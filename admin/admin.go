@@ -169,8 +169,8 @@ type Stats struct {
 	Retried        int64   `json:"retried"`
 	DeadLettered   int64   `json:"dead_lettered"`
 
-	// ConcurrencyLimit is the concurrency enforced now in this process
-	// (SPEC §6; sluice_backend_concurrency): concurrency times share.
+	// ConcurrencyLimit is this process's cap on deliveries in flight now:
+	// concurrency after the share, or with adaptive the limit found.
 	ConcurrencyLimit int `json:"concurrency_limit"`
 }
 
@@ -199,7 +199,7 @@ func describe(name string, st workers.Status, bl Backlog) Backend {
 	est := bl.Estimate(broker.RequestTopic(name), st.Rate, st.Concurrency)
 	depth, drain, backlog := est.Depth, est.Drain, math.Round(est.Wait.Seconds()*10)/10
 	return Backend{
-		Name: name, Rate: st.Rate, Burst: st.Burst, Concurrency: st.Concurrency, Paused: st.Paused,
+		Name: name, Rate: st.Rate, Burst: st.Burst, Concurrency: st.Concurrency, Adaptive: st.Adaptive, Paused: st.Paused,
 		Stats: Stats{
 			InFlight: st.InFlight, QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
 			BacklogSeconds: backlog, Stalled: est.Stalled, Breaker: st.Breaker, Share: math.Round(st.Share*1000) / 1000,
@@ -248,9 +248,6 @@ func (p Patch) Validate() error {
 	if p.Concurrency != nil && *p.Concurrency < 1 {
 		errs = append(errs, errors.New("concurrency: must be >= 1"))
 	}
-	if p.Adaptive != nil && *p.Adaptive {
-		errs = append(errs, errors.New("adaptive: not supported yet in this release"))
-	}
 	return errors.Join(errs...)
 }
 
@@ -280,6 +277,9 @@ func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 		}
 		if p.Concurrency != nil {
 			set.Concurrency = *p.Concurrency
+		}
+		if p.Adaptive != nil {
+			set.Adaptive = *p.Adaptive
 		}
 		if p.Paused != nil {
 			set.Paused = *p.Paused

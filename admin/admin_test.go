@@ -159,7 +159,8 @@ func TestBackends(t *testing.T) {
 	}
 	b := list.Backends[0]
 	if b.Name != "logs" || b.Rate != 20 || b.Concurrency != 8 || b.Stats.QueueDepth != 12 ||
-		b.Stats.DrainPerSecond != 4 || b.Stats.BacklogSeconds != 3.3 || b.Stats.Breaker != "closed" || b.Stats.Share != 1 {
+		b.Stats.DrainPerSecond != 4 || b.Stats.BacklogSeconds != 3.3 || b.Stats.Breaker != "closed" || b.Stats.Share != 1 ||
+		b.Adaptive || b.Stats.ConcurrencyLimit != 8 {
 		t.Fatalf("backend %+v", b)
 	}
 	resp, body := serve(h, "PATCH", "/admin/backends/logs", `{"rate":5,"paused":true}`, nil)
@@ -169,6 +170,30 @@ func TestBackends(t *testing.T) {
 	}
 	if s, _ := h.Backends.Status("logs"); s.Rate != 5 || !s.Paused {
 		t.Fatalf("limiter after patch: %+v", s)
+	}
+	// adaptive: the limit starts again from 1 and shows as
+	// concurrency_limit; concurrency stays the ceiling. Off: back to it.
+	for _, c := range []struct {
+		body        string
+		adaptive    bool
+		concurrency int
+		limit       int
+	}{
+		{`{"adaptive":true}`, true, 8, 1},
+		{`{"concurrency":4}`, true, 4, 1},
+		{`{"adaptive":false}`, false, 4, 4},
+	} {
+		resp, body := serve(h, "PATCH", "/admin/backends/logs", c.body, nil)
+		var got Backend
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Adaptive != c.adaptive ||
+			got.Concurrency != c.concurrency || got.Stats.ConcurrencyLimit != c.limit {
+			t.Fatalf("PATCH %s: %d %s, want adaptive %v, concurrency %d, concurrency_limit %d",
+				c.body, resp.StatusCode, body, c.adaptive, c.concurrency, c.limit)
+		}
+	}
+	if _, body := serve(h, "GET", "/admin/backends/logs", "", nil); !strings.Contains(body, `"concurrency":4,"adaptive":false,`) ||
+		!strings.Contains(body, `"concurrency_limit":4}`) {
+		t.Fatalf("backend object: %s", body)
 	}
 }
 

@@ -63,9 +63,6 @@ type Config struct {
 	// zeros holds the key paths the file sets to 0, so that Validate can
 	// refuse a 0 written out where 0 would otherwise mean "the default".
 	zeros map[string]bool
-	// notYet holds the keys set that SPEC names but this release lacks
-	// (decode's notYet), for Validate to report among the other problems.
-	notYet []string
 }
 
 // Auth says who may send and poll: API keys, JWTs, or both. A request
@@ -298,10 +295,13 @@ type Backend struct {
 	Rate        float64  `yaml:"rate"`        // deliveries per second; 0 = unlimited
 	Burst       int      `yaml:"burst"`       // default max(1, rate/10)
 	Concurrency int      `yaml:"concurrency"` // default 16
-	MaxBacklog  int64    `yaml:"max_backlog"` // 0 = unbounded
-	Timeout     Duration `yaml:"timeout"`     // default 10s
-	Retry       Retry    `yaml:"retry"`
-	Breaker     Breaker  `yaml:"breaker"`
+	// Adaptive finds the concurrency the backend takes, between 1 and
+	// Concurrency (workers.Limiter: AIMD on back pressure and latency).
+	Adaptive   bool     `yaml:"adaptive"`
+	MaxBacklog int64    `yaml:"max_backlog"` // 0 = unbounded
+	Timeout    Duration `yaml:"timeout"`     // default 10s
+	Retry      Retry    `yaml:"retry"`
+	Breaker    Breaker  `yaml:"breaker"`
 }
 
 // Retry says when and how often a delivery is tried again.
@@ -316,6 +316,10 @@ type Retry struct {
 type Breaker struct {
 	Failures *int     `yaml:"failures"` // default 20; 0 = off
 	Cooldown Duration `yaml:"cooldown"` // default 5s
+	// Probes are the attempts let through once the cooldown is over
+	// (half-open); one success closes the breaker, a failure opens it for
+	// another cooldown. Default 1.
+	Probes int `yaml:"probes"`
 }
 
 // DefaultCORSHeaders are the request headers a route's CORS allows when
@@ -562,6 +566,9 @@ func (c *Config) ApplyDefaults() {
 		}
 		if b.Breaker.Cooldown == 0 {
 			b.Breaker.Cooldown = Duration(5 * time.Second)
+		}
+		if b.Breaker.Probes == 0 {
+			b.Breaker.Probes = 1
 		}
 	}
 }

@@ -21,7 +21,7 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // TestGolden checks the exact error output of config validation, one line per
 // problem, against testdata/<name>.golden.
 func TestGolden(t *testing.T) {
-	for _, name := range []string{"bad_values", "unknown_keys", "not_yet", "kafka_bad", "policies_bad", "policies_more", "jwt_bad"} {
+	for _, name := range []string{"bad_values", "unknown_keys", "kafka_bad", "policies_bad", "policies_more", "jwt_bad"} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Load(filepath.Join("testdata", name+".yaml"))
 			if err == nil {
@@ -76,6 +76,8 @@ func TestDefaults(t *testing.T) {
 		{"breaker.failures", *b.Breaker.Failures, 20},
 		{"breaker.cooldown", b.Breaker.Cooldown.D(), 5 * time.Second},
 		{"metrics", c.MetricsOn(), true},
+		{"breaker.probes", b.Breaker.Probes, 1},
+		{"adaptive", b.Adaptive, false},
 	}
 	for _, ck := range checks {
 		if ck.got != ck.want {
@@ -266,28 +268,55 @@ func TestAdapterDefaults(t *testing.T) {
 	}
 }
 
-// TestNotYetKeys: a key SPEC names whose feature this release lacks is
-// refused by name, unless it asks for nothing: null, or false (in any YAML
-// spelling) for backends[].adaptive, which was always a boolean.
-func TestNotYetKeys(t *testing.T) {
-	base := "routes: [{ name: r, path: /r, backend: b }]\nbackends: [{ name: b, urls: [\"http://127.0.0.1:1/\"]%s }]\n%s"
-	for _, tc := range []struct {
-		name, backend, top, refused string
-	}{
-		{name: "adaptive off", backend: ", adaptive: off"},
-		{name: "adaptive FALSE", backend: ", adaptive: FALSE"},
-		{name: "adaptive null", backend: ", adaptive: null"},
-		{name: "adaptive on", backend: ", adaptive: true", refused: "backends[0].adaptive: not supported yet"},
+// TestEmptySections: a section present with nothing in it (every line
+// under it commented out) is refused for what it lacks, not ignored.
+func TestEmptySections(t *testing.T) {
+	base := "routes: [{ name: r, path: /r, backend: b%s }]\nbackends: [{ name: b, urls: [\"http://127.0.0.1:1/\"] }]\n%s"
+	for _, tc := range []struct{ name, route, top, refused string }{
 		{name: "auth false", top: "auth: false\n", refused: "auth: must be a mapping"},
 		{name: "auth null", top: "auth:\n", refused: "auth: needs api_keys or jwt"},
+		{name: "rate_limit null", route: ", rate_limit: null", refused: "routes[0].rate_limit.rate: must be > 0"},
+		{name: "cors null", route: ", cors: ", refused: "routes[0].cors.origins: at least one origin"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse([]byte(fmt.Sprintf(base, tc.backend, tc.top)), t.TempDir())
+			_, err := Parse([]byte(fmt.Sprintf(base, tc.route, tc.top)), t.TempDir())
+			if err == nil || !strings.Contains(err.Error(), tc.refused) {
+				t.Fatalf("got %v, want %q", err, tc.refused)
+			}
+		})
+	}
+}
+
+// TestAdaptiveAndProbes: backends[].adaptive is a boolean in any YAML
+// spelling, and breaker.probes a whole number >= 1.
+func TestAdaptiveAndProbes(t *testing.T) {
+	base := "routes: [{ name: r, path: /r, backend: b }]\nbackends: [{ name: b, urls: [\"http://127.0.0.1:1/\"]%s }]\n"
+	for _, tc := range []struct {
+		name, backend, refused string
+		adaptive               bool
+		probes                 int
+	}{
+		{name: "adaptive on", backend: ", adaptive: true", adaptive: true, probes: 1},
+		{name: "adaptive yes", backend: ", adaptive: yes", adaptive: true, probes: 1},
+		{name: "adaptive off", backend: ", adaptive: off", probes: 1},
+		{name: "adaptive FALSE", backend: ", adaptive: FALSE", probes: 1},
+		{name: "adaptive null", backend: ", adaptive: null", probes: 1},
+		{name: "adaptive not a boolean", backend: ", adaptive: sometimes", refused: "backends[0].adaptive: must be a boolean"},
+		{name: "probes 3", backend: ", breaker: { probes: 3 }", probes: 3},
+		{name: "probes 0", backend: ", breaker: { probes: 0 }", refused: "backends[0].breaker.probes: 0 is not a value here (must be >= 1)"},
+		{name: "probes negative", backend: ", breaker: { probes: -2 }", refused: "backends[0].breaker.probes: must be >= 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(fmt.Sprintf(base, tc.backend)), t.TempDir())
 			switch {
 			case tc.refused == "" && err != nil:
 				t.Fatalf("refused: %v", err)
 			case tc.refused != "" && (err == nil || !strings.Contains(err.Error(), tc.refused)):
 				t.Fatalf("got %v, want %q", err, tc.refused)
+			case tc.refused == "":
+				if b := c.Backends[0]; b.Adaptive != tc.adaptive || b.Breaker.Probes != tc.probes {
+					t.Fatalf("adaptive %v probes %d, want %v %d", b.Adaptive, b.Breaker.Probes, tc.adaptive, tc.probes)
+				}
 			}
 		})
 	}

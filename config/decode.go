@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"regexp"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -29,27 +28,6 @@ func decode(data []byte, c *Config) error {
 
 // errSyntax marks a document that is not YAML at all.
 var errSyntax = errors.New("config is not valid YAML")
-
-// notYet holds the keys SPEC names whose features this release lacks, by
-// key path with [] for any index. They have no field, so nothing can read
-// them; they are refused by name (an unset value, null or false, passes)
-// rather than as unknown keys, and leave this list as their features land.
-// backends[].adaptive: false was always accepted and still is.
-var notYet = map[string]bool{
-	"backends[].adaptive": true,
-}
-
-// unset reports whether a not-yet key's value asks for nothing: null, or
-// false for a boolean key (in any spelling YAML reads as false).
-func unset(n *yaml.Node, boolean bool) bool {
-	if n.Tag == "!!null" {
-		return true
-	}
-	var b bool
-	return boolean && n.Kind == yaml.ScalarNode && n.Decode(&b) == nil && !b
-}
-
-var anyIndex = regexp.MustCompile(`\[\d+\]`)
 
 var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 
@@ -112,13 +90,7 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, c *Config) 
 			key := n.Content[i].Value
 			sub := join(path, key)
 			idx, ok := fields[key]
-			switch {
-			case !ok && notYet[anyIndex.ReplaceAllString(sub, "[]")]:
-				if !unset(n.Content[i+1], strings.HasSuffix(sub, ".adaptive")) {
-					c.notYet = append(c.notYet, sub) // Validate reports it
-				}
-				continue
-			case !ok:
+			if !ok {
 				*errs = append(*errs, fmt.Errorf("%s: unknown key", sub))
 				continue
 			}

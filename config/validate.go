@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/url"
 	"regexp"
-	"slices"
 	"strings"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -70,6 +69,7 @@ func (c *Config) Validate() error {
 		noZero(key+".retry.initial_backoff", "must be > 0")
 		noZero(key+".retry.max_backoff", "must be > 0")
 		noZero(key+".breaker.cooldown", "must be > 0")
+		noZero(key+".breaker.probes", "must be >= 1")
 	}
 	for i := range c.Routes {
 		noZero(fmt.Sprintf("routes[%d].max_body", i), "must be > 0")
@@ -210,9 +210,6 @@ func (c *Config) Validate() error {
 		bad("results.keep_response", "must be always, failures or never, got %q", c.Results.KeepResponse)
 	}
 	clients := c.validateAuth(bad)
-	for _, key := range slices.Sorted(slices.Values(c.notYet)) {
-		bad(key, "not supported yet in this release")
-	}
 
 	backends := map[string]bool{}
 	if len(c.Backends) == 0 {
@@ -271,6 +268,9 @@ func (c *Config) Validate() error {
 		}
 		if b.Breaker.Cooldown < 0 {
 			bad(key+".breaker.cooldown", "must be > 0")
+		}
+		if b.Breaker.Probes < 0 {
+			bad(key+".breaker.probes", "must be >= 1")
 		}
 	}
 

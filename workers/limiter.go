@@ -16,8 +16,9 @@ const maxTokenWait = 250 * time.Millisecond
 
 // Limiter is the gate every delivery to one backend passes, shared by the
 // backend's whole pool: a token bucket (rate, burst), a cap on deliveries in
-// flight (concurrency), a pause switch and a consecutive-failure circuit
-// breaker. All settings can change while deliveries wait; a change takes
+// flight (concurrency, or with adaptive the limit found between 1 and it),
+// a pause switch and a consecutive-failure circuit breaker with half-open
+// probes. All settings can change while deliveries wait; a change takes
 // effect within maxTokenWait. It is safe for concurrent use.
 type Limiter struct {
 	mu       sync.Mutex
@@ -25,43 +26,57 @@ type Limiter struct {
 	rate     float64 // 0 = unlimited
 	burst    int
 	limit    int
-	inflight int
 	paused   bool
+	inflight int           // permits out
+	used     int           // permits whose delivery began
 	share    float64       // this process's part of the backend's limits
 	eff      int           // concurrency after the share
+	ad       *aimd         // the adaptive limit; nil unless adaptive
+	held     []time.Time   // with adaptive: until when pushed-back attempts hold their slots
 	changed  chan struct{} // closed and replaced on every change
-
-	// breaker
-	threshold int // consecutive failures that open it; 0 = off
-	cooldown  time.Duration
-	fails     int
-	open      bool
-	openUntil time.Time
-	probing   bool
-	now       func() time.Time
+	brk      breaker
+	now      func() time.Time
 }
 
 // Settings are a limiter's tunables.
 type Settings struct {
 	Rate        float64
 	Burst       int
-	Concurrency int
+	Concurrency int // with Adaptive, the ceiling of the limit found
+	Adaptive    bool
 	Paused      bool
 }
 
 // NewLimiter builds a limiter; failures 0 turns the breaker off.
 func NewLimiter(s Settings, failures int, cooldown time.Duration) *Limiter {
 	l := &Limiter{tb: rate.NewLimiter(rate.Inf, 1), changed: make(chan struct{}),
-		threshold: failures, cooldown: cooldown, now: time.Now, share: 1}
+		brk: newBreaker(failures, cooldown), now: time.Now, share: 1}
 	l.Set(s)
 	return l
 }
 
-// Set replaces the settings and wakes every waiter.
+// SetProbes sets the attempts the breaker lets through half-open (at
+// least 1; 1 until set).
+func (l *Limiter) SetProbes(n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.brk.probes = max(1, n)
+	l.signal()
+}
+
+// Set replaces the settings and wakes every waiter. Turning Adaptive on
+// starts the limit again from 1 (in slow start); turning it off goes back
+// to Concurrency.
 func (l *Limiter) Set(s Settings) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.rate, l.burst, l.limit, l.paused = s.Rate, max(1, s.Burst), max(1, s.Concurrency), s.Paused
+	switch {
+	case !s.Adaptive:
+		l.ad, l.held = nil, nil
+	case l.ad == nil:
+		l.ad = newAIMD(l.limit, l.now())
+	}
 	l.apply()
 }
 
@@ -90,7 +105,18 @@ func (l *Limiter) apply() {
 	l.tb.SetLimitAt(now, lim)
 	l.tb.SetBurstAt(now, max(1, int(math.Round(float64(l.burst)*l.share))))
 	l.eff = max(1, int(math.Round(float64(l.limit)*l.share)))
+	if l.ad != nil {
+		l.ad.setCeiling(l.eff)
+	}
 	l.signal()
+}
+
+// capacity is the limit on deliveries in flight now.
+func (l *Limiter) capacity() int {
+	if l.ad != nil {
+		return min(l.eff, l.ad.limit)
+	}
+	return l.eff
 }
 
 func (l *Limiter) signal() {
@@ -119,44 +145,37 @@ func (l *Limiter) WaitUnpaused(ctx context.Context) error {
 func (l *Limiter) Settings() Settings {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return Settings{Rate: l.rate, Burst: l.burst, Concurrency: l.limit, Paused: l.paused}
+	return Settings{Rate: l.rate, Burst: l.burst, Concurrency: l.limit, Adaptive: l.ad != nil, Paused: l.paused}
 }
 
 // State describes the limiter right now.
 type State struct {
 	InFlight int
-	Breaker  string  // closed | open | half_open
-	Share    float64 // this process's part of the backend's limits
+	// Limit is the cap on deliveries in flight in this process now:
+	// Concurrency after the share, or below it the adaptive limit.
+	Limit   int
+	Breaker string  // closed | open | half_open
+	Share   float64 // this process's part of the backend's limits
 }
 
-// State reports deliveries in flight and the breaker's state.
+// State reports deliveries in flight, the current limit and the breaker's
+// state.
 func (l *Limiter) State() State {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := State{InFlight: l.inflight, Breaker: "closed", Share: l.share}
-	if l.open {
-		st.Breaker = "open"
-		if !l.now().Before(l.openUntil) {
-			st.Breaker = "half_open"
-		}
-	}
-	return st
+	return State{InFlight: l.inflight, Limit: l.capacity(), Breaker: l.brk.state(l.now()), Share: l.share}
 }
 
-// ConcurrencyLimit is how many deliveries may be in flight now: the
-// concurrency setting times this process's share.
-func (l *Limiter) ConcurrencyLimit() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.eff
-}
-
-// Permit is one admitted delivery. Done (or Cancel, if the delivery never
-// started) must be called once.
+// Permit is one admitted delivery. Begin marks the start of its delivery;
+// Done (or Release, or Cancel if the delivery never started) must be
+// called once.
 type Permit struct {
 	l     *Limiter
 	probe bool
+	epoch int // the breaker's, for a probe
 	r     *rate.Reservation
+	begun bool
+	at    time.Time // when the delivery began
 }
 
 // TryAcquire admits a delivery only if one may start right now; otherwise
@@ -165,7 +184,11 @@ func (l *Limiter) TryAcquire() *Permit {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	if l.paused || l.inflight >= l.eff || l.open {
+	if busy, _ := l.busy(now); l.paused || busy >= l.capacity() {
+		return nil
+	}
+	ok, probe, _ := l.brk.admit(now)
+	if !ok {
 		return nil
 	}
 	r := l.tb.ReserveN(now, 1)
@@ -174,7 +197,25 @@ func (l *Limiter) TryAcquire() *Permit {
 		return nil
 	}
 	l.inflight++
-	return &Permit{l: l, r: r}
+	return &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r, at: now}
+}
+
+// Begin marks the permit as used: its delivery starts now. The adaptive
+// limit counts only begun permits as deliveries in flight (a dispatcher
+// holding permits while it waits for messages uses nothing), and times the
+// attempt from here to Done.
+func (p *Permit) Begin() {
+	l := p.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if p.begun {
+		return
+	}
+	p.begun, p.at = true, l.now()
+	l.used++
+	if l.ad != nil && l.ad.begin(l.used, p.at) {
+		l.signal()
+	}
 }
 
 // Cancel gives back a permit that was not used: its slot and its token.
@@ -184,6 +225,7 @@ func (p *Permit) Cancel() {
 	if p.r != nil {
 		p.r.CancelAt(l.now())
 	}
+	l.brk.neutral(p.probe, p.epoch)
 	l.signal()
 }
 
@@ -192,8 +234,8 @@ func (p *Permit) release() *Limiter {
 	l := p.l
 	l.mu.Lock()
 	l.inflight--
-	if p.probe {
-		l.probing = false
+	if p.begun {
+		l.used--
 	}
 	return l
 }
@@ -215,15 +257,20 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 		changed := l.changed
 		now := l.now()
 		var wait time.Duration // 0: until something changes
-		switch {
-		case l.paused && stopOnPause:
+		if l.paused && stopOnPause {
 			l.mu.Unlock()
 			return nil, ErrPaused
-		case l.paused, l.inflight >= l.eff:
-		case l.open && now.Before(l.openUntil):
-			wait = l.openUntil.Sub(now)
-		case l.open && l.probing:
+		}
+		busy, freeIn := l.busy(now)
+		var ok, probe bool
+		switch {
+		case l.paused:
+		case busy >= l.capacity():
+			wait = freeIn // when a held slot frees, if one does
 		default:
+			if ok, probe, wait = l.brk.admit(now); !ok {
+				break
+			}
 			r := l.tb.ReserveN(now, 1)
 			d := r.DelayFrom(now)
 			if d > maxTokenWait {
@@ -231,8 +278,7 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 				wait = maxTokenWait
 				break
 			}
-			p := &Permit{l: l, probe: l.open, r: r}
-			l.probing = l.probing || p.probe
+			p := &Permit{l: l, probe: probe, epoch: l.brk.take(probe), r: r, at: now}
 			l.inflight++
 			l.mu.Unlock()
 			if d > 0 {
@@ -241,7 +287,7 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 				case <-t.C:
 				case <-ctx.Done():
 					t.Stop()
-					p.Done(true)
+					p.Cancel()
 					return nil, ctx.Err()
 				}
 			}
@@ -270,27 +316,54 @@ func (l *Limiter) acquire(ctx context.Context, stopOnPause bool) (*Permit, error
 
 // Done frees the permit's slot. healthy says whether the backend answered
 // (any status that is not retried counts); unhealthy attempts feed the
-// breaker.
+// breaker and are back pressure to the adaptive limit.
 func (p *Permit) Done(healthy bool) {
 	l := p.release()
 	defer l.mu.Unlock()
-	if healthy {
-		l.fails, l.open = 0, false
-	} else {
-		l.fails++
-		if l.threshold > 0 && (p.probe || l.fails >= l.threshold) {
-			l.open, l.openUntil = true, l.now().Add(l.cooldown)
+	now := l.now()
+	l.brk.done(p.probe, p.epoch, healthy, now)
+	if l.ad != nil && p.begun {
+		before := l.ad.limit
+		l.ad.sample(now.Sub(p.at), !healthy, now)
+		// A pushed-back attempt that did not lower the limit (it was
+		// lowered less than a window ago) keeps its slot for the rest of
+		// its round trip: a 429 comes back at once, and its slot handed on
+		// at once would draw the next 429 at once, many times over until
+		// the limit comes down again. A decrease frees the slots held.
+		switch until := p.at.Add(l.ad.window()); {
+		case l.ad.limit < before:
+			l.held = l.held[:0]
+		case !healthy && until.After(now):
+			l.held = append(l.held, until)
 		}
 	}
 	l.signal()
 }
 
+// busy is the slots taken at now: permits out, and the slots pushed-back
+// attempts still hold; freeIn is when the first of those frees (0: none).
+func (l *Limiter) busy(now time.Time) (busy int, freeIn time.Duration) {
+	keep := l.held[:0]
+	for _, until := range l.held {
+		if d := until.Sub(now); d > 0 {
+			keep = append(keep, until)
+			if freeIn == 0 || d < freeIn {
+				freeIn = d
+			}
+		}
+	}
+	l.held = keep
+	return l.inflight + len(keep), freeIn
+}
+
 // Release frees the permit's slot without a verdict on the backend: the
 // attempt never reached it (sluice could not build the request, or a
-// shutdown cut it short). The breaker neither opens nor closes for it.
+// shutdown cut it short). The breaker neither opens nor closes for it, a
+// probe's place is given back, and the adaptive limit learns nothing.
 func (p *Permit) Release() {
 	l := p.release()
 	defer l.mu.Unlock()
+	l.brk.neutral(p.probe, p.epoch)
 	l.signal()
 }
 

@@ -64,7 +64,8 @@ type Status struct {
 	State
 	Attempts, Succeeded, Failed, Retried, DeadLettered int64
 	// ConcurrencyLimit is the concurrency enforced in this process now:
-	// Concurrency (the configured ceiling) times Share.
+	// Concurrency (the configured ceiling) times Share, or with Adaptive
+	// the limit found below that (State.Limit).
 	ConcurrencyLimit int
 	// Latency is how long attempts took since the pool started
 	// (LatencyQuantile reads it); empty with metrics: false.
@@ -82,7 +83,7 @@ func (m *Manager) Status(name string) (Status, bool) {
 		Attempts: c.Attempts.Load(), Succeeded: c.Succeeded.Load(), Failed: c.Failed.Load(),
 		Retried: c.Retried.Load(), DeadLettered: c.DeadLettered.Load()}
 	st.InFlight = int(c.InFlight.Load())
-	st.ConcurrencyLimit = p.lim.ConcurrencyLimit()
+	st.ConcurrencyLimit = st.Limit // with adaptive, the limit found
 	st.Latency = p.latency.snapshot()
 	return st, true
 }

@@ -87,8 +87,9 @@ type Broker interface {
 func NewPool(b config.Backend, br Broker, log zerolog.Logger, drain time.Duration) *Pool {
 	p := &Pool{cfg: b, broker: br, log: log.With().Str("backend", b.Name).Logger(), drain: drain,
 		settleWithin: settleTimeout, latency: &latencyHist{}}
-	p.lim = NewLimiter(Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency},
+	p.lim = NewLimiter(Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency, Adaptive: b.Adaptive},
 		*b.Breaker.Failures, b.Breaker.Cooldown.D())
+	p.lim.SetProbes(b.Breaker.Probes)
 	for _, raw := range b.URLs {
 		u, _ := url.Parse(raw) // validated by config
 		p.urls = append(p.urls, u)
@@ -183,6 +184,7 @@ func (p *Pool) Run(ctx context.Context) error {
 			continue
 		}
 		for i, d := range ds {
+			permits[i].Begin()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

@@ -408,7 +408,7 @@ backends:
 	}
 
 	for body, want := range map[string]int{
-		`{"rate":-1}`: 400, `{"concurrency":0}`: 400, `{"nope":1}`: 400, `not json`: 400, `{"adaptive":true}`: 400,
+		`{"rate":-1}`: 400, `{"concurrency":0}`: 400, `{"nope":1}`: 400, `not json`: 400, `{"adaptive":"yes"}`: 400,
 	} {
 		resp, b := do(t, "PATCH", g.admin+"/admin/backends/b", body, nil)
 		if resp.StatusCode != want || resp.Header.Get("Content-Type") != "application/problem+json" {
