@@ -210,6 +210,7 @@ func (c *Config) Validate() error {
 		bad("results.keep_response", "must be always, failures or never, got %q", c.Results.KeepResponse)
 	}
 	clients := c.validateAuth(bad)
+	c.validateTracing(bad)
 	for _, key := range slices.Sorted(slices.Values(c.notYet)) {
 		bad(key, "not supported yet in this release")
 	}
