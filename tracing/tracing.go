@@ -165,7 +165,11 @@ func (c *carrier) Set(key, value string) {
 
 func (c *carrier) Keys() []string { return []string{"traceparent", "tracestate"} }
 
-var w3c propagation.TraceContext
+var (
+	w3c        propagation.TraceContext
+	serverKind = trace.WithSpanKind(trace.SpanKindServer)
+	clientKind = trace.WithSpanKind(trace.SpanKindClient)
+)
 
 // Accept starts the span of a request to a route: a server span named
 // "<method> <route path>", whose parent is the client's traceparent
@@ -174,14 +178,19 @@ var w3c propagation.TraceContext
 // joined with commas (so two traceparent lines are an invalid one, as W3C
 // Trace Context wants).
 func (t *Tracer) Accept(method, route, path, backend, traceparent, tracestate string) *AcceptSpan {
-	parent := w3c.Extract(context.Background(), &carrier{traceparent, tracestate})
-	ctx, span := t.tracer.Start(parent, method+" "+path, trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(
+	parent := context.Background()
+	if traceparent != "" {
+		parent = w3c.Extract(parent, &carrier{traceparent, tracestate})
+	}
+	ctx, span := t.tracer.Start(parent, method+" "+path, serverKind)
+	if span.IsRecording() { // a trace not sampled costs no attributes
+		span.SetAttributes(
 			attribute.String("http.request.method", method),
 			attribute.String("http.route", path),
 			attribute.String("sluice.route", route),
 			attribute.String("sluice.backend", backend),
-		))
+		)
+	}
 	return &AcceptSpan{ctx: ctx, span: span}
 }
 
@@ -216,6 +225,10 @@ func (a *AcceptSpan) Carry(header [][2]string) [][2]string {
 // auth) and the request id ("" when none was given). A 5xx marks it
 // failed (OpenTelemetry's HTTP server conventions).
 func (a *AcceptSpan) End(client, id string, status int) {
+	if !a.span.IsRecording() {
+		a.span.End()
+		return
+	}
 	attrs := make([]attribute.KeyValue, 0, 4)
 	attrs = append(attrs, attribute.Int("http.response.status_code", status))
 	if client != "" {
@@ -248,6 +261,13 @@ func (h headerCarrier) Keys() []string        { return nil }
 // category of the error that kept an answer from coming.
 func (t *Tracer) Attempt(hr *http.Request, req *job.Request, n int) (end func(status int, errCategory string)) {
 	parent := w3c.Extract(context.Background(), headerCarrier(hr.Header))
+	ctx, span := t.tracer.Start(parent, hr.Method, clientKind)
+	hr.Header.Del("traceparent")
+	hr.Header.Del("tracestate")
+	w3c.Inject(ctx, headerCarrier(hr.Header))
+	if !span.IsRecording() {
+		return func(int, string) { span.End() }
+	}
 	attrs := make([]attribute.KeyValue, 0, 10)
 	attrs = append(attrs,
 		attribute.String("http.request.method", hr.Method),
@@ -266,10 +286,7 @@ func (t *Tracer) Attempt(hr *http.Request, req *job.Request, n int) (end func(st
 	if n > 1 {
 		attrs = append(attrs, attribute.Int("http.request.resend_count", n-1))
 	}
-	ctx, span := t.tracer.Start(parent, hr.Method, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
-	hr.Header.Del("traceparent")
-	hr.Header.Del("tracestate")
-	w3c.Inject(ctx, headerCarrier(hr.Header))
+	span.SetAttributes(attrs...)
 	return func(status int, errCategory string) {
 		switch {
 		case errCategory != "":
