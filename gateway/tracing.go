@@ -37,8 +37,8 @@ func (g *Gateway) startTracing(p *parts) error {
 	return nil
 }
 
-// flushTraces exports the spans still queued, within ctx, in the
-// background, while the rest stops; the returned channel closes once it is
+// flushTraces exports the spans still queued, within ctx and at most
+// tracing.FlushTimeout, in the background, while the rest stops; the returned channel closes once it is
 // done (at once with tracing off). Call it once the ingress and the
 // workers have stopped: no span starts any more.
 func (g *Gateway) flushTraces(ctx context.Context, p *parts) <-chan struct{} {
@@ -49,6 +49,8 @@ func (g *Gateway) flushTraces(ctx context.Context, p *parts) <-chan struct{} {
 	}
 	go func() {
 		defer close(done)
+		ctx, cancel := context.WithTimeout(ctx, tracing.FlushTimeout)
+		defer cancel()
 		if err := p.tracing.Shutdown(ctx); err != nil {
 			g.log.Warn().Err(err).Msg("tracing: spans still queued at shutdown are dropped")
 		}

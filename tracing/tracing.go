@@ -31,6 +31,11 @@ const (
 	exportTimeout  = 10 * time.Second
 )
 
+// FlushTimeout is the most a shutdown should wait for the collector to
+// take the spans still queued: a collector that hangs must not hold every
+// stop for the whole shutdown_timeout.
+const FlushTimeout = 5 * time.Second
+
 // Options are what Start needs beyond the config.
 type Options struct {
 	Version string // service.version
