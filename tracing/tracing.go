@@ -250,13 +250,28 @@ func (a *AcceptSpan) End(client, id string, status int) {
 	a.span.End()
 }
 
-// headerCarrier reads an outgoing request's headers: several lines of one
-// header are one comma-separated list.
+// headerCarrier reads and writes an outgoing request's trace headers:
+// several lines of one header are one comma-separated list.
 type headerCarrier http.Header
 
-func (h headerCarrier) Get(key string) string { return strings.Join(http.Header(h).Values(key), ",") }
-func (h headerCarrier) Set(key, value string) { http.Header(h).Set(key, value) }
+func (h headerCarrier) Get(key string) string { return strings.Join(h[canonical(key)], ",") }
+func (h headerCarrier) Set(key, value string) { h[canonical(key)] = []string{value} }
 func (h headerCarrier) Keys() []string        { return nil }
+
+// canonical is http.CanonicalHeaderKey, without its allocation for the
+// two names the propagator asks for.
+func canonical(key string) string {
+	switch key {
+	case "traceparent":
+		return "Traceparent"
+	case "tracestate":
+		return "Tracestate"
+	}
+	return http.CanonicalHeaderKey(key)
+}
+
+// noEnd ends a span that records nothing.
+func noEnd(int, string) {}
 
 // Attempt starts the span of attempt n of req, about to send hr: a client
 // span whose parent is the trace context hr's headers carry (the accept
@@ -267,11 +282,11 @@ func (h headerCarrier) Keys() []string        { return nil }
 func (t *Tracer) Attempt(hr *http.Request, req *job.Request, n int) (end func(status int, errCategory string)) {
 	parent := w3c.Extract(context.Background(), headerCarrier(hr.Header))
 	ctx, span := t.tracer.Start(parent, hr.Method, clientKind)
-	hr.Header.Del("traceparent")
-	hr.Header.Del("tracestate")
+	delete(hr.Header, "Traceparent")
+	delete(hr.Header, "Tracestate")
 	w3c.Inject(ctx, headerCarrier(hr.Header))
 	if !span.IsRecording() {
-		return func(int, string) { span.End() }
+		return noEnd // a span not recorded needs no End
 	}
 	attrs := make([]attribute.KeyValue, 0, 10)
 	attrs = append(attrs,
