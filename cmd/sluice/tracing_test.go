@@ -313,3 +313,72 @@ tracing: { otlp_endpoint: "`+rcv.URL+`" }
 		}
 	}
 }
+
+// TestTracingAcrossProcesses: an ingress process and two worker processes
+// (Kafka, RabbitMQ; results in Redis), each exporting its own spans: the
+// accept span from the one, the attempts from the others, minutes or
+// milliseconds apart, make one trace, joined by the context the request
+// carried through the broker.
+func TestTracingAcrossProcesses(t *testing.T) {
+	integration(t)
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "100") // the child processes inherit it
+	eachBroker(t, []string{"kafka", "rabbitmq"}, []string{"b"}, func(t *testing.T, _, brokerCfg, prefix string) {
+		rcv := tracingtest.NewReceiver(t)
+		be := newBackend(t, func(h hit, n int) (int, map[string]string, string) {
+			if n == 1 {
+				return 503, nil, "busy"
+			}
+			return 200, nil, "done"
+		})
+		dir := t.TempDir()
+		cfg := splitConfig(t, dir, brokerCfg+"\ntracing: { otlp_endpoint: \""+rcv.URL+"\" }\n", prefix, be.URL,
+			"    retry: { max_attempts: 3, initial_backoff: 50ms, max_backoff: 100ms }\n")
+		front := startRoles(t, cfg, "ingress,collector")
+		startRoles(t, cfg, "worker")
+		startRoles(t, cfg, "worker")
+
+		const n = 4
+		var ids []string
+		for i := range n {
+			tp := fmt.Sprintf("00-%032x-%s-01", i+1, clientSpanID)
+			resp, body := do(t, "POST", front.base+"/r", "x", map[string]string{"traceparent": tp})
+			if resp.StatusCode != 202 {
+				t.Fatalf("submit: %d %s", resp.StatusCode, body)
+			}
+			ids = append(ids, resp.Header.Get("X-Request-Id"))
+		}
+		awaitAll(t, front.base, ids, 60*time.Second)
+		spans := rcv.WaitFor(t, 3*n, 30*time.Second)
+		byID := map[string][]tracingtest.Span{}
+		for _, s := range spans {
+			id, _ := s.Attrs["sluice.request.id"].(string)
+			byID[id] = append(byID[id], s)
+		}
+		for i, id := range ids {
+			trace := fmt.Sprintf("%032x", i+1)
+			var accept tracingtest.Span
+			var attempts []tracingtest.Span
+			for _, s := range byID[id] {
+				if s.Kind == "server" {
+					accept = s
+				} else {
+					attempts = append(attempts, s)
+				}
+			}
+			if accept.TraceID != trace || accept.ParentSpanID != clientSpanID || len(attempts) != 2 {
+				t.Fatalf("request %d: spans %+v", i, byID[id])
+			}
+			for _, a := range attempts {
+				if a.TraceID != trace || a.ParentSpanID != accept.SpanID {
+					t.Errorf("request %d: attempt span %+v, want a child of %s", i, a, accept.SpanID)
+				}
+			}
+			for _, h := range be.hitsFor(id) {
+				tr, parent, _ := w3c(t, h.Header.Get("Traceparent"))
+				if tr != trace || (parent != attempts[0].SpanID && parent != attempts[1].SpanID) {
+					t.Errorf("request %d: backend got %s", i, h.Header.Get("Traceparent"))
+				}
+			}
+		}
+	})
+}
