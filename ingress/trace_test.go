@@ -32,12 +32,10 @@ var (
 type fakeSpan struct {
 	method, route, path, backend, traceparent, tracestate string
 
-	carried            int
-	ended              bool
-	client, id         string
-	status             int
-	endedBeforeAnswer  bool
-	carriedAfterAnswer bool
+	carried    int
+	ended      bool
+	client, id string
+	status     int
 }
 
 func (f *fakeTracer) Accept(method, route, path, backend, traceparent, tracestate string) AcceptSpan {
