@@ -15,7 +15,7 @@ COPY . .
 # else dev.
 ARG VERSION=
 RUN v="${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}" && \
-    CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w -X main.version=$v" \
+    CGO_ENABLED=0 go build -trimpath -buildvcs=false -tags grpcnotrace -ldflags "-s -w -X main.version=$v" \
       -o /out/sluice ./cmd/sluice && \
     mkdir -p /out/var-lib/sluice
 

@@ -3,11 +3,16 @@ GO      ?= go
 BIN     := bin/sluice
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
+# grpcnotrace: the OTLP exporter's protobuf package links gRPC, whose
+# golang.org/x/net/trace pulls in html/template and turns off the linker's
+# dead-code elimination of methods: 60 MB instead of 41 MB. sluice uses no
+# gRPC; a plain `go build` works too, only larger.
+TAGS    := grpcnotrace
 
 .PHONY: build run test test-short lint bench fuzz clean
 
 build: ## build bin/sluice
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
+	$(GO) build -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sluice
 
 run: build ## the demo slow log store and sluice in front of it (sluice.yaml), in one process
 	@$(BIN) demo -config sluice.yaml

@@ -57,6 +57,8 @@ type Config struct {
 	Auth     *Auth     `yaml:"auth"`
 	Routes   []Route   `yaml:"routes"`
 	Backends []Backend `yaml:"backends"`
+	// Tracing, when present, exports OpenTelemetry spans (package tracing).
+	Tracing *Tracing `yaml:"tracing"`
 
 	// Dir is the folder of the config file; relative paths resolve against it.
 	Dir string `yaml:"-"`
@@ -288,6 +290,18 @@ type Route struct {
 	Decompress bool `yaml:"decompress"`
 }
 
+// Tracing exports a span of each accept and each delivery attempt over
+// OTLP/HTTP, all of a request in one trace.
+type Tracing struct {
+	// OTLPEndpoint is the collector's OTLP/HTTP base URL, such as
+	// "http://127.0.0.1:4318"; spans go to its /v1/traces (a URL that
+	// already ends in /v1/traces is used as it is). Required.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// Sample is the share of new traces recorded, 0 to 1. Default 1. A
+	// request whose client sent a traceparent follows its sampled flag.
+	Sample *float64 `yaml:"sample"`
+}
+
 // Backend is one delivery target and how fast it may be driven.
 type Backend struct {
 	Name        string   `yaml:"name"`
@@ -507,6 +521,10 @@ func (c *Config) ApplyDefaults() {
 			l := Duration(30 * time.Second)
 			j.Leeway = &l
 		}
+	}
+	if t := c.Tracing; t != nil && t.Sample == nil {
+		one := 1.0
+		t.Sample = &one
 	}
 	for i := range c.Routes {
 		r := &c.Routes[i]

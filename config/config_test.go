@@ -21,7 +21,7 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 // TestGolden checks the exact error output of config validation, one line per
 // problem, against testdata/<name>.golden.
 func TestGolden(t *testing.T) {
-	for _, name := range []string{"bad_values", "unknown_keys", "kafka_bad", "policies_bad", "policies_more", "jwt_bad"} {
+	for _, name := range []string{"bad_values", "unknown_keys", "kafka_bad", "policies_bad", "policies_more", "jwt_bad", "tracing_bad"} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Load(filepath.Join("testdata", name+".yaml"))
 			if err == nil {

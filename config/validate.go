@@ -210,6 +210,7 @@ func (c *Config) Validate() error {
 		bad("results.keep_response", "must be always, failures or never, got %q", c.Results.KeepResponse)
 	}
 	clients := c.validateAuth(bad)
+	c.validateTracing(bad)
 
 	backends := map[string]bool{}
 	if len(c.Backends) == 0 {

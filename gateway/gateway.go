@@ -29,6 +29,7 @@ import (
 	"github.com/sluice-gw/sluice/results/bolt"
 	"github.com/sluice-gw/sluice/results/collector"
 	redisstore "github.com/sluice-gw/sluice/results/redis"
+	"github.com/sluice-gw/sluice/tracing"
 	"github.com/sluice-gw/sluice/workers"
 )
 
@@ -71,14 +72,17 @@ type Options struct {
 	// Ready, when set, is told the addresses Run bound (tests listen on
 	// port 0) once every part has started.
 	Ready func(ingress, admin string)
+	// Version is the service.version of traces.
+	Version string
 }
 
 // Gateway is one sluice process. Create it with New, then Run it.
 type Gateway struct {
-	cfg   *config.Config
-	roles []Role
-	log   zerolog.Logger
-	ready func(ingress, admin string)
+	cfg     *config.Config
+	roles   []Role
+	log     zerolog.Logger
+	ready   func(ingress, admin string)
+	version string
 }
 
 // New checks that the roles can run with cfg. It starts nothing and opens
@@ -96,7 +100,7 @@ func New(cfg *config.Config, opts Options) (*Gateway, error) {
 			return nil, fmt.Errorf("%w: processes with separate roles share outcomes through results.store: redis", ErrRoles)
 		}
 	}
-	return &Gateway{cfg: cfg, roles: roles, log: opts.Log, ready: opts.Ready}, nil
+	return &Gateway{cfg: cfg, roles: roles, log: opts.Log, ready: opts.Ready, version: opts.Version}, nil
 }
 
 func (g *Gateway) has(r Role) bool { return slices.Contains(g.roles, r) }
@@ -114,6 +118,7 @@ type parts struct {
 	historyProc               *proc
 	adminProc, ingressProc    *proc
 	storeProc, brokerProc     *proc
+	tracing                   *tracing.Tracer // nil: tracing off
 }
 
 // Run runs the gateway until ctx ends or a part stops by itself, then
@@ -204,6 +209,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 	p.admin = &http.Server{Handler: adminAPI, ReadHeaderTimeout: 10 * time.Second}
 
 	p.collector = collector.New(p.broker, p.store, log, collector.Options{Keep: job.ParseKeep(cfg.Results.KeepResponse)})
+	if err := g.startTracing(p); err != nil {
+		return err
+	}
+	defer func() { // a Run cut short before its stop; the stop did it already
+		tctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = p.tracing.Shutdown(tctx)
+	}()
 
 	// Start, in the reverse of the order of the stop.
 	p.brokerProc = p.grp.Go("broker", p.broker.Run)
@@ -266,6 +279,7 @@ func (g *Gateway) stop(p *parts) {
 	}
 	p.manager.StopBy(start.Add(budget*3/4), deadline.Add(-time.Second))
 	g.logStop(p.grp, p.workers)                    // pools stop fetching, finish or hand back in-flight work
+	traced := g.flushTraces(sctx, p)               // no span starts any more; waited for last
 	p.collector.StopBy(deadline.Add(-time.Second)) // it stores the outcomes the workers just published
 	g.logStop(p.grp, p.collect)
 	g.logStop(p.grp, p.monitor)
@@ -274,6 +288,7 @@ func (g *Gateway) stop(p *parts) {
 	g.logStop(p.grp, p.historyProc) // after the admin API, which reads it
 	g.logStop(p.grp, p.storeProc)   // writes what it still holds
 	g.logStop(p.grp, p.brokerProc)  // then Gateway.Run closes the broker
+	<-traced
 }
 
 func (g *Gateway) logStop(grp *group, p *proc) {

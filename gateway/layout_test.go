@@ -89,6 +89,8 @@ func TestDependencyRule(t *testing.T) {
 				t.Errorf("results (the port) imports %s", imp)
 			case ours && slices.Contains(adapters, own) && !slices.Contains(wiring, dir) && !strings.HasPrefix(dir, own):
 				t.Errorf("%s imports the adapter %s: only %v wire adapters", dir, own, wiring)
+			case strings.HasPrefix(imp, "go.opentelemetry.io/") && top(dir) != "tracing":
+				t.Errorf("%s imports %s: OpenTelemetry stays inside tracing (ingress and workers call their own Tracer)", dir, imp)
 			case ours && slices.Contains(siblings, top(dir)) && slices.Contains(siblings, top(own)) &&
 				top(dir) != top(own) && !((dir == "admin" || dir == "metrics") && own == "workers"):
 				t.Errorf("%s imports %s: ingress, workers, results, admin and metrics do not import one another", dir, own)

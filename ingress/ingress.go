@@ -107,6 +107,7 @@ type Server struct {
 	pollCORS *corsPolicy         // the routes' origins together; nil: none
 	auth     *auth.Authenticator // nil: no auth, every client is ""
 	limiter  ratelimit.Limiter
+	tracer   Tracer // nil: tracing off
 }
 
 // claimWait bounds how long a submit waits for another submit with the
@@ -325,6 +326,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	client := ""
 	defer func() { s.meter.Count(client, r.cfg.Name, ctx.Response.StatusCode(), len(ctx.PostBody())) }()
+	var span AcceptSpan // nil: tracing off
+	if s.tracer != nil {
+		span = s.startSpan(ctx, r)
+		defer func() { endSpan(span, ctx, client) }()
+	}
 	if !r.methods[string(ctx.Method())] {
 		problem(ctx, 405, "this route accepts "+r.allow, 0)
 		ctx.Response.Header.Set("Allow", r.allow)
@@ -341,7 +347,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if !s.admitRate(ctx, r, client) {
 		return
 	}
-	s.submit(ctx, r, rest, client)
+	s.submit(ctx, r, rest, client, span)
 }
 
 // estimate is how long a request queued now for r's backend waits: its
@@ -356,7 +362,7 @@ func retryAfter(e backlog.Estimate) int {
 	return int(min(86400, max(1, math.Ceil(e.Wait.Seconds()))))
 }
 
-func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest, client string) {
+func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest, client string, span AcceptSpan) {
 	body := ctx.PostBody()
 	if int64(len(body)) > int64(r.cfg.MaxBody) {
 		problem(ctx, 413, "request body is larger than this route's max_body ("+strconv.FormatInt(int64(r.cfg.MaxBody), 10)+" bytes)", 0)
@@ -453,6 +459,9 @@ func (s *Server) submit(ctx *fasthttp.RequestCtx, r *route, rest, client string)
 
 	if r.transform != nil {
 		header = r.transform.apply(header, client, r.cfg.Name, id)
+	}
+	if span != nil {
+		header = span.Carry(header)
 	}
 	if !owned {
 		body = append([]byte(nil), body...) // fasthttp reuses its buffer

@@ -72,6 +72,7 @@ type Pool struct {
 	stopBy       atomic.Pointer[stopTimes]
 	settled      Settled // nil: every request of a batch handed out again is delivered
 	packed       func(topic string, requests int)
+	tracer       Tracer // nil: tracing off
 	Counter      Counters
 	latency      *latencyHist // attempt durations; nil with metrics: false
 }
@@ -548,6 +549,9 @@ func (p *Pool) attempt(ctx context.Context, req *job.Request, attempt int) (res 
 	}
 	hr.Header.Set("X-Request-Id", req.ID)
 	hr.Header.Set("X-Sluice-Attempt", strconv.Itoa(attempt))
+	if p.tracer != nil {
+		defer p.traceAttempt(hr, req, attempt)(&res) // ends once the body is read
+	}
 	resp, err := p.client.Do(hr)
 	if err != nil {
 		res.err = err

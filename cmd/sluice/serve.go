@@ -57,7 +57,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, ready l
 		printConfigErrors(stderr, *path, err)
 		return errConfig
 	}
-	gw, err := gateway.New(cfg, gateway.Options{Roles: roles, Log: newLogger(cfg, stderr), Ready: ready})
+	gw, err := gateway.New(cfg, gateway.Options{Roles: roles, Log: newLogger(cfg, stderr), Ready: ready, Version: version})
 	if errors.Is(err, gateway.ErrRoles) {
 		fmt.Fprintf(stderr, "sluice serve: -%v\n", err) // "-roles: ..."
 		return errUsage
