@@ -77,9 +77,11 @@ var goals = append([]goal{
 		baseline: "the same without them", base: "policies.off.rps", cmp: atLeast, want: 0.9, unit: "x", aim: true},
 	// Prometheus metrics cost ingest nothing per request: every series is
 	// read at scrape time (issue 12). /metrics scraped every second
-	// against metrics: false, the same requests sent to both.
+	// against metrics: false, the same requests sent to both (0.90-1.03x;
+	// two identical processes read 0.89-1.02x on a busy machine, so the
+	// gate sits under that noise and the CPU goal below is the cost).
 	{part: "metrics", what: "ingest with /metrics scraped every 1s", figure: "metrics.on.rps",
-		baseline: "metrics: false", base: "metrics.off.rps", cmp: atLeast, want: 0.9, unit: "x"},
+		baseline: "metrics: false", base: "metrics.off.rps", cmp: atLeast, want: 0.85, unit: "x"},
 	{part: "metrics", what: "ingest with /metrics scraped every 1s", figure: "metrics.on.rps",
 		baseline: "metrics: false", base: "metrics.off.rps", cmp: atLeast, want: 0.97, unit: "x", aim: true},
 	// The same as CPU, which a busy machine moves less: one scrape's CPU
