@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
+	"github.com/sluice-gw/sluice/cluster"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/metering"
 	"github.com/sluice-gw/sluice/problem"
@@ -46,6 +47,20 @@ type DeadLetters interface {
 	Replay(ctx context.Context, backend string, ids []string) (int, error)
 }
 
+// Cluster keeps what PATCH changes for every process of the deployment,
+// and every worker process's figures (cluster.Node).
+type Cluster interface {
+	// Tune stores t's fields for backend name and applies them in every
+	// process; it returns the tuning now in force.
+	Tune(ctx context.Context, name string, t cluster.Tuning) (cluster.Tuning, error)
+	// Reset takes backend name back to its config in every process.
+	Reset(ctx context.Context, name string) error
+	// Tuning is backend name's tuning in force; false: the config alone.
+	Tuning(name string) (cluster.Tuning, bool)
+	// View is every worker's figures of backend name; false: none lately.
+	View(name string) (cluster.View, bool)
+}
+
 // Meter is the per-client metering of the ingress (ingress.Meter).
 type Meter interface {
 	Snapshot() []metering.ClientUsage
@@ -65,6 +80,10 @@ type Handler struct {
 	Ready    []Check
 	// History answers GET /admin/history; the gateway runs it.
 	History *History
+	// Cluster makes PATCH and DELETE .../tuning reach every process and
+	// adds every worker's figures to /admin/backends; nil: a PATCH tunes
+	// this process alone, until it stops.
+	Cluster Cluster
 	mux     *http.ServeMux
 
 	// Metrics answers GET /metrics (package metrics); nil with
@@ -82,6 +101,7 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 	h.mux.HandleFunc("GET /admin/backends", h.listBackends)
 	h.mux.HandleFunc("GET /admin/backends/{name}", h.getBackend)
 	h.mux.HandleFunc("PATCH /admin/backends/{name}", h.patchBackend)
+	h.mux.HandleFunc("DELETE /admin/backends/{name}/tuning", h.resetBackend)
 	h.mux.HandleFunc("GET /admin/dead-letters", h.listDead)
 	h.mux.HandleFunc("POST /admin/dead-letters/replay", h.replay)
 	h.mux.HandleFunc("GET /admin/clients", h.clients)
@@ -182,7 +202,13 @@ type Backend struct {
 	Concurrency int     `json:"concurrency"`
 	Adaptive    bool    `json:"adaptive"`
 	Paused      bool    `json:"paused"`
-	Stats       Stats   `json:"stats"`
+	Stats       Stats   `json:"stats"` // this process's
+	// Tuning is what PATCH set over the config, for every process; absent
+	// while the config alone applies.
+	Tuning *cluster.Tuning `json:"tuning,omitempty"`
+	// Cluster is every worker process's figures and their sums; absent
+	// while none reported lately.
+	Cluster *cluster.View `json:"cluster,omitempty"`
 }
 
 func (h *Handler) backend(name string) (Backend, bool) {
@@ -190,7 +216,16 @@ func (h *Handler) backend(name string) (Backend, bool) {
 	if !ok {
 		return Backend{}, false
 	}
-	return describe(name, st, h.Backlog), true
+	b := describe(name, st, h.Backlog)
+	if h.Cluster != nil {
+		if t, ok := h.Cluster.Tuning(name); ok {
+			b.Tuning = &t
+		}
+		if v, ok := h.Cluster.View(name); ok {
+			b.Cluster = &v
+		}
+	}
+	return b, true
 }
 
 // describe is backend name's object from its status and backlog, for the
@@ -268,6 +303,19 @@ func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 		problem.Write(rw, 400, strings.ReplaceAll(err.Error(), "\n", "; "))
 		return
 	}
+	if h.Cluster != nil {
+		t := cluster.Tuning{Rate: p.Rate, Burst: p.Burst, Concurrency: p.Concurrency, Adaptive: p.Adaptive, Paused: p.Paused}
+		if !t.Empty() {
+			if _, err := h.Cluster.Tune(r.Context(), name, t); err != nil {
+				rw.Header().Set("Retry-After", "1")
+				problem.Write(rw, 503, "the change could not be stored for every process, so nothing changed; try again")
+				return
+			}
+		}
+		b, _ := h.backend(name)
+		writeJSON(rw, 200, b)
+		return
+	}
 	h.Backends.Tune(name, func(set *workers.Settings) {
 		if p.Rate != nil {
 			set.Rate = *p.Rate
@@ -285,6 +333,27 @@ func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 			set.Paused = *p.Paused
 		}
 	})
+	b, _ := h.backend(name)
+	writeJSON(rw, 200, b)
+}
+
+// resetBackend answers DELETE /admin/backends/<name>/tuning: every process
+// goes back to the config's settings for the backend.
+func (h *Handler) resetBackend(rw http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, ok := h.Backends.Status(name); !ok {
+		problem.Write(rw, 404, fmt.Sprintf("unknown backend %q", name))
+		return
+	}
+	if h.Cluster == nil {
+		problem.Write(rw, 404, "this process keeps no tuning")
+		return
+	}
+	if err := h.Cluster.Reset(r.Context(), name); err != nil {
+		rw.Header().Set("Retry-After", "1")
+		problem.Write(rw, 503, "the tuning could not be dropped for every process, so nothing changed; try again")
+		return
+	}
 	b, _ := h.backend(name)
 	writeJSON(rw, 200, b)
 }

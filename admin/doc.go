@@ -1,6 +1,7 @@
 // Package admin is sluice's operator API on the admin listener (net/http):
 // health and readiness, live backend tuning (rate, burst, concurrency,
-// pause), dead-letter listing and replay, metering, GET /metrics (the
+// pause) — for every process of the deployment and kept, through Cluster
+// (cluster.Node), with every worker's figures —, dead-letter listing and replay, metering, GET /metrics (the
 // handler package metrics builds, set by the gateway), and the dashboard.
 //
 // History samples every backend's status and backlog every 2 s into a ring

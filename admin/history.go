@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sluice-gw/sluice/cluster"
 	"github.com/sluice-gw/sluice/workers"
 )
 
@@ -52,6 +53,12 @@ type BackendHistory struct {
 // shows the last minutes at once. NewHistory starts nothing; Run samples
 // until its context ends.
 type History struct {
+	// Cluster, when set, gives every worker process's figures: a point
+	// then shows the deployment's in-flight, concurrency limit and rates
+	// (latency stays this process's). Set it before Run.
+	Cluster interface {
+		View(name string) (cluster.View, bool)
+	}
 	backends Backends
 	backlog  Backlog
 	interval time.Duration
@@ -168,11 +175,26 @@ func (h *History) Sample() {
 			}
 		}
 		h.prev[name] = sampled{at: at, st: st}
+		if h.Cluster != nil {
+			if v, ok := h.Cluster.View(name); ok {
+				overCluster(&p, v)
+			}
+		}
 		if r := h.rings[name]; r != nil {
 			r.add(p)
 		}
 		h.mu.Unlock()
 	}
+}
+
+// overCluster puts the figures of every worker process into p: the sums
+// of their in-flight and limits, and of their rates over their last
+// second.
+func overCluster(p *Point, v cluster.View) {
+	p.InFlight, p.Concurrency = v.InFlight, v.ConcurrencyLimit
+	r := func(x float64) *float64 { return &x }
+	p.DeliveredPerSecond, p.FailedPerSecond, p.RetriedPerSecond = r(v.DeliveredPerSecond), r(v.FailedPerSecond), r(v.RetriedPerSecond)
+	p.AttemptsPerSecond, p.DeadLetteredPerSecond = r(v.AttemptsPerSecond), r(v.DeadLetteredPerSecond)
 }
 
 // Snapshot returns every backend's points after since (all with a zero

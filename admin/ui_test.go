@@ -128,6 +128,7 @@ func TestCrossSite(t *testing.T) {
 		{"another origin", "PATCH", "/admin/backends/logs", `{"rate":3}`, map[string]string{"Origin": "https://evil.example"}, 403},
 		{"an opaque origin", "POST", "/admin/dead-letters/replay", `{"backend":"logs"}`, map[string]string{"Origin": "null"}, 403},
 		{"cross-site without Origin", "POST", "/admin/dead-letters/replay", `{"backend":"logs"}`, map[string]string{"Sec-Fetch-Site": "cross-site"}, 403},
+		{"a DELETE of the tuning from another origin", "DELETE", "/admin/backends/logs/tuning", "", map[string]string{"Origin": "https://evil.example"}, 403},
 		{"another port of the host", "PATCH", "/admin/backends/logs", `{"rate":3}`, map[string]string{"Origin": "http://example.com:8080"}, 403},
 		{"the dashboard", "PATCH", "/admin/backends/logs", `{"rate":3}`, map[string]string{"Origin": "http://example.com"}, 200}, // httptest's Host
 		{"curl", "PATCH", "/admin/backends/logs", `{"rate":4}`, nil, 200},

@@ -26,6 +26,7 @@ type Monitor struct {
 	now      func() time.Time
 	mu       sync.RWMutex
 	topics   map[string]*topicView
+	drained  func(topic string) (perSecond float64, ok bool) // DrainFrom; nil: the broker's figures alone
 }
 
 type topicView struct {
@@ -63,6 +64,14 @@ func New(b Stater, topics []string, interval time.Duration) *Monitor {
 	return m
 }
 
+// DrainFrom makes the monitor count, besides the broker's figures, what
+// every worker process together takes off a topic, as src reports it:
+// requests per second, false while it knows nothing (cluster.Node's
+// DrainPerSecond). On RabbitMQ, whose consumed count is this process's own
+// acknowledgements, that is what makes the drain rate (and Retry-After and
+// backlog_seconds) the whole deployment's. Call it before Run.
+func (m *Monitor) DrainFrom(src func(topic string) (perSecond float64, ok bool)) { m.drained = src }
+
 // Run polls at once, then every interval, until ctx ends. It always
 // returns nil: a poll that fails marks its topic unavailable until one
 // succeeds.
@@ -93,6 +102,12 @@ func (m *Monitor) Poll(ctx context.Context) {
 		// taken as in the depth; if they were not, the next poll sees them
 		// there and the drain reads low, never high.
 		during := v.added.Swap(0)
+		var others float64 // requests per second all workers took, if known
+		if m.drained != nil {
+			if r, ok := m.drained(topic); ok {
+				others = r
+			}
+		}
 		now := m.now()
 		m.mu.Lock()
 		if err != nil {
@@ -100,7 +115,7 @@ func (m *Monitor) Poll(ctx context.Context) {
 			v.added.Add(added + during) // still unseen by any poll
 		} else {
 			if v.available && !v.polledAt.IsZero() {
-				v.measure(st, added, now)
+				v.measure(st, added, others, now)
 			}
 			v.depth, v.consumed, v.polledAt, v.available = st.Depth, st.Consumed, now, true
 		}
@@ -109,14 +124,16 @@ func (m *Monitor) Poll(ctx context.Context) {
 }
 
 // measure updates the drain rate and the stall from one poll interval in
-// which this process added added messages. What was taken is the larger of
-// two readings: the consumed count (exact where the broker counts for the
-// whole topic) and the depth that went away (what a RabbitMQ ingress, whose
-// acknowledgements happen in worker processes, can see).
-func (v *topicView) measure(st broker.QueueStats, added int64, now time.Time) {
+// which this process added added requests and all workers together took
+// requests per second (0: unknown). What was taken is the largest of three
+// readings: the consumed count (exact where the broker counts for the
+// whole topic; on RabbitMQ only this process's acknowledgements), the
+// depth that went away (what a RabbitMQ ingress sees, while nothing else
+// is published), and the workers' own figures (DrainFrom).
+func (v *topicView) measure(st broker.QueueStats, added int64, requests float64, now time.Time) {
 	dt := now.Sub(v.polledAt).Seconds()
 	msgs := int64(math.Round(float64(added) / v.ratio())) // what the broker counts
-	done := max(0, st.Consumed-v.consumed, v.depth+msgs-st.Depth)
+	done := max(0, st.Consumed-v.consumed, v.depth+msgs-st.Depth, int64(math.Round(requests*dt/v.ratio())))
 	rate := float64(done) / dt
 	switch {
 	case v.depth > 0 && st.Depth > 0 && done > 0: // worked the whole interval: capacity

@@ -209,3 +209,44 @@ func TestEstimatePacked(t *testing.T) {
 		t.Fatalf("no ratio learned: depth %d, want 10", e.Depth)
 	}
 }
+
+// TestDrainFromCluster: on RabbitMQ a worker process's consumed count is
+// its own acknowledgements, and with publishes keeping the depth steady no
+// depth goes away: two workers taking 20/s each read as a drain of 20/s.
+// With the workers' figures (DrainFrom) the drain is the 40/s they take
+// together, and the wait is the backlog over that.
+func TestDrainFromCluster(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		cluster func(string) (float64, bool)
+		want    float64
+	}{
+		{"this process's acks alone", nil, 20},
+		{"every worker's figures", func(topic string) (float64, bool) { return 40, topic == "t" }, 40},
+		{"no figures yet", func(string) (float64, bool) { return 0, false }, 20},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m, f, tick := monitorAt()
+			if c.cluster != nil {
+				m.DrainFrom(c.cluster)
+			}
+			f.queue(100)
+			tick()
+			for range 10 {
+				f.take(10)  // this process: 20/s
+				f.queue(20) // published elsewhere, as fast as both workers take
+				f.mu.Lock()
+				f.st.Depth -= 10 // taken by the other worker, acked there
+				f.mu.Unlock()
+				tick()
+			}
+			e := m.Estimate("t", 0, 8)
+			if e.Drain < c.want-0.5 || e.Drain > c.want+0.5 {
+				t.Fatalf("drain %.1f/s, want %v", e.Drain, c.want)
+			}
+			if want := 101 / c.want; secs(e) < want-0.1 || secs(e) > want+0.1 {
+				t.Fatalf("wait %.2fs for depth %d, want %.2fs", secs(e), e.Depth, want)
+			}
+		})
+	}
+}

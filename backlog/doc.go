@@ -7,4 +7,6 @@
 // with that one method) from its Run loop; New starts nothing. Ingress adds
 // what it publishes between polls with Add, so the depth stays current.
 // Estimate turns a topic's backlog into a wait for one more message.
+// DrainFrom adds what every worker process reports taking (cluster
+// figures), for brokers that count only this process's acknowledgements.
 package backlog

@@ -168,6 +168,7 @@ func (s *scaleRun) ingest(k scaleBroker, n int) error {
 	if err := patchBackend(worker, `{"paused":true}`); err != nil {
 		return err
 	}
+	defer dropTuning(worker) // kept in Redis until dropped, unlike the records
 	ops := make([]op, n)
 	counts := spread(s.conns, n)
 	for i, p := range fronts {
@@ -214,6 +215,7 @@ func (s *scaleRun) delivery(k scaleBroker, n int) error {
 		return err
 	}
 	defer stopAll(workers)
+	defer dropTuning(front[0]) // the rate: 0 below is kept in Redis until dropped
 	// The rate holds in total once each worker knows its share.
 	var shares []float64
 	settled := waitFor(30*time.Second, 100*time.Millisecond, func() bool {
@@ -243,6 +245,8 @@ func (s *scaleRun) delivery(k scaleBroker, n int) error {
 		fmt.Sprintf("%d worker process(es), rate %d in total", n, scaleRate), got, dev, formatShares(shares))
 
 	// Unlimited: every worker's rate to 0, the rest of the backlog drained.
+	// One PATCH reaches every process; sent to each, each has applied it
+	// when its answer comes.
 	for _, w := range workers {
 		if err := patchBackend(w, `{"rate":0}`); err != nil {
 			return err
@@ -618,6 +622,19 @@ func patchBackend(p *sluiceProc, body string) error {
 		return fmt.Errorf("patch %s: %s", body, resp.Status)
 	}
 	return nil
+}
+
+// dropTuning takes the sink backend back to its config in every process
+// (DELETE /admin/backends/sink/tuning), so that no tuning outlives the run
+// in a shared Redis.
+func dropTuning(p *sluiceProc) {
+	req, err := http.NewRequest("DELETE", "http://"+p.admin+"/admin/backends/sink/tuning", nil)
+	if err != nil {
+		return
+	}
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
 }
 
 // backendStats is what p's admin API says of the sink backend.

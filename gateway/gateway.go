@@ -20,6 +20,7 @@ import (
 	"github.com/sluice-gw/sluice/broker/embedded"
 	"github.com/sluice-gw/sluice/broker/kafka"
 	"github.com/sluice-gw/sluice/broker/rabbitmq"
+	"github.com/sluice-gw/sluice/cluster"
 	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/ingress"
 	"github.com/sluice-gw/sluice/job"
@@ -112,6 +113,7 @@ type parts struct {
 	store                     results.Store
 	ingress                   *ingress.Server
 	manager                   *workers.Manager
+	node                      *cluster.Node
 	admin                     *http.Server
 	collector                 *collector.Collector
 	monitor, workers, collect *proc
@@ -119,6 +121,7 @@ type parts struct {
 	adminProc, ingressProc    *proc
 	storeProc, brokerProc     *proc
 	tracing                   *tracing.Tracer // nil: tracing off
+	clusterProc               *proc
 }
 
 // Run runs the gateway until ctx ends or a part stops by itself, then
@@ -155,6 +158,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		return err
 	}
 	defer p.store.Close()
+	// Where PATCHed settings and the workers' figures are shared (Redis, or
+	// a file beside the embedded result store).
+	clusterStore, sharedCluster, err := g.openCluster()
+	if err != nil {
+		return err
+	}
+	defer clusterStore.Close()
 	defer p.grp.StopAll() // before the closes above: Close comes after Run
 
 	topics := make([]string, len(cfg.Backends))
@@ -165,6 +175,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 	p.manager = workers.NewManager(cfg, p.broker, log)
 	p.manager.SkipSettled(settledIn(p.store))
 	p.manager.LearnPacking(monitor.Packed) // a worker-only process counts requests too
+	p.node = g.newNode(clusterStore, p.manager, admLn.Addr().String())
+	if sharedCluster {
+		monitor.DrainFrom(drainOf(p.node, p.manager.Names())) // RabbitMQ counts this process's acks only
+	}
 	if g.has(Ingress) {
 		if p.ingress, err = ingress.New(cfg, p.broker, p.store, monitor, log); err != nil {
 			return err
@@ -203,6 +217,10 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	// The dashboard's charts: the last minutes of every backend's figures.
 	adminAPI.History = admin.NewHistory(p.manager, monitor, admin.HistoryInterval, admin.HistoryWindow)
+	adminAPI.Cluster = p.node // PATCH for every process; every worker's figures
+	if sharedCluster {
+		adminAPI.History.Cluster = p.node
+	}
 	if cfg.MetricsOn() {
 		adminAPI.Metrics = newMetrics(p.manager, monitor, p.ingress)
 	}
@@ -222,6 +240,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	p.brokerProc = p.grp.Go("broker", p.broker.Run)
 	p.storeProc = p.grp.Go("results", p.store.Run)
 	p.monitor = p.grp.Go("monitor", monitor.Run)
+	g.restoreTuning(ctx, p.node) // before the workers: a restarted worker starts tuned
+	p.clusterProc = p.grp.Go("cluster", p.node.Run)
 	if g.has(Collector) {
 		p.collect = p.grp.Go("collector", p.collector.Run)
 	}
@@ -285,6 +305,7 @@ func (g *Gateway) stop(p *parts) {
 	g.logStop(p.grp, p.monitor)
 	_ = p.admin.Shutdown(sctx)
 	g.logStop(p.grp, p.adminProc)
+	g.logStop(p.grp, p.clusterProc) // after the admin API, which tunes through it
 	g.logStop(p.grp, p.historyProc) // after the admin API, which reads it
 	g.logStop(p.grp, p.storeProc)   // writes what it still holds
 	g.logStop(p.grp, p.brokerProc)  // then Gateway.Run closes the broker

@@ -68,11 +68,11 @@ func packages(t *testing.T) []string {
 // TestDependencyRule holds the layout the README describes: arrows point
 // to the core, and only the lifecycle knows the concrete adapters.
 func TestDependencyRule(t *testing.T) {
-	adapters := []string{"broker/embedded", "broker/kafka", "broker/rabbitmq", "results/bolt", "results/redis"}
+	adapters := []string{"broker/embedded", "broker/kafka", "broker/rabbitmq", "results/bolt", "results/redis", "cluster/redis"}
 	wiring := []string{"gateway", "cmd/sluice", "bench"} // may know adapters
 	siblings := []string{"ingress", "workers", "results", "admin", "metrics"}
 	dirs := packages(t)
-	for _, want := range append(append([]string{"job", "broker", "wire"}, siblings...), adapters...) {
+	for _, want := range append(append([]string{"job", "broker", "wire", "cluster"}, siblings...), adapters...) {
 		if !slices.Contains(dirs, want) {
 			t.Fatalf("package %s not found among %v", want, dirs)
 		}
@@ -87,6 +87,8 @@ func TestDependencyRule(t *testing.T) {
 				t.Errorf("broker (the port) imports %s", imp)
 			case dir == "results" && (strings.Contains(imp, "redis") || strings.Contains(imp, "bbolt")):
 				t.Errorf("results (the port) imports %s", imp)
+			case dir == "cluster" && (ours || strings.Contains(imp, "redis")):
+				t.Errorf("cluster (the port) imports %s: the gateway joins it to the workers", imp)
 			case ours && slices.Contains(adapters, own) && !slices.Contains(wiring, dir) && !strings.HasPrefix(dir, own):
 				t.Errorf("%s imports the adapter %s: only %v wire adapters", dir, own, wiring)
 			case strings.HasPrefix(imp, "go.opentelemetry.io/") && top(dir) != "tracing":

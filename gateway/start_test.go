@@ -66,6 +66,11 @@ backends: [{ name: b, urls: ["http://127.0.0.1:1/"] }]
 	}
 	collector.New(br, store, zerolog.Nop(), collector.Options{})
 	admin.New("", false, manager, workers.NewDeadLetters(br, manager.Names(), store, zerolog.Nop()), monitor, nil)
+	cs, _, err := g.openCluster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.newNode(cs, manager, "127.0.0.1:1")
 	if left := ours(); len(left) > 0 {
 		t.Fatalf("opening the broker and the store and building every part started %d goroutines of ours, e.g.\n%s",
 			len(left), left[0])

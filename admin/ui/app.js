@@ -330,6 +330,7 @@
       apply(card);
     });
     $('.pause', node).addEventListener('click', () => togglePause(card));
+    $('.reset', node).addEventListener('click', () => resetTuning(card));
     $('.strip', node).setAttribute('aria-label', 'Breaker state of ' + name + ' over the chart window');
     return card;
   }
@@ -378,6 +379,11 @@
     br.textContent = breakerText[state_] || state_;
     $('.paused-badge', n).hidden = !b.paused;
     $('.adaptive-badge', n).hidden = !b.adaptive;
+    $('.tuned-badge', n).hidden = !b.tuning;
+    $('.reset', n).hidden = !b.tuning;
+    // With several worker processes, in flight and the limit are theirs
+    // together (b.cluster), and a line lists each one.
+    const c = b.cluster && Array.isArray(b.cluster.workers) && b.cluster.workers.length ? b.cluster : null;
 
     const s = state.series.get(b.name) || emptySeries();
     const last = (k) => (s[k].length ? s[k][s[k].length - 1] : null);
@@ -388,8 +394,19 @@
     kpi(n, 'latency', ok(p50) || ok(p99) ? num(p50, 0) + ' / ' + num(p99, 0) : '—', ok(p50) || ok(p99) ? 'ms' : '');
     kpi(n, 'queue', num(st.queue_depth, 0), st.stalled ? 'stalled' : '');
     kpi(n, 'backlog', seconds(st.backlog_seconds), '');
-    const limit = limitOf(b);
-    kpi(n, 'concurrency', num(st.in_flight, 0) + ' / ' + num(limit, 0), b.adaptive && limit !== b.concurrency ? 'of ' + b.concurrency : '');
+    const limit = c ? c.concurrency_limit : limitOf(b);
+    const inFlight = c ? c.in_flight : st.in_flight;
+    kpi(n, 'concurrency', num(inFlight, 0) + ' / ' + num(limit, 0), b.adaptive && limit !== b.concurrency ? 'of ' + b.concurrency : '');
+    const workers = $('.workers', n);
+    workers.hidden = !c;
+    if (c) {
+      workers.textContent = c.workers.length === 1 ? '1 worker: ' : c.workers.length + ' workers: ';
+      c.workers.forEach((w, i) => {
+        if (i) workers.append(' · ');
+        workers.append(el('b', { text: (w.host || '?') + ':' + w.pid }), ' ' + num(w.in_flight, 0) + ' / ' + num(w.concurrency_limit, 0) +
+          ' in flight, ' + num(w.delivered_per_second, 1) + '/s');
+      });
+    }
     kpi(n, 'rate', b.rate > 0 ? num(b.rate, 2) : 'unlimited', b.rate > 0 ? '/s' : '');
 
     const pause = $('.pause', n);
@@ -525,6 +542,13 @@
     );
   }
 
+  async function resetTuning(card) {
+    await send(card, null, (nb) => 'Back to the config: rate ' + (nb.rate > 0 ? num(nb.rate, 2) + '/s' : 'unlimited') +
+      ', concurrency ' + nb.concurrency + ', in every process.');
+  }
+
+  // send PATCHes the backend with patch, or with null drops its tuning
+  // (DELETE …/tuning).
   async function send(card, patch, describe) {
     const form = $('.controls', card.node);
     const answer = $('.answer', form);
@@ -532,7 +556,8 @@
     buttons.forEach((x) => (x.disabled = true));
     say(answer, 'Sending…', '');
     try {
-      const nb = await api('PATCH', '/admin/backends/' + enc(card.name), patch);
+      const path = '/admin/backends/' + enc(card.name);
+      const nb = patch === null ? await api('DELETE', path + '/tuning') : await api('PATCH', path, patch);
       delete form.dataset.dirty;
       updateCard(card, nb);
       fillForm(form, nb);
