@@ -119,6 +119,14 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 }
 
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	if h.Token == "" && !loopbackHost(r.Host) && r.URL.Path != "/healthz" {
+		// Without a token the admin port listens on loopback only (check
+		// refuses more), so a Host naming anything else is a page whose
+		// name was rebound to 127.0.0.1 (DNS rebinding): refused, or it
+		// could read and change everything as the same origin.
+		problem.Write(rw, 421, "the admin API without admin_token answers only requests to localhost or a loopback address")
+		return
+	}
 	if crossSite(r) {
 		problem.Write(rw, 403, "the admin API takes no changes from another site's page")
 		return

@@ -81,7 +81,12 @@ backends: [{name: logs, urls: ["http://127.0.0.1:1/"], rate: 20, concurrency: 8}
 
 func serve(h http.Handler, method, path, body string, hdr map[string]string) (*http.Response, string) {
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req.Host = "127.0.0.1:9090" // as a browser or curl on the machine sends it
 	for k, v := range hdr {
+		if k == "Host" {
+			req.Host = v
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	rec := httptest.NewRecorder()

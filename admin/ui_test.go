@@ -129,8 +129,14 @@ func TestCrossSite(t *testing.T) {
 		{"an opaque origin", "POST", "/admin/dead-letters/replay", `{"backend":"logs"}`, map[string]string{"Origin": "null"}, 403},
 		{"cross-site without Origin", "POST", "/admin/dead-letters/replay", `{"backend":"logs"}`, map[string]string{"Sec-Fetch-Site": "cross-site"}, 403},
 		{"a DELETE of the tuning from another origin", "DELETE", "/admin/backends/logs/tuning", "", map[string]string{"Origin": "https://evil.example"}, 403},
-		{"another port of the host", "PATCH", "/admin/backends/logs", `{"rate":3}`, map[string]string{"Origin": "http://example.com:8080"}, 403},
-		{"the dashboard", "PATCH", "/admin/backends/logs", `{"rate":3}`, map[string]string{"Origin": "http://example.com"}, 200}, // httptest's Host
+		{"another port of the host", "PATCH", "/admin/backends/logs", `{"rate":3}`, map[string]string{"Origin": "http://127.0.0.1:8080"}, 403},
+		{"the dashboard", "PATCH", "/admin/backends/logs", `{"rate":3}`, map[string]string{"Origin": "http://127.0.0.1:9090"}, 200},
+		{"the dashboard on localhost", "PATCH", "/admin/backends/logs", `{"rate":3}`, map[string]string{"Origin": "http://localhost:9090", "Host": "localhost:9090"}, 200},
+		// DNS rebinding: a page whose name now points at 127.0.0.1 sends
+		// its own name as Host and Origin alike.
+		{"a rebound name", "PATCH", "/admin/backends/logs", `{"rate":3}`, map[string]string{"Origin": "http://rebind.evil.example:9090", "Host": "rebind.evil.example:9090"}, 421},
+		{"a rebound name reading", "GET", "/admin/clients", "", map[string]string{"Host": "rebind.evil.example:9090"}, 421},
+		{"healthz by any name", "GET", "/healthz", "", map[string]string{"Host": "sluice.internal:9090"}, 200},
 		{"curl", "PATCH", "/admin/backends/logs", `{"rate":4}`, nil, 200},
 		{"a read from elsewhere", "GET", "/admin/backends", "", map[string]string{"Origin": "https://evil.example"}, 200},
 	}

@@ -121,7 +121,7 @@ func newCollector(src Sources) *collector {
 			"Deliveries to the backend under way in this process.",
 			b, nil),
 		breakerOpen: prometheus.NewDesc("sluice_breaker_open",
-			"1 while the backend's circuit breaker holds deliveries back (open, or half-open letting a probe through), 0 while it is closed.",
+			"1 while the backend's circuit breaker is open (holding deliveries back until its cooldown ends), 0 while closed or half-open.",
 			b, nil),
 		paused: prometheus.NewDesc("sluice_backend_paused",
 			"1 while deliveries to the backend are paused, else 0.",
@@ -191,7 +191,9 @@ func (c *collector) backend(ch chan<- prometheus.Metric, name string, st workers
 	gauge(c.concurrency, float64(st.ConcurrencyLimit))
 	gauge(c.rate, st.Rate*st.Share)
 	gauge(c.inFlight, float64(st.InFlight))
-	gauge(c.breakerOpen, oneIf(st.Breaker != "closed"))
+	// Open only: a half-open breaker with nothing to probe (an idle
+	// backend that recovered) is not holding anything back.
+	gauge(c.breakerOpen, oneIf(st.Breaker == "open"))
 	gauge(c.paused, oneIf(st.Paused))
 }
 

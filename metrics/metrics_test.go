@@ -79,7 +79,7 @@ func sources(t *testing.T) Sources {
 	}
 	crm := workers.Status{
 		Settings: workers.Settings{Rate: 0, Burst: 1, Concurrency: 4, Paused: true},
-		State:    workers.State{Breaker: "half_open", Share: 1},
+		State:    workers.State{Breaker: "open", Share: 1},
 		Attempts: 20, Failed: 20, Retried: 19, ConcurrencyLimit: 4,
 	}
 	return Sources{
@@ -306,4 +306,27 @@ func value(fams map[string]*dto.MetricFamily, name string, labels map[string]str
 		return m.GetGauge().GetValue(), true
 	}
 	return 0, false
+}
+
+// TestHalfOpenIsNotOpen: an idle backend whose breaker waits half-open
+// for a probe holds nothing back: sluice_breaker_open is 0, so the alert
+// on it does not page for a backend that recovered.
+func TestHalfOpenIsNotOpen(t *testing.T) {
+	for state, want := range map[string]float64{"closed": 0, "half_open": 0, "open": 1} {
+		st := workers.Status{Settings: workers.Settings{Concurrency: 1, Burst: 1}, State: workers.State{Breaker: state, Share: 1}}
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(newCollector(Sources{Backends: &fakeBackends{names: []string{"b"}, status: func(string) (workers.Status, bool) { return st, true }}}))
+		got, err := testutil.GatherAndCount(reg, "sluice_breaker_open")
+		if err != nil || got != 1 {
+			t.Fatalf("%s: %d series, %v", state, got, err)
+		}
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "sluice_breaker_open" {
+				if v := mf.GetMetric()[0].GetGauge().GetValue(); v != want {
+					t.Fatalf("%s: sluice_breaker_open %v, want %v", state, v, want)
+				}
+			}
+		}
+	}
 }

@@ -31,6 +31,7 @@ var slugs = map[int]string{
 	413: "body-too-large",
 	415: "unsupported-encoding",
 	429: "rate-limited",
+	421: "misdirected",
 	431: "headers-too-large",
 	500: "internal",
 	502: "no-backend-response",
