@@ -12,8 +12,19 @@ import (
 // and the answers refused by status: GET /admin/clients. It is this
 // process's count since it started.
 type Meter struct {
-	rows sync.Map // meterKey -> *meterRow
+	rows sync.Map     // meterKey -> *meterRow
+	n    atomic.Int64 // rows, at most MaxRows
 }
+
+// MaxRows bounds the client and route pairs a Meter keeps apart: JWT
+// clients are named by their tokens, and a flood of tokens with made-up
+// names must not grow the metering (and the metrics and dashboard built
+// on it) without end. Past it, new clients are counted together as
+// Overflow.
+const MaxRows = 10000
+
+// Overflow is the client under which the pairs past MaxRows are counted.
+const Overflow = "(other)"
 
 type meterKey struct{ client, route string }
 
@@ -41,7 +52,16 @@ func (m *Meter) row(client, route string) *meterRow {
 	if r, ok := m.rows.Load(k); ok {
 		return r.(*meterRow)
 	}
-	r, _ := m.rows.LoadOrStore(k, &meterRow{})
+	if m.n.Load() >= MaxRows {
+		k.client = Overflow
+		if r, ok := m.rows.Load(k); ok {
+			return r.(*meterRow)
+		}
+	}
+	r, loaded := m.rows.LoadOrStore(k, &meterRow{})
+	if !loaded {
+		m.n.Add(1)
+	}
 	return r.(*meterRow)
 }
 

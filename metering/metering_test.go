@@ -3,6 +3,7 @@ package metering
 import (
 	"encoding/json"
 	"reflect"
+	"strconv"
 	"sync"
 	"testing"
 )
@@ -86,4 +87,33 @@ func BenchmarkCount(b *testing.B) {
 			m.Count("team-a", "logs", 202, 1024)
 		}
 	})
+}
+
+// TestRowsBounded: a flood of distinct clients (JWTs with made-up names)
+// stops making rows at MaxRows; the rest are counted as Overflow, per
+// route, and nothing is lost from the totals.
+func TestRowsBounded(t *testing.T) {
+	var m Meter
+	const n = MaxRows + 500
+	for i := range n {
+		m.Count("c"+strconv.Itoa(i), "logs", 403, 0)
+	}
+	m.Count("c1", "logs", 202, 10) // a known client keeps its row
+	var clients, total int64
+	var other int64
+	for _, c := range m.Snapshot() {
+		clients++
+		for _, r := range c.Routes {
+			total += r.Rejected["403"]
+			if c.Client == Overflow {
+				other = r.Rejected["403"]
+			}
+			if c.Client == "c1" && r.Accepted != 1 {
+				t.Fatalf("c1 accepted %d", r.Accepted)
+			}
+		}
+	}
+	if clients > MaxRows+1 || total != n || other != 500 {
+		t.Fatalf("%d clients, %d counted, %d under %s", clients, total, other, Overflow)
+	}
 }

@@ -717,6 +717,8 @@
     result.hidden = false;
   }
 
+  const MAX_CLIENT_ROWS = 200;
+
   // ---- Clients -----------------------------------------------------------
 
   async function loadClients() {
@@ -724,11 +726,17 @@
     const data = await api('GET', '/admin/clients');
     const rows = $('#client-rows');
     rows.textContent = '';
-    const clients = ((data && data.clients) || []).slice().sort((a, b) => a.client.localeCompare(b.client));
+    // One row per client and route; the busiest first, at most
+    // MAX_CLIENT_ROWS of them, so thousands of clients cannot swamp the page.
+    const all = [];
+    for (const c of (data && data.clients) || []) {
+      for (const r of c.routes || []) all.push([c, r]);
+    }
+    const total = (r) => r.accepted + Object.values(r.rejected || {}).reduce((s, v) => s + v, 0);
+    all.sort(([ca, ra], [cb, rb]) => total(rb) - total(ra) || ca.client.localeCompare(cb.client) || ra.route.localeCompare(rb.route));
     let n = 0;
-    for (const c of clients) {
-      const routes = (c.routes || []).slice().sort((a, b) => a.route.localeCompare(b.route));
-      for (const r of routes) {
+    for (const [c, r] of all.slice(0, MAX_CLIENT_ROWS)) {
+      {
         const rejected = el('td', {});
         const codes = Object.entries(r.rejected || {}).sort(([a], [b]) => a.localeCompare(b));
         for (const [code, count] of codes) rejected.append(el('span', { class: 'chip', title: count + ' answered ' + code, text: code + ' × ' + num(count, 0) }));
@@ -746,6 +754,9 @@
       }
     }
     $('#clients-empty').hidden = n > 0;
+    const more = $('#clients-more');
+    more.hidden = all.length <= MAX_CLIENT_ROWS;
+    more.textContent = (all.length - MAX_CLIENT_ROWS) + ' quieter client and route pairs not shown (GET /admin/clients has them all).';
   }
 
   // ---- Readiness ---------------------------------------------------------
