@@ -280,16 +280,26 @@ type Patch struct {
 }
 
 // Validate lists every bad field.
+// Bounds of a PATCH: past them a value means nothing but a mistake.
+const (
+	maxRate        = 1e9
+	maxBurst       = 1_000_000_000
+	maxConcurrency = 100_000
+)
+
 func (p Patch) Validate() error {
 	var errs []error
 	if p.Rate != nil && (*p.Rate < 0 || math.IsNaN(*p.Rate) || math.IsInf(*p.Rate, 0)) {
 		errs = append(errs, errors.New("rate: must be >= 0 (0 = unlimited)"))
 	}
-	if p.Burst != nil && *p.Burst < 1 {
-		errs = append(errs, errors.New("burst: must be >= 1"))
+	if p.Rate != nil && *p.Rate > maxRate {
+		errs = append(errs, fmt.Errorf("rate: must be at most %g", float64(maxRate)))
 	}
-	if p.Concurrency != nil && *p.Concurrency < 1 {
-		errs = append(errs, errors.New("concurrency: must be >= 1"))
+	if p.Burst != nil && (*p.Burst < 1 || *p.Burst > maxBurst) {
+		errs = append(errs, fmt.Errorf("burst: must be 1 to %d", maxBurst))
+	}
+	if p.Concurrency != nil && (*p.Concurrency < 1 || *p.Concurrency > maxConcurrency) {
+		errs = append(errs, fmt.Errorf("concurrency: must be 1 to %d", maxConcurrency))
 	}
 	return errors.Join(errs...)
 }
@@ -303,8 +313,12 @@ func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 	var p Patch
 	dec := json.NewDecoder(http.MaxBytesReader(rw, r.Body, 1<<16))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
-		problem.Write(rw, 400, "body must be a JSON object with any of rate, burst, concurrency, adaptive, paused: "+err.Error())
+	if err := dec.Decode(&p); err != nil || dec.More() {
+		detail := "body must be one JSON object with any of rate, burst, concurrency, adaptive, paused"
+		if err != nil {
+			detail += ": " + err.Error()
+		}
+		problem.Write(rw, 400, detail)
 		return
 	}
 	if err := p.Validate(); err != nil {

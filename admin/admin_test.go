@@ -109,6 +109,8 @@ func TestProblems(t *testing.T) {
 		{"wrong method", "DELETE", "/admin/backends/logs", "", 405, "/problems/method-not-allowed", "accepts GET, HEAD, PATCH"},
 		{"unknown backend", "GET", "/admin/backends/x>y", "", 404, "/problems/not-found", `unknown backend "x>y"`},
 		{"bad patch value", "PATCH", "/admin/backends/logs", `{"rate":-1}`, 400, "/problems/bad-request", "rate: must be >= 0"},
+		{"two JSON objects", "PATCH", "/admin/backends/logs", `{"rate":5}{"rate":6}`, 400, "/problems/bad-request", "one JSON object"},
+		{"concurrency past the bound", "PATCH", "/admin/backends/logs", `{"concurrency":100000000000}`, 400, "/problems/bad-request", "concurrency: must be 1 to 100000"},
 		{"bad patch body", "PATCH", "/admin/backends/logs", `{"speed":1}`, 400, "/problems/bad-request", "unknown field"},
 		{"bad limit", "GET", "/admin/dead-letters?limit=0", "", 400, "/problems/bad-request", "limit"},
 		{"replay without backend", "POST", "/admin/dead-letters/replay", `{}`, 400, "/problems/bad-request", "backend"},

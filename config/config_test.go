@@ -321,3 +321,13 @@ func TestAdaptiveAndProbes(t *testing.T) {
 		})
 	}
 }
+
+// TestFractionsRefused: a whole-number key given a fraction is refused,
+// not cut (concurrency: 2.9 would run with 2).
+func TestFractionsRefused(t *testing.T) {
+	_, err := Parse([]byte("routes: [{ name: r, path: /r, backend: b }]\nbackends: [{ name: b, urls: [\"http://127.0.0.1:1/\"], concurrency: 2.9, breaker: { probes: 1.5 } }]\n"), t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), `backends[0].concurrency: must be a whole number, got "2.9"`) ||
+		!strings.Contains(err.Error(), `backends[0].breaker.probes: must be a whole number, got "1.5"`) {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -124,6 +124,13 @@ func walk(n *yaml.Node, v reflect.Value, path string, errs *[]error, c *Config) 
 			fail("must be a %s", kindName(v.Kind()))
 			return
 		}
+		switch v.Kind() {
+		case reflect.Int, reflect.Int64, reflect.Int32:
+			if n.Tag == "!!float" { // YAML would cut 2.9 to 2
+				fail("must be a %s, got %q", kindName(v.Kind()), n.Value)
+				return
+			}
+		}
 		if err := n.Decode(v.Addr().Interface()); err != nil {
 			fail("must be a %s, got %q", kindName(v.Kind()), n.Value)
 			return

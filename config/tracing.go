@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -17,10 +18,20 @@ func (c *Config) validateTracing(bad func(key, format string, args ...any)) {
 		bad("tracing.otlp_endpoint", "is required: the collector's OTLP/HTTP URL, such as \"http://127.0.0.1:4318\" (leave tracing out to run without it)")
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "":
 		bad("tracing.otlp_endpoint", "must be an http:// or https:// url, such as \"http://127.0.0.1:4318\", got %q", t.OTLPEndpoint)
+	case u.User != nil:
+		bad("tracing.otlp_endpoint", "must not carry credentials (they would be logged); set OTEL_EXPORTER_OTLP_HEADERS, e.g. \"Authorization=Basic ...\"")
 	case u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(u.Host, ":"):
 		bad("tracing.otlp_endpoint", "must be scheme://host:port[/path], without a query or fragment, got %q", t.OTLPEndpoint)
+	case u.Port() != "" && !validPort(u.Port()):
+		bad("tracing.otlp_endpoint", "has no valid port (1-65535), got %q", t.OTLPEndpoint)
 	}
 	if s := t.Sample; s != nil && !(*s >= 0 && *s <= 1) {
 		bad("tracing.sample", "must be 0 to 1 (the share of new traces recorded), got %g", *s)
 	}
+}
+
+// validPort reports whether p is a port number, 1 to 65535.
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535
 }

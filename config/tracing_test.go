@@ -23,6 +23,8 @@ func TestTracing(t *testing.T) {
 		{name: "sample 1 as an integer", cfg: `tracing: { otlp_endpoint: "http://[::1]:4318/", sample: 1 }`, sample: 1},
 		{name: "empty section", cfg: "tracing:\n", refused: "tracing.otlp_endpoint: is required"},
 		{name: "no endpoint", cfg: "tracing: { sample: 1 }", refused: "tracing.otlp_endpoint: is required"},
+		{name: "credentials in the URL", cfg: `tracing: { otlp_endpoint: "http://user:pw@127.0.0.1:4318" }`, refused: "tracing.otlp_endpoint: must not carry credentials"},
+		{name: "port out of range", cfg: `tracing: { otlp_endpoint: "http://127.0.0.1:99999" }`, refused: "tracing.otlp_endpoint: has no valid port"},
 		{name: "grpc scheme", cfg: `tracing: { otlp_endpoint: "grpc://127.0.0.1:4317" }`, refused: "tracing.otlp_endpoint: must be an http:// or https:// url"},
 		{name: "host only", cfg: `tracing: { otlp_endpoint: "127.0.0.1:4318" }`, refused: "tracing.otlp_endpoint: must be an http:// or https:// url"},
 		{name: "no host", cfg: `tracing: { otlp_endpoint: "http:///v1/traces" }`, refused: "tracing.otlp_endpoint: must be an http:// or https:// url"},

@@ -222,7 +222,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		adminAPI.History.Cluster = p.node
 	}
 	if cfg.MetricsOn() {
-		adminAPI.Metrics = newMetrics(p.manager, monitor, p.ingress)
+		adminAPI.Metrics = newMetrics(p.manager, monitor, p.ingress, g.has(Worker))
 	}
 	p.admin = &http.Server{Handler: adminAPI, ReadHeaderTimeout: 10 * time.Second}
 
@@ -463,8 +463,8 @@ func settledIn(store results.Store) workers.Settled {
 
 // newMetrics builds GET /metrics over the parts this process runs: without
 // the ingress role there is no metering to read.
-func newMetrics(m *workers.Manager, monitor *backlog.Monitor, ing *ingress.Server) *metrics.Metrics {
-	src := metrics.Sources{Backends: m, Backlog: monitor}
+func newMetrics(m *workers.Manager, monitor *backlog.Monitor, ing *ingress.Server, delivers bool) *metrics.Metrics {
+	src := metrics.Sources{Backends: m, Backlog: monitor, QueueOnly: !delivers}
 	if ing != nil {
 		src.Meter = ing.Meter()
 	}

@@ -38,6 +38,11 @@ type Sources struct {
 	Backends Backends
 	Backlog  Backlog
 	Meter    Meter
+	// QueueOnly: this process delivers nothing (no worker role), so of
+	// each backend only the queue's series (depth, backlog seconds) are
+	// exported; pool series at their defaults would add a phantom worker
+	// to every sum across processes.
+	QueueOnly bool
 }
 
 // Metrics serves the Prometheus text format. It is safe for concurrent
@@ -171,6 +176,14 @@ func (c *collector) backend(ch chan<- prometheus.Metric, name string, st workers
 	gauge := func(d *prometheus.Desc, v float64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, name)
 	}
+	if c.src.Backlog != nil {
+		est := c.src.Backlog.Estimate(broker.RequestTopic(name), st.Rate, st.Concurrency)
+		gauge(c.queueDepth, float64(est.Depth))
+		gauge(c.backlogSeconds, est.Wait.Seconds())
+	}
+	if c.src.QueueOnly {
+		return
+	}
 	counter(c.deliveries, st.Succeeded, Succeeded)
 	counter(c.deliveries, st.Failed, Failed)
 	counter(c.deliveries, st.Retried, Retried)
@@ -182,12 +195,6 @@ func (c *collector) backend(ch chan<- prometheus.Metric, name string, st workers
 		buckets[le] = st.Latency.Buckets[i]
 	}
 	ch <- prometheus.MustNewConstHistogram(c.duration, st.Latency.Count, st.Latency.Sum.Seconds(), buckets, name)
-
-	if c.src.Backlog != nil {
-		est := c.src.Backlog.Estimate(broker.RequestTopic(name), st.Rate, st.Concurrency)
-		gauge(c.queueDepth, float64(est.Depth))
-		gauge(c.backlogSeconds, est.Wait.Seconds())
-	}
 	gauge(c.concurrency, float64(st.ConcurrencyLimit))
 	gauge(c.rate, st.Rate*st.Share)
 	gauge(c.inFlight, float64(st.InFlight))

@@ -330,3 +330,19 @@ func TestHalfOpenIsNotOpen(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueOnly: a process without the worker role exports each
+// backend's queue series and none of the pool's, which would add a
+// phantom worker to every sum across processes.
+func TestQueueOnly(t *testing.T) {
+	src := sources(t)
+	src.QueueOnly = true
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(newCollector(src))
+	for name, want := range map[string]int{"sluice_queue_depth": 2, "sluice_backlog_seconds": 2, "sluice_backend_concurrency": 0,
+		"sluice_in_flight": 0, "sluice_breaker_open": 0, "sluice_deliveries_total": 0, "sluice_delivery_duration_seconds": 0} {
+		if got, err := testutil.GatherAndCount(reg, name); err != nil || got != want {
+			t.Errorf("%s: %d series (%v), want %d", name, got, err, want)
+		}
+	}
+}
