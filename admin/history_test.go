@@ -85,8 +85,15 @@ func TestHistoryRates(t *testing.T) {
 	fb.set("a", func(s *workers.Status) {
 		s.Succeeded, s.Failed, s.Retried, s.Attempts, s.DeadLettered = 10, 2, 4, 16, 1
 		s.InFlight, s.Breaker, s.Paused, s.Rate = 3, "open", true, 25
-		// 10 attempts between the samples: 9 within 10 ms, 1 within 500 ms.
-		s.Latency.Buckets = [workers.LatencyBuckets]uint64{0, 0, 0, 9, 9, 9, 9, 9, 10, 10, 10, 10, 10, 10, 10}
+		// 10 attempts between the samples: 9 in (5, 10] ms, 1 in (400, 500] ms.
+		for i, b := range workers.LatencyBounds() {
+			switch {
+			case b > 400*time.Millisecond:
+				s.Latency.Buckets[i] = 10
+			case b >= 10*time.Millisecond:
+				s.Latency.Buckets[i] = 9
+			}
+		}
 		s.Latency.Count = 10
 	})
 	c.advance(2 * time.Second)
@@ -115,7 +122,7 @@ func TestHistoryRates(t *testing.T) {
 		{"delivered after a restart", val(p2.DeliveredPerSecond), 0.0},
 		{"failed over 4 s", val(p2.FailedPerSecond), 0.0},
 		{"latency p50", val(p1.LatencyP50Ms), 7.8},
-		{"latency p99", val(p1.LatencyP99Ms), 475.0},
+		{"latency p99", val(p1.LatencyP99Ms), 490.0},
 		{"latency p50 without attempts", val(p2.LatencyP50Ms), nil},
 		{"queue depth", p1.QueueDepth, int64(7)},
 		{"backlog", p1.BacklogSeconds, 4.0},

@@ -66,7 +66,7 @@ func TestLatencyQuantile(t *testing.T) {
 		h.observe(3 * time.Second) // before the window: must not count
 	}
 	prev := h.snapshot()
-	// 90 attempts in (10ms, 25ms], 10 in (250ms, 500ms].
+	// 90 attempts in (10ms, 25ms], 10 in (300ms, 400ms].
 	for range 90 {
 		h.observe(20 * time.Millisecond)
 	}
@@ -81,10 +81,10 @@ func TestLatencyQuantile(t *testing.T) {
 	}{
 		{"p50: 50 of the 10-25ms bucket's 90", 0.5, 10*time.Millisecond + 15*time.Millisecond*50/90},
 		{"p90: the top of 10-25ms", 0.9, 25 * time.Millisecond},
-		{"p99: nine tenths into 250-500ms", 0.99, 250*time.Millisecond + 250*time.Millisecond*9/10},
-		{"p100", 1, 500 * time.Millisecond},
+		{"p99: nine tenths into 300-400ms", 0.99, 300*time.Millisecond + 100*time.Millisecond*9/10},
+		{"p100", 1, 400 * time.Millisecond},
 		{"p0: the bottom of the first bucket used", 0, 10 * time.Millisecond},
-		{"q above 1 is 1", 7, 500 * time.Millisecond},
+		{"q above 1 is 1", 7, 400 * time.Millisecond},
 	}
 	for _, c := range cases {
 		got := LatencyQuantile(prev, cur, c.q)
