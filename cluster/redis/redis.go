@@ -18,14 +18,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/sluice-gw/sluice/cluster"
-	"github.com/sluice-gw/sluice/internal/retry"
+	"github.com/sluice-gw/sluice/internal/redissub"
 )
 
 // Options say which Redis and keys; zero values mean the result store's
@@ -194,39 +193,7 @@ func decode(h map[string]string) (cluster.Tuning, error) {
 // announcements made meanwhile were lost. It pings when idle, so a dead
 // connection is noticed, and backs off while Redis is away.
 func (s *Store) Listen(ctx context.Context, changed func(string)) {
-	ps := s.rdb.Subscribe(ctx) // no channel yet: no connection either
-	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
-	defer func() {
-		stop()
-		_ = ps.Close()
-	}()
-	_ = ps.Subscribe(ctx, s.channel()) // a failed subscribe is retried by Receive
-	again := retry.Backoff(500*time.Millisecond, 2*time.Second)
-	idle := 0
-	for ctx.Err() == nil {
-		m, err := ps.ReceiveTimeout(ctx, time.Second)
-		switch m := m.(type) {
-		case *goredis.Subscription:
-			if m.Kind == "subscribe" {
-				changed("")
-			}
-		case *goredis.Message:
-			changed(m.Payload)
-		}
-		var nerr net.Error
-		switch {
-		case err == nil:
-			idle = 0
-			again.Reset()
-		case errors.As(err, &nerr) && nerr.Timeout():
-			again.Reset()
-			if idle++; idle%5 == 0 {
-				_ = ps.Ping(ctx) // a failed ping makes go-redis reconnect
-			}
-		default: // Redis is away: Receive dials again on the next call
-			retry.Sleep(ctx, again.NextBackOff())
-		}
-	}
+	redissub.Listen(ctx, s.rdb, s.channel(), 500*time.Millisecond, func() { changed("") }, changed)
 }
 
 // Report implements cluster.Store: each backend's figures in a key of

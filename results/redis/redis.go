@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/sluice-gw/sluice/internal/redissub"
 	"github.com/sluice-gw/sluice/internal/retry"
 
 	"github.com/sluice-gw/sluice/job"
@@ -474,39 +474,12 @@ func (s *Store) announce(ctx context.Context, changed []string) error {
 // Redis is away it backs off between tries. The end of ctx ends a pending
 // read by closing the subscription.
 func (s *Store) listen(ctx context.Context) {
-	ps := s.rdb.Subscribe(ctx) // no channel yet: no connection either
-	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
-	defer func() {
-		stop()
-		_ = ps.Close()
-	}()
-	_ = ps.Subscribe(ctx, s.channel())                 // a failed subscribe is retried by Receive
-	again := retry.Backoff(time.Second, 2*time.Second) // long polls wake within 2 s of Redis's return
-	idle := 0
-	for ctx.Err() == nil {
-		m, err := ps.ReceiveTimeout(ctx, time.Second)
-		switch m := m.(type) {
-		case *goredis.Subscription:
-			s.hub.NotifyAll()
-		case *goredis.Message:
-			for _, id := range strings.Fields(m.Payload) {
-				s.hub.Notify(id)
-			}
+	// Long polls wake within 2 s of Redis's return.
+	redissub.Listen(ctx, s.rdb, s.channel(), time.Second, s.hub.NotifyAll, func(payload string) {
+		for _, id := range strings.Fields(payload) {
+			s.hub.Notify(id)
 		}
-		var nerr net.Error
-		switch {
-		case err == nil:
-			idle = 0
-			again.Reset()
-		case errors.As(err, &nerr) && nerr.Timeout():
-			again.Reset()
-			if idle++; idle%5 == 0 {
-				_ = ps.Ping(ctx) // a failed ping makes go-redis reconnect
-			}
-		default: // Redis is away: Receive dials again on the next call
-			retry.Sleep(ctx, again.NextBackOff())
-		}
-	}
+	})
 }
 
 // Watch implements results.Store.
