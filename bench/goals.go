@@ -187,7 +187,10 @@ func deliveryGoals(brokers ...string) []goal {
 		out = append(out,
 			goal{part: "delivery", what: what, figure: figure,
 				baseline: "no backlog", base: "delivery." + k + ".steady.us_per_delivery", cmp: atMost, want: 1.5, unit: "x"},
-			goal{part: "delivery", what: what, figure: figure, cmp: atMost, want: 1500, unit: "µs"},
+			// The same binary measured 995-1610 µs on the embedded broker
+			// from one run to the next (1164-1539 µs at 15ecb93, 1284
+			// µs for bf67fad in the same hour): the gate sits above that.
+			goal{part: "delivery", what: what, figure: figure, cmp: atMost, want: 2000, unit: "µs"},
 			goal{part: "delivery", what: what, figure: figure, cmp: atMost, want: 400, unit: "µs", aim: true})
 	}
 	return out
