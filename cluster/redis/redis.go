@@ -157,25 +157,15 @@ func decode(h map[string]string) (cluster.Tuning, error) {
 		var err error
 		switch k {
 		case "rate":
-			var f float64
-			f, err = strconv.ParseFloat(v, 64)
-			t.Rate = &f
+			t.Rate, err = parsed(strconv.ParseFloat(v, 64))
 		case "burst":
-			var n int
-			n, err = strconv.Atoi(v)
-			t.Burst = &n
+			t.Burst, err = parsed(strconv.Atoi(v))
 		case "concurrency":
-			var n int
-			n, err = strconv.Atoi(v)
-			t.Concurrency = &n
+			t.Concurrency, err = parsed(strconv.Atoi(v))
 		case "adaptive":
-			var b bool
-			b, err = strconv.ParseBool(v)
-			t.Adaptive = &b
+			t.Adaptive, err = parsed(strconv.ParseBool(v))
 		case "paused":
-			var b bool
-			b, err = strconv.ParseBool(v)
-			t.Paused = &b
+			t.Paused, err = parsed(strconv.ParseBool(v))
 		case "version":
 			t.Version, err = strconv.ParseInt(v, 10, 64)
 		case "updated_at":
@@ -187,6 +177,9 @@ func decode(h map[string]string) (cluster.Tuning, error) {
 	}
 	return t, errors.Join(errs...)
 }
+
+// parsed turns what a strconv parser returns into a tuning field.
+func parsed[T any](v T, err error) (*T, error) { return &v, err }
 
 // Listen implements cluster.Store. go-redis subscribes again by itself
 // after a connection drops; each (re)subscription calls changed(""), since
