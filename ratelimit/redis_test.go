@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,33 +16,18 @@ import (
 	"github.com/go-redis/redis_rate/v10"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
+
+	"github.com/sluice-gw/sluice/internal/redistest"
 )
-
-// redisAddr is the Redis the tests use: REDIS_ADDR, else 127.0.0.1:6379
-// (make test starts one there). Tests that need it skip under -short; it
-// is a failure, not a skip, when absent otherwise.
-func redisAddr(tb testing.TB) string {
-	tb.Helper()
-	if testing.Short() {
-		tb.Skip("needs Redis; skipped with -short")
-	}
-	if a := os.Getenv("REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
-
-var testPrefixes atomic.Int64
 
 // testRedis returns a client on the test Redis, checked to answer, and a
 // key prefix of tb's own whose keys are deleted when tb ends. Each call
 // makes a new client, as each ingress process has its own.
 func testRedis(tb testing.TB, prefix string) (goredis.UniversalClient, string) {
 	tb.Helper()
-	addr := redisAddr(tb)
+	addr := redistest.Addr(tb)
 	if prefix == "" {
-		prefix = fmt.Sprintf("sluice-test-%d-%d:", time.Now().UnixNano(), testPrefixes.Add(1))
-		tb.Cleanup(func() { deleteKeys(tb, addr, prefix) })
+		prefix = redistest.Prefix(tb, addr)
 	}
 	rdb := goredis.NewClient(&goredis.Options{Addr: addr, ContextTimeoutEnabled: true, MaxRetries: -1})
 	tb.Cleanup(func() { _ = rdb.Close() })
@@ -53,24 +37,6 @@ func testRedis(tb testing.TB, prefix string) (goredis.UniversalClient, string) {
 		tb.Fatalf("no Redis at %s (make test starts one): %v", addr, err)
 	}
 	return rdb, prefix
-}
-
-// deleteKeys removes the keys written under prefix, which redis_rate
-// prefixes with "rate:".
-func deleteKeys(tb testing.TB, addr, prefix string) {
-	rdb := goredis.NewClient(&goredis.Options{Addr: addr})
-	defer rdb.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for _, pattern := range []string{prefix + "*", "rate:" + prefix + "*"} {
-		iter := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
-		}
-		if err := iter.Err(); err != nil {
-			tb.Errorf("cleaning up %s: %v", pattern, err)
-		}
-	}
 }
 
 // redisLimiter is a Redis limiter on its own client under prefix (a new

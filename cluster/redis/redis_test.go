@@ -2,9 +2,6 @@ package redis
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,47 +9,13 @@ import (
 
 	"github.com/sluice-gw/sluice/cluster"
 	"github.com/sluice-gw/sluice/cluster/clustertest"
+	"github.com/sluice-gw/sluice/internal/redistest"
 )
 
-// redisAddr is REDIS_ADDR, else 127.0.0.1:6379 (make test starts one
-// there); the tests skip under -short.
-func redisAddr(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs Redis; skipped with -short")
-	}
-	if a := os.Getenv("REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
-
-var prefixes atomic.Int64
-
-// testPrefix is a key prefix of t's own, whose keys are deleted when t
-// ends.
-func testPrefix(t *testing.T, addr string) string {
-	prefix := fmt.Sprintf("sluice-cluster-test-%d-%d:", time.Now().UnixNano(), prefixes.Add(1))
-	t.Cleanup(func() {
-		rdb := goredis.NewClient(&goredis.Options{Addr: addr})
-		defer rdb.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		keys, err := rdb.Keys(ctx, prefix+"*").Result()
-		if err == nil && len(keys) > 0 {
-			err = rdb.Del(ctx, keys...).Err()
-		}
-		if err != nil {
-			t.Errorf("cleaning up %s*: %v", prefix, err)
-		}
-	})
-	return prefix
-}
-
 func TestConformance(t *testing.T) {
-	addr := redisAddr(t)
+	addr := redistest.Addr(t)
 	clustertest.Run(t, func(t *testing.T) (cluster.Store, cluster.Store) {
-		prefix := testPrefix(t, addr)
+		prefix := redistest.Prefix(t, addr)
 		a, b := Open(Options{Addr: addr, KeyPrefix: prefix}), Open(Options{Addr: addr, KeyPrefix: prefix})
 		t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
 		return a, b
@@ -62,8 +25,8 @@ func TestConformance(t *testing.T) {
 // TestKeys: the tuning hash holds only what was set, under the documented
 // key, with no expiry; figures expire by Redis's clock.
 func TestKeys(t *testing.T) {
-	addr := redisAddr(t)
-	prefix := testPrefix(t, addr)
+	addr := redistest.Addr(t)
+	prefix := redistest.Prefix(t, addr)
 	s := Open(Options{Addr: addr, KeyPrefix: prefix})
 	defer s.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
