@@ -29,6 +29,29 @@ type Attempt struct {
 	Gen int `json:"replay,omitempty"`
 }
 
+// The error categories of an attempt that got no answer (Attempt.Error,
+// and an event's LastError), as workers report them. They never carry a
+// backend's host, address or resolver (SPEC §6).
+const (
+	ErrTimeout   = "timeout"
+	ErrRefused   = "connection refused"
+	ErrDNS       = "dns"
+	ErrTLS       = "tls"
+	ErrReset     = "reset"
+	ErrClosed    = "connection closed"
+	ErrNetwork   = "network error"
+	ErrRequest   = "invalid request"
+	ErrUnreached = "unreachable"
+)
+
+// ErrorCategories lists every error category. Stored records keep an
+// attempt's category as its index here (results/internal/record): append,
+// never reorder.
+var ErrorCategories = []string{
+	ErrTimeout, ErrRefused, ErrDNS, ErrTLS, ErrReset,
+	ErrClosed, ErrNetwork, ErrRequest, ErrUnreached,
+}
+
 // The bound of an attempt log: it keeps the first AttemptLogFirst
 // attempts (how the request started failing) and the latest ones, at most
 // MaxAttemptLog in all; the attempts in between are dropped, which their

@@ -12,19 +12,19 @@ import (
 // event is a job.Event as it travels: the order of the fields is the order
 // of the JSON object.
 type event struct {
-	ID           string         `json:"id"`
-	Route        string         `json:"route"`
-	Backend      string         `json:"backend"`
-	Client       string         `json:"client,omitempty"`
-	Gen          int            `json:"gen"`
-	Status       string         `json:"status"`
-	Attempts     int            `json:"attempts"`
-	AcceptedAt   time.Time      `json:"accepted_at"`
-	At           time.Time      `json:"at"`
-	LastError    string         `json:"last_error,omitempty"`
-	Response     *job.Response  `json:"response,omitempty"` // its own JSON form, as in a record
-	DeadLettered bool           `json:"dead_lettered,omitempty"`
-	AttemptLog   job.AttemptLog `json:"attempt_log,omitempty"` // the poll's shape
+	ID           string        `json:"id"`
+	Route        string        `json:"route"`
+	Backend      string        `json:"backend"`
+	Client       string        `json:"client,omitempty"`
+	Gen          int           `json:"gen"`
+	Status       string        `json:"status"`
+	Attempts     int           `json:"attempts"`
+	AcceptedAt   time.Time     `json:"accepted_at"`
+	At           time.Time     `json:"at"`
+	LastError    string        `json:"last_error,omitempty"`
+	Response     *job.Response `json:"response,omitempty"` // its own JSON form, as in a record
+	DeadLettered bool          `json:"dead_lettered,omitempty"`
+	AttemptLog   []job.Attempt `json:"attempt_log,omitempty"` // the poll's shape; plain, so encoded once (no MarshalJSON pass)
 }
 
 // EncodeEvent encodes e for the result topic.
@@ -52,7 +52,7 @@ func DecodeEvent(m broker.Message) (*job.Event, error) {
 		ID: w.ID, Route: w.Route, Backend: w.Backend, Client: w.Client, Gen: w.Gen,
 		Status: job.Status(w.Status), Attempts: w.Attempts, AcceptedAt: w.AcceptedAt, At: w.At,
 		LastError: w.LastError, Response: w.Response, DeadLettered: w.DeadLettered,
-		AttemptLog: w.AttemptLog,
+		AttemptLog: job.AttemptLog(w.AttemptLog),
 	}
 	return e, nil
 }

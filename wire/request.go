@@ -74,7 +74,9 @@ func EncodeRequest(r *job.Request) broker.Message {
 		h[HDeadLettered] = r.DeadAt.UTC().Format(time.RFC3339Nano)
 	}
 	if len(r.AttemptLog) > 0 {
-		b, _ := json.Marshal(r.AttemptLog) // plain values always encode
+		// As plain entries: through AttemptLog's MarshalJSON, encoding/json
+		// would scan and compact the encoded log a second time.
+		b, _ := job.Marshal([]job.Attempt(r.AttemptLog)) // plain values always encode
 		h[HAttemptLog] = string(b)
 	}
 	return broker.Message{Key: r.ID, Headers: h, Body: r.Body}

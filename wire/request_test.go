@@ -73,3 +73,38 @@ func BenchmarkDecodeRequest(b *testing.B) {
 		}
 	}
 }
+
+// benchLog is the attempt log a request carries after three attempts.
+func benchLog(now time.Time) job.AttemptLog {
+	var l job.AttemptLog
+	for n := 1; n <= 3; n++ {
+		l = l.With(job.Attempt{Attempt: n, At: now.Add(time.Duration(n) * time.Second).UTC(), Status: 503, DurationMS: 12})
+	}
+	return l
+}
+
+// BenchmarkEncodeRetry is what a worker encodes for a retry's copy after
+// the third attempt: the request with its attempt log.
+func BenchmarkEncodeRetry(b *testing.B) {
+	now := time.Now()
+	r := &job.Request{
+		ID: job.NewIDAt(now), Route: "logs", Backend: "logs", Method: "POST",
+		Header: [][2]string{{"Content-Type", "application/json"}}, Body: []byte(strings.Repeat("x", 1024)),
+		AcceptedAt: now, Attempts: 3, LastError: "503 Service Unavailable", AttemptLog: benchLog(now),
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		EncodeRequest(r)
+	}
+}
+
+// BenchmarkEncodeEventLog is a retrying event after the third attempt.
+func BenchmarkEncodeEventLog(b *testing.B) {
+	now := time.Now()
+	e := &job.Event{ID: job.NewIDAt(now), Route: "logs", Backend: "logs", Status: job.Retrying,
+		Attempts: 3, AcceptedAt: now, At: now, LastError: "503 Service Unavailable", AttemptLog: benchLog(now)}
+	b.ReportAllocs()
+	for b.Loop() {
+		EncodeEvent(e)
+	}
+}

@@ -48,18 +48,18 @@ func Classify(status int, err error, onStatus []int) Verdict {
 // is terminal at once and says nothing about the backend's health.
 var errBuild = errors.New("invalid request")
 
-// The error categories clients see in last_error and attempt logs. They
-// never carry a backend's host, address or resolver (SPEC §6).
+// The error categories clients see in last_error and attempt logs: job's,
+// the one list the stores encode them by.
 const (
-	ErrTimeout   = "timeout"
-	ErrRefused   = "connection refused"
-	ErrDNS       = "dns"
-	ErrTLS       = "tls"
-	ErrReset     = "reset"
-	ErrClosed    = "connection closed"
-	ErrNetwork   = "network error"
-	ErrRequest   = "invalid request"
-	ErrUnreached = "unreachable"
+	ErrTimeout   = job.ErrTimeout
+	ErrRefused   = job.ErrRefused
+	ErrDNS       = job.ErrDNS
+	ErrTLS       = job.ErrTLS
+	ErrReset     = job.ErrReset
+	ErrClosed    = job.ErrClosed
+	ErrNetwork   = job.ErrNetwork
+	ErrRequest   = job.ErrRequest
+	ErrUnreached = job.ErrUnreached
 )
 
 // describe turns a transport error into its category.

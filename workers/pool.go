@@ -321,9 +321,7 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 		_ = p.broker.Publish(ectx, broker.ResultTopic, wire.EncodeEvent(inflight))
 	})
 
-	start := time.Now()
 	res := p.attempt(ctx, req, attempt)
-	took := time.Since(start)
 	if !progress.Stop() {
 		<-published
 	}
@@ -336,7 +334,7 @@ func (p *Pool) deliver(ctx context.Context, d broker.Delivery, permit *Permit) {
 		p.bal.report(res.url, res.probe, outcomeNeutral)
 	default:
 		permit.Done(verdict != Retry)
-		p.latency.observe(took)
+		p.latency.observe(res.took) // the attempt log's duration too
 		switch {
 		case res.err != nil:
 			p.bal.report(res.url, res.probe, outcomeConnFailure)

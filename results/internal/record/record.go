@@ -209,17 +209,11 @@ func Encode(r *job.Record) ([]byte, error) {
 	return b, nil
 }
 
-// attemptErrors are the error categories workers report (workers'
-// describe), which an attempt stores as one byte: its index + 2. 0 is no
-// error and 1 an error text that follows as a string. Stored records
-// depend on the indexes: append, never reorder.
-var attemptErrors = []string{
-	"timeout", "connection refused", "dns", "tls", "reset",
-	"connection closed", "network error", "invalid request", "unreachable",
-}
-
+// An attempt's error is one byte for a known category
+// (job.ErrorCategories): its index + 2. 0 is no error and 1 an error text
+// that follows as a string.
 func appendError(b []byte, e string) []byte {
-	switch i := slices.Index(attemptErrors, e); {
+	switch i := slices.Index(job.ErrorCategories, e); {
 	case e == "":
 		return append(b, 0)
 	case i >= 0:
@@ -235,8 +229,8 @@ func (d *reader) attemptError() string {
 		return ""
 	case c == 1:
 		return d.string()
-	case c-2 < uint64(len(attemptErrors)):
-		return attemptErrors[c-2]
+	case c-2 < uint64(len(job.ErrorCategories)):
+		return job.ErrorCategories[c-2]
 	default:
 		d.err = fmt.Errorf("unknown attempt error code %d", c)
 		return ""
