@@ -279,7 +279,6 @@ type Patch struct {
 	Paused      *bool    `json:"paused"`
 }
 
-// Validate lists every bad field.
 // Bounds of a PATCH: past them a value means nothing but a mistake.
 const (
 	maxRate        = 1e9
@@ -287,6 +286,7 @@ const (
 	maxConcurrency = 100_000
 )
 
+// Validate lists every bad field.
 func (p Patch) Validate() error {
 	var errs []error
 	if p.Rate != nil && (*p.Rate < 0 || math.IsNaN(*p.Rate) || math.IsInf(*p.Rate, 0)) {
