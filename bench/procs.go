@@ -98,8 +98,8 @@ type sluiceConfig struct {
 	route    string // more keys of the route, e.g. "rate_limit: { rate: 1000 }"
 }
 
-// resultsExtra is cfg.results as more keys of the results map.
-func resultsExtra(keys string) string {
+// moreKeys is keys (cfg.results, cfg.route) as more keys of a flow map.
+func moreKeys(keys string) string {
 	if keys == "" {
 		return ""
 	}
@@ -144,7 +144,7 @@ routes: [{ name: logs, path: /v1/logs, backend: sink%s }]
 backends:
   - name: sink
     urls: [%q]
-%s`, cfg.top, *extraConfig, brokerCfg, filepath.Join(dir, "r"), resultsExtra(cfg.results), resultsExtra(cfg.route), sinkURL, backend.String())
+%s`, cfg.top, *extraConfig, brokerCfg, filepath.Join(dir, "r"), moreKeys(cfg.results), moreKeys(cfg.route), sinkURL, backend.String())
 	return launch(bin, dir, yaml)
 }
 
