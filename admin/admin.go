@@ -279,7 +279,6 @@ type Patch struct {
 	Paused      *bool    `json:"paused"`
 }
 
-// Validate lists every bad field.
 // Bounds of a PATCH: past them a value means nothing but a mistake.
 const (
 	maxRate        = 1e9
@@ -287,6 +286,7 @@ const (
 	maxConcurrency = 100_000
 )
 
+// Validate lists every bad field.
 func (p Patch) Validate() error {
 	var errs []error
 	if p.Rate != nil && (*p.Rate < 0 || math.IsNaN(*p.Rate) || math.IsInf(*p.Rate, 0)) {
@@ -325,8 +325,8 @@ func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 		problem.Write(rw, 400, strings.ReplaceAll(err.Error(), "\n", "; "))
 		return
 	}
+	t := cluster.Tuning{Rate: p.Rate, Burst: p.Burst, Concurrency: p.Concurrency, Adaptive: p.Adaptive, Paused: p.Paused}
 	if h.Cluster != nil {
-		t := cluster.Tuning{Rate: p.Rate, Burst: p.Burst, Concurrency: p.Concurrency, Adaptive: p.Adaptive, Paused: p.Paused}
 		if !t.Empty() {
 			if _, err := h.Cluster.Tune(r.Context(), name, t); err != nil {
 				rw.Header().Set("Retry-After", "1")
@@ -334,29 +334,33 @@ func (h *Handler) patchBackend(rw http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		b, _ := h.backend(name)
-		writeJSON(rw, 200, b)
-		return
+	} else {
+		h.Backends.Tune(name, func(set *workers.Settings) { *set = Over(*set, t) })
 	}
-	h.Backends.Tune(name, func(set *workers.Settings) {
-		if p.Rate != nil {
-			set.Rate = *p.Rate
-		}
-		if p.Burst != nil {
-			set.Burst = *p.Burst
-		}
-		if p.Concurrency != nil {
-			set.Concurrency = *p.Concurrency
-		}
-		if p.Adaptive != nil {
-			set.Adaptive = *p.Adaptive
-		}
-		if p.Paused != nil {
-			set.Paused = *p.Paused
-		}
-	})
 	b, _ := h.backend(name)
 	writeJSON(rw, 200, b)
+}
+
+// Over is settings s with the fields t sets in their place: a PATCH in
+// this process alone, or a stored tuning over a backend's config in every
+// process (gateway).
+func Over(s workers.Settings, t cluster.Tuning) workers.Settings {
+	if t.Rate != nil {
+		s.Rate = *t.Rate
+	}
+	if t.Burst != nil {
+		s.Burst = *t.Burst
+	}
+	if t.Concurrency != nil {
+		s.Concurrency = *t.Concurrency
+	}
+	if t.Adaptive != nil {
+		s.Adaptive = *t.Adaptive
+	}
+	if t.Paused != nil {
+		s.Paused = *t.Paused
+	}
+	return s
 }
 
 // resetBackend answers DELETE /admin/backends/<name>/tuning: every process

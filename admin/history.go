@@ -153,18 +153,22 @@ func (h *History) Sample() {
 			InFlight: b.Stats.InFlight, Rate: b.Rate, Breaker: b.Stats.Breaker, Paused: b.Paused,
 			Concurrency: b.Stats.ConcurrencyLimit, // the limit in force (SPEC §6)
 		}
+		// Every worker's figures, when the cluster has them, stand for
+		// this process's in-flight, limit and rates.
+		var view cluster.View
+		clustered := false
+		if h.Cluster != nil {
+			view, clustered = h.Cluster.View(name)
+		}
+		if clustered {
+			overCluster(&p, view)
+		}
 		h.mu.Lock()
 		if prev, ok := h.prev[name]; ok {
 			if dt := at.Sub(prev.at).Seconds(); dt > 0 {
-				rate := func(prev, cur int64) *float64 {
-					v := math.Round(float64(max(0, cur-prev))/dt*100) / 100 // a restarted counter is no negative rate
-					return &v
+				if !clustered {
+					localRates(&p, prev.st, st, dt)
 				}
-				p.DeliveredPerSecond = rate(prev.st.Succeeded, st.Succeeded)
-				p.FailedPerSecond = rate(prev.st.Failed, st.Failed)
-				p.RetriedPerSecond = rate(prev.st.Retried, st.Retried)
-				p.AttemptsPerSecond = rate(prev.st.Attempts, st.Attempts)
-				p.DeadLetteredPerSecond = rate(prev.st.DeadLettered, st.DeadLettered)
 				// The interval's quantiles come from the two samples'
 				// difference, in milliseconds rounded to 0.1; nil for an
 				// interval without attempts.
@@ -175,16 +179,25 @@ func (h *History) Sample() {
 			}
 		}
 		h.prev[name] = sampled{at: at, st: st}
-		if h.Cluster != nil {
-			if v, ok := h.Cluster.View(name); ok {
-				overCluster(&p, v)
-			}
-		}
 		if r := h.rings[name]; r != nil {
 			r.add(p)
 		}
 		h.mu.Unlock()
 	}
+}
+
+// localRates puts into p this process's rates over the dt seconds between
+// the statuses prev and cur.
+func localRates(p *Point, prev, cur workers.Status, dt float64) {
+	rate := func(prev, cur int64) *float64 {
+		v := math.Round(float64(max(0, cur-prev))/dt*100) / 100 // a restarted counter is no negative rate
+		return &v
+	}
+	p.DeliveredPerSecond = rate(prev.Succeeded, cur.Succeeded)
+	p.FailedPerSecond = rate(prev.Failed, cur.Failed)
+	p.RetriedPerSecond = rate(prev.Retried, cur.Retried)
+	p.AttemptsPerSecond = rate(prev.Attempts, cur.Attempts)
+	p.DeadLetteredPerSecond = rate(prev.DeadLettered, cur.DeadLettered)
 }
 
 // overCluster puts the figures of every worker process into p: the sums

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -99,8 +98,8 @@ type sluiceConfig struct {
 	route    string // more keys of the route, e.g. "rate_limit: { rate: 1000 }"
 }
 
-// resultsExtra is cfg.results as more keys of the results map.
-func resultsExtra(keys string) string {
+// moreKeys is keys (cfg.results, cfg.route) as more keys of a flow map.
+func moreKeys(keys string) string {
 	if keys == "" {
 		return ""
 	}
@@ -145,39 +144,8 @@ routes: [{ name: logs, path: /v1/logs, backend: sink%s }]
 backends:
   - name: sink
     urls: [%q]
-%s`, cfg.top, *extraConfig, brokerCfg, filepath.Join(dir, "r"), resultsExtra(cfg.results), resultsExtra(cfg.route), sinkURL, backend.String())
-	path := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, fmt.Errorf("write config: %w", err)
-	}
-	cmd := exec.Command(bin, "serve", "-config", path)
-	stderr, err := cmd.StderrPipe()
-	if err == nil {
-		err = cmd.Start()
-	}
-	if err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, fmt.Errorf("start %s (run `make build` first): %w", bin, err)
-	}
-	sc := bufio.NewScanner(stderr)
-	p := &sluiceProc{cmd: cmd, dir: dir}
-	for sc.Scan() {
-		var l struct{ Message, Listen, Admin string }
-		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Message == "sluice is up" {
-			p.addr, p.admin = l.Listen, l.Admin
-			break
-		}
-	}
-	go func() { // drain the log until sluice exits
-		for sc.Scan() {
-		}
-	}()
-	if p.addr == "" {
-		p.stop()
-		return nil, errors.New("start sluice: it exited before saying it is up")
-	}
-	return p, nil
+%s`, cfg.top, *extraConfig, brokerCfg, filepath.Join(dir, "r"), moreKeys(cfg.results), moreKeys(cfg.route), sinkURL, backend.String())
+	return launch(bin, dir, yaml)
 }
 
 // stop interrupts sluice, waits up to 20 s for it to finish, and removes
@@ -297,4 +265,58 @@ func waitFor(d, tick time.Duration, cond func() bool) bool {
 		time.Sleep(tick)
 	}
 	return true
+}
+
+// launch writes config yaml into dir, starts `sluice serve` on it with
+// args, and waits (at most 30 s) until it says it is up; on failure dir is
+// removed. A process without the ingress role has no addr.
+func launch(bin, dir, yaml string, args ...string) (*sluiceProc, error) {
+	path := filepath.Join(dir, "sluice.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("write config: %w", err)
+	}
+	cmd := exec.Command(bin, append([]string{"serve", "-config", path}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("start %s (run `make build` first): %w", bin, err)
+	}
+	p := &sluiceProc{cmd: cmd, dir: dir}
+	up := make(chan bool, 1)
+	var last string
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		said := false
+		for sc.Scan() {
+			if said {
+				continue // drain the log until sluice exits
+			}
+			var l struct{ Message, Listen, Admin string }
+			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Message == "sluice is up" {
+				p.addr, p.admin, said = l.Listen, l.Admin, true
+				up <- true
+				continue
+			}
+			last = sc.Text()
+		}
+		if !said {
+			up <- false
+		}
+	}()
+	what := strings.TrimSpace("sluice " + strings.Join(args, " "))
+	select {
+	case ok := <-up:
+		if ok {
+			return p, nil
+		}
+		p.stop()
+		return nil, fmt.Errorf("%s exited before saying it is up: %s", what, last)
+	case <-time.After(30 * time.Second):
+		p.stop()
+		return nil, fmt.Errorf("%s: not up within 30 s", what)
+	}
 }

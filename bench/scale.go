@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -558,53 +556,7 @@ func startRole(bin, yaml, roles string) (*sluiceProc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("make temporary directory: %w", err)
 	}
-	path := filepath.Join(dir, "sluice.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, fmt.Errorf("write config: %w", err)
-	}
-	cmd := exec.Command(bin, "serve", "-config", path, "-roles", roles)
-	stderr, err := cmd.StderrPipe()
-	if err == nil {
-		err = cmd.Start()
-	}
-	if err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, fmt.Errorf("start %s (run `make build` first): %w", bin, err)
-	}
-	p := &sluiceProc{cmd: cmd, dir: dir}
-	up := make(chan bool, 1)
-	var last string
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		said := false
-		for sc.Scan() {
-			if said {
-				continue // drain the log until sluice exits
-			}
-			var l struct{ Message, Listen, Admin string }
-			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Message == "sluice is up" {
-				p.addr, p.admin, said = l.Listen, l.Admin, true
-				up <- true
-				continue
-			}
-			last = sc.Text()
-		}
-		if !said {
-			up <- false
-		}
-	}()
-	select {
-	case ok := <-up:
-		if ok {
-			return p, nil
-		}
-		p.stop()
-		return nil, fmt.Errorf("sluice -roles %s exited before saying it is up: %s", roles, last)
-	case <-time.After(30 * time.Second):
-		p.stop()
-		return nil, fmt.Errorf("sluice -roles %s: not up within 30 s", roles)
-	}
+	return launch(bin, dir, yaml, "-roles", roles)
 }
 
 // patchBackend sends body to PATCH /admin/backends/sink of p.

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sluice-gw/sluice/admin"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/cluster"
 	clusterredis "github.com/sluice-gw/sluice/cluster/redis"
@@ -31,15 +32,15 @@ func (g *Gateway) openCluster() (store cluster.Store, shared bool, err error) {
 
 // newNode joins this process to the cluster: stored tunings are applied
 // over each backend's config in m, and with the worker role m's figures
-// are reported. admin is this process's admin address, for the figures.
-func (g *Gateway) newNode(store cluster.Store, m *workers.Manager, admin string) *cluster.Node {
+// are reported. adminAddr is this process's admin address, for the figures.
+func (g *Gateway) newNode(store cluster.Store, m *workers.Manager, adminAddr string) *cluster.Node {
 	base := make(map[string]workers.Settings, len(g.cfg.Backends))
 	for _, b := range g.cfg.Backends {
 		base[b.Name] = workers.Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency, Adaptive: b.Adaptive}
 	}
-	opts := cluster.Options{Backends: m.Names(), Admin: admin, Log: g.log.With().Str("part", "cluster").Logger(),
+	opts := cluster.Options{Backends: m.Names(), Admin: adminAddr, Log: g.log.With().Str("part", "cluster").Logger(),
 		Apply: func(name string, t cluster.Tuning) {
-			m.Tune(name, func(s *workers.Settings) { *s = over(base[name], t) })
+			m.Tune(name, func(s *workers.Settings) { *s = admin.Over(base[name], t) })
 		}}
 	if g.has(Worker) {
 		opts.Local = func(name string) (cluster.Figures, bool) {
@@ -51,26 +52,6 @@ func (g *Gateway) newNode(store cluster.Store, m *workers.Manager, admin string)
 		}
 	}
 	return cluster.New(store, opts)
-}
-
-// over is the config's settings s with the fields t sets in their place.
-func over(s workers.Settings, t cluster.Tuning) workers.Settings {
-	if t.Rate != nil {
-		s.Rate = *t.Rate
-	}
-	if t.Burst != nil {
-		s.Burst = *t.Burst
-	}
-	if t.Concurrency != nil {
-		s.Concurrency = *t.Concurrency
-	}
-	if t.Adaptive != nil {
-		s.Adaptive = *t.Adaptive
-	}
-	if t.Paused != nil {
-		s.Paused = *t.Paused
-	}
-	return s
 }
 
 // restoreTuning applies the stored tunings before the workers start.

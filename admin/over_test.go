@@ -1,4 +1,4 @@
-package gateway
+package admin
 
 import (
 	"testing"
@@ -23,7 +23,7 @@ func TestOver(t *testing.T) {
 			workers.Settings{Rate: 0, Burst: 1, Concurrency: 2, Adaptive: false, Paused: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if got := over(cfg, c.t); got != c.want {
+			if got := Over(cfg, c.t); got != c.want {
 				t.Fatalf("%+v, want %+v", got, c.want)
 			}
 		})
