@@ -83,13 +83,18 @@ type Broker interface {
 	broker.Subscriber
 }
 
+// SettingsOf is backend b's settings as its config gives them, before any
+// tuning.
+func SettingsOf(b config.Backend) Settings {
+	return Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency, Adaptive: b.Adaptive}
+}
+
 // NewPool builds the pool of backend b. drain bounds how long Run waits for
 // in-flight deliveries at shutdown before handing them back.
 func NewPool(b config.Backend, br Broker, log zerolog.Logger, drain time.Duration) *Pool {
 	p := &Pool{cfg: b, broker: br, log: log.With().Str("backend", b.Name).Logger(), drain: drain,
 		settleWithin: settleTimeout, latency: &latencyHist{}}
-	p.lim = NewLimiter(Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency, Adaptive: b.Adaptive},
-		*b.Breaker.Failures, b.Breaker.Cooldown.D())
+	p.lim = NewLimiter(SettingsOf(b), *b.Breaker.Failures, b.Breaker.Cooldown.D())
 	p.lim.SetProbes(b.Breaker.Probes)
 	for _, raw := range b.URLs {
 		u, _ := url.Parse(raw) // validated by config
