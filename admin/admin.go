@@ -247,7 +247,7 @@ func describe(name string, st workers.Status, bl Backlog) Backend {
 			InFlight: st.InFlight, QueueDepth: depth, DrainPerSecond: math.Round(drain*10) / 10,
 			BacklogSeconds: backlog, Stalled: est.Stalled, Breaker: st.Breaker, Share: math.Round(st.Share*1000) / 1000,
 			Attempts: st.Attempts, Succeeded: st.Succeeded, Failed: st.Failed,
-			Retried: st.Retried, DeadLettered: st.DeadLettered, ConcurrencyLimit: st.ConcurrencyLimit,
+			Retried: st.Retried, DeadLettered: st.DeadLettered, ConcurrencyLimit: st.Limit,
 		},
 	}
 }

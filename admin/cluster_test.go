@@ -42,7 +42,7 @@ func clusterHandler(t *testing.T, store cluster.Store) *Handler {
 		},
 		Local: func(name string) (cluster.Figures, bool) {
 			st, ok := m.Status(name)
-			return cluster.Figures{Rate: st.Rate, InFlight: 2, ConcurrencyLimit: st.ConcurrencyLimit, Share: 1}, ok
+			return cluster.Figures{Rate: st.Rate, InFlight: 2, ConcurrencyLimit: st.Limit, Share: 1}, ok
 		}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -24,8 +24,7 @@ var _ Backends = (*fakeBackends)(nil)
 func newFakeBackends(names ...string) *fakeBackends {
 	f := &fakeBackends{names: names, st: map[string]workers.Status{}}
 	for _, n := range names {
-		f.st[n] = workers.Status{Settings: workers.Settings{Rate: 10, Burst: 1, Concurrency: 8}, State: workers.State{Breaker: "closed", Share: 1},
-			ConcurrencyLimit: 4}
+		f.st[n] = workers.Status{Settings: workers.Settings{Rate: 10, Burst: 1, Concurrency: 8}, State: workers.State{Breaker: "closed", Share: 1, Limit: 4}}
 	}
 	return f
 }

@@ -36,7 +36,7 @@ func (g *Gateway) openCluster() (store cluster.Store, shared bool, err error) {
 func (g *Gateway) newNode(store cluster.Store, m *workers.Manager, adminAddr string) *cluster.Node {
 	base := make(map[string]workers.Settings, len(g.cfg.Backends))
 	for _, b := range g.cfg.Backends {
-		base[b.Name] = workers.Settings{Rate: b.Rate, Burst: b.Burst, Concurrency: b.Concurrency, Adaptive: b.Adaptive}
+		base[b.Name] = workers.SettingsOf(b)
 	}
 	opts := cluster.Options{Backends: m.Names(), Admin: adminAddr, Log: g.log.With().Str("part", "cluster").Logger(),
 		Apply: func(name string, t cluster.Tuning) {
@@ -46,7 +46,7 @@ func (g *Gateway) newNode(store cluster.Store, m *workers.Manager, adminAddr str
 		opts.Local = func(name string) (cluster.Figures, bool) {
 			st, ok := m.Status(name)
 			return cluster.Figures{Rate: st.Rate, Paused: st.Paused, InFlight: st.InFlight,
-				ConcurrencyLimit: st.ConcurrencyLimit, Share: st.Share,
+				ConcurrencyLimit: st.Limit, Share: st.Share,
 				Attempts: st.Attempts, Succeeded: st.Succeeded, Failed: st.Failed,
 				Retried: st.Retried, DeadLettered: st.DeadLettered}, ok
 		}

@@ -195,7 +195,7 @@ func (c *collector) backend(ch chan<- prometheus.Metric, name string, st workers
 		buckets[le] = st.Latency.Buckets[i]
 	}
 	ch <- prometheus.MustNewConstHistogram(c.duration, st.Latency.Count, st.Latency.Sum.Seconds(), buckets, name)
-	gauge(c.concurrency, float64(st.ConcurrencyLimit))
+	gauge(c.concurrency, float64(st.Limit))
 	gauge(c.rate, st.Rate*st.Share)
 	gauge(c.inFlight, float64(st.InFlight))
 	// Open only: a half-open breaker with nothing to probe (an idle

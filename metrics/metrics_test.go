@@ -71,16 +71,15 @@ func latency(per map[time.Duration]uint64, over uint64, sum time.Duration) worke
 func sources(t *testing.T) Sources {
 	logstore := workers.Status{
 		Settings: workers.Settings{Rate: 200, Burst: 20, Concurrency: 16},
-		State:    workers.State{InFlight: 3, Breaker: "closed", Share: 0.5},
+		State:    workers.State{InFlight: 3, Breaker: "closed", Share: 0.5, Limit: 8},
 		Attempts: 120, Succeeded: 90, Failed: 7, Retried: 23, DeadLettered: 2,
-		ConcurrencyLimit: 8,
 		Latency: latency(map[time.Duration]uint64{5 * time.Millisecond: 60, 25 * time.Millisecond: 50, time.Second: 9},
 			1, 2*time.Minute+3*time.Second),
 	}
 	crm := workers.Status{
 		Settings: workers.Settings{Rate: 0, Burst: 1, Concurrency: 4, Paused: true},
-		State:    workers.State{Breaker: "open", Share: 1},
-		Attempts: 20, Failed: 20, Retried: 19, ConcurrencyLimit: 4,
+		State:    workers.State{Breaker: "open", Share: 1, Limit: 4},
+		Attempts: 20, Failed: 20, Retried: 19,
 	}
 	return Sources{
 		Backends: &fakeBackends{names: []string{"logstore", "crm"}, status: func(name string) (workers.Status, bool) {

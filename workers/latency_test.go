@@ -180,12 +180,12 @@ backends: [{name: b, urls: ["`+srv.URL+`"], retry: {max_attempts: 3, initial_bac
 		if q := LatencyQuantile(Latency{}, l, 0.5); q < 25*time.Millisecond || q > 250*time.Millisecond {
 			t.Fatalf("p50 %v, want about 30ms (25-250ms)", q)
 		}
-		if st.ConcurrencyLimit != 16 {
-			t.Fatalf("concurrency limit %d, want the configured 16", st.ConcurrencyLimit)
+		if st.Limit != 16 {
+			t.Fatalf("concurrency limit %d, want the configured 16", st.Limit)
 		}
 		p.lim.SetShare(0.5)
-		if st, _ := m.Status("b"); st.ConcurrencyLimit != 8 || st.Concurrency != 16 {
-			t.Fatalf("with a share of 0.5: limit %d, concurrency %d; want 8 and 16", st.ConcurrencyLimit, st.Concurrency)
+		if st, _ := m.Status("b"); st.Limit != 8 || st.Concurrency != 16 {
+			t.Fatalf("with a share of 0.5: limit %d, concurrency %d; want 8 and 16", st.Limit, st.Concurrency)
 		}
 	}
 }

@@ -63,10 +63,6 @@ type Status struct {
 	Settings
 	State
 	Attempts, Succeeded, Failed, Retried, DeadLettered int64
-	// ConcurrencyLimit is the concurrency enforced in this process now:
-	// Concurrency (the configured ceiling) times Share, or with Adaptive
-	// the limit found below that (State.Limit).
-	ConcurrencyLimit int
 	// Latency is how long attempts took since the pool started
 	// (LatencyQuantile reads it); empty with metrics: false.
 	Latency Latency
@@ -83,7 +79,6 @@ func (m *Manager) Status(name string) (Status, bool) {
 		Attempts: c.Attempts.Load(), Succeeded: c.Succeeded.Load(), Failed: c.Failed.Load(),
 		Retried: c.Retried.Load(), DeadLettered: c.DeadLettered.Load()}
 	st.InFlight = int(c.InFlight.Load())
-	st.ConcurrencyLimit = st.Limit // with adaptive, the limit found
 	st.Latency = p.latency.snapshot()
 	return st, true
 }
