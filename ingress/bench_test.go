@@ -62,3 +62,26 @@ func BenchmarkSubmitPolicies(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSubmitRateByAddress is BenchmarkSubmit with a rate limit and no
+// auth: the budget is kept per client address.
+func BenchmarkSubmitRateByAddress(b *testing.B) {
+	cfg, err := config.Parse([]byte("routes: [{ name: r, path: /r, backend: b, rate_limit: { rate: 10000000, burst: 10000000 } }]\n"+
+		"backends: [{ name: b, urls: [\"http://127.0.0.1:1/\"] }]\n"), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := New(cfg, &fakePublisher{PublishFn: func(context.Context, string, broker.Message) error { return nil }}, newFakeStore(), &fakeBacklog{}, zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := string(make([]byte, 60))
+	hdr := map[string]string{"Content-Type": "application/json"}
+	b.ReportAllocs()
+	for b.Loop() {
+		ctx := call(s, "POST", "/r", body, hdr)
+		if ctx.Response.StatusCode() != 202 {
+			b.Fatal(ctx.Response.StatusCode())
+		}
+	}
+}

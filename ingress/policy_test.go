@@ -360,3 +360,30 @@ func TestFasthttpLogNoCredentials(t *testing.T) {
 		t.Fatalf("logged %s", buf.String())
 	}
 }
+
+// Without auth a rate limit is kept per client address, written as
+// net.IP.String writes it (an IPv4-mapped address as IPv4).
+func TestRateLimitByAddress(t *testing.T) {
+	t.Parallel()
+	s, _, _ := policyServer(t, "routes: [{ name: r, path: /r, backend: b, rate_limit: { rate: 0.001, burst: 1 } }]")
+	for _, ip := range []net.IP{net.ParseIP("2001:db8::1"), net.ParseIP("::ffff:192.0.2.7"), net.ParseIP("192.0.2.8")} {
+		send := func() *fasthttp.RequestCtx {
+			var ctx fasthttp.RequestCtx
+			ctx.Request.Header.SetMethod("POST")
+			ctx.Request.SetRequestURI("/r")
+			ctx.SetRemoteAddr(&net.TCPAddr{IP: ip, Port: 40000})
+			s.handle(&ctx)
+			return &ctx
+		}
+		if c := send(); c.Response.StatusCode() != 202 {
+			t.Fatalf("%s: first request got %d", ip, c.Response.StatusCode())
+		}
+		c := send()
+		if c.Response.StatusCode() != 429 {
+			t.Fatalf("%s: second request got %d, want 429", ip, c.Response.StatusCode())
+		}
+		if want := `\"` + ip.String() + `\"`; !strings.Contains(string(c.Response.Body()), want) {
+			t.Errorf("%s: 429 body %s does not name %s", ip, c.Response.Body(), want)
+		}
+	}
+}
