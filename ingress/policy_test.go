@@ -387,3 +387,26 @@ func TestRateLimitByAddress(t *testing.T) {
 		}
 	}
 }
+
+// A poll's preflight answers with the routes' cors together: the longest
+// max_age, and every route's allowed headers once.
+func TestPollCORSUnion(t *testing.T) {
+	t.Parallel()
+	s, _, _ := policyServer(t, `routes:
+  - { name: a, path: /a, backend: b, cors: { origins: ["https://a.example"], headers: [Content-Type, X-A], max_age: 90s } }
+  - { name: c, path: /c, backend: b, cors: { origins: ["https://c.example"], headers: [content-type, X-C], max_age: 10m } }
+  - { name: d, path: /d, backend: b }`)
+	for _, origin := range []string{"https://a.example", "https://c.example"} {
+		ctx := call(s, "OPTIONS", pollPrefix+"some-id", "", map[string]string{"Origin": origin, "Access-Control-Request-Method": "GET"})
+		h := &ctx.Response.Header
+		if ctx.Response.StatusCode() != 204 || string(h.Peek("Access-Control-Allow-Origin")) != origin {
+			t.Fatalf("%s: status %d, allow-origin %q", origin, ctx.Response.StatusCode(), h.Peek("Access-Control-Allow-Origin"))
+		}
+		if got := string(h.Peek("Access-Control-Max-Age")); got != "600" {
+			t.Errorf("Max-Age %q, want 600", got)
+		}
+		if got := string(h.Peek("Access-Control-Allow-Headers")); got != "Content-Type, X-A, X-C" {
+			t.Errorf("Allow-Headers %q, want \"Content-Type, X-A, X-C\"", got)
+		}
+	}
+}
