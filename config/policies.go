@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/textproto"
-	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -88,7 +87,7 @@ func (c *Config) validateAuth(bad func(key, format string, args ...any)) map[str
 			}
 		}
 		if j.JWKSURL != "" {
-			if u, err := url.Parse(j.JWKSURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			if httpURL(j.JWKSURL) == nil {
 				bad("auth.jwt.jwks_url", "must be an http:// or https:// url, got %q", j.JWKSURL)
 			}
 		}
@@ -252,18 +251,17 @@ func sortedKeys(m map[string]string) []string {
 // wildcard. Empty: it can.
 func badOrigin(o string) string {
 	const shape = "must be an origin such as \"https://app.example\" (scheme, host and port only) or \"*\""
-	u, err := url.Parse(o)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
-		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+	u := httpURL(o)
+	if u == nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		return shape
 	}
 	if strings.Contains(u.Host, "*") {
 		return "wildcards in a host are not supported; list each origin, or use \"*\""
 	}
 	if p := u.Port(); p != "" {
-		n, err := strconv.Atoi(p)
+		n, _ := strconv.Atoi(p)
 		switch {
-		case err != nil || n < 1 || n > 65535:
+		case !validPort(p):
 			return "has no valid port"
 		case u.Scheme == "https" && n == 443, u.Scheme == "http" && n == 80:
 			return "names the default port, which browsers leave out of Origin; drop :" + p

@@ -1,10 +1,6 @@
 package config
 
-import (
-	"net/url"
-	"strconv"
-	"strings"
-)
+import "strings"
 
 // validateTracing checks the tracing section: an http(s) collector URL and
 // a share of traces between 0 and 1.
@@ -13,10 +9,10 @@ func (c *Config) validateTracing(bad func(key, format string, args ...any)) {
 	if t == nil {
 		return
 	}
-	switch u, err := url.Parse(t.OTLPEndpoint); {
+	switch u := httpURL(t.OTLPEndpoint); {
 	case t.OTLPEndpoint == "":
 		bad("tracing.otlp_endpoint", "is required: the collector's OTLP/HTTP URL, such as \"http://127.0.0.1:4318\" (leave tracing out to run without it)")
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "":
+	case u == nil || u.Opaque != "":
 		bad("tracing.otlp_endpoint", "must be an http:// or https:// url, such as \"http://127.0.0.1:4318\", got %q", t.OTLPEndpoint)
 	case u.User != nil:
 		bad("tracing.otlp_endpoint", "must not carry credentials (they would be logged); set OTEL_EXPORTER_OTLP_HEADERS, e.g. \"Authorization=Basic ...\"")
@@ -28,10 +24,4 @@ func (c *Config) validateTracing(bad func(key, format string, args ...any)) {
 	if s := t.Sample; s != nil && !(*s >= 0 && *s <= 1) {
 		bad("tracing.sample", "must be 0 to 1 (the share of new traces recorded), got %g", *s)
 	}
-}
-
-// validPort reports whether p is a port number, 1 to 65535.
-func validPort(p string) bool {
-	n, err := strconv.Atoi(p)
-	return err == nil && n >= 1 && n <= 65535
 }

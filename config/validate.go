@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/sluice-gw/sluice/broker"
@@ -16,6 +17,23 @@ var (
 	backendName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 	methodName  = regexp.MustCompile(`^[A-Z]{1,16}$`)
 )
+
+// httpURL parses raw as an http:// or https:// url with a host; nil when
+// it is not one. Backend urls, jwks_url, cors origins and the tracing
+// collector all take this shape.
+func httpURL(raw string) *url.URL {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil
+	}
+	return u
+}
+
+// validPort reports whether p is a port number, 1 to 65535.
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535
+}
 
 // loopback reports whether host names only this machine.
 func loopback(host string) bool {
@@ -229,8 +247,7 @@ func (c *Config) Validate() error {
 			bad(key+".urls", "at least one url is required")
 		}
 		for j, raw := range b.URLs {
-			u, err := url.Parse(raw)
-			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			if httpURL(raw) == nil {
 				bad(fmt.Sprintf("%s.urls[%d]", key, j), "must be an http:// or https:// url, got %q", raw)
 			}
 		}

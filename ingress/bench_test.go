@@ -62,3 +62,51 @@ func BenchmarkSubmitPolicies(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSubmitRateByAddress is BenchmarkSubmit with a rate limit and no
+// auth: the budget is kept per client address.
+func BenchmarkSubmitRateByAddress(b *testing.B) {
+	cfg, err := config.Parse([]byte("routes: [{ name: r, path: /r, backend: b, rate_limit: { rate: 10000000, burst: 10000000 } }]\n"+
+		"backends: [{ name: b, urls: [\"http://127.0.0.1:1/\"] }]\n"), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := New(cfg, &fakePublisher{PublishFn: func(context.Context, string, broker.Message) error { return nil }}, newFakeStore(), &fakeBacklog{}, zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := string(make([]byte, 60))
+	hdr := map[string]string{"Content-Type": "application/json"}
+	b.ReportAllocs()
+	for b.Loop() {
+		ctx := call(s, "POST", "/r", body, hdr)
+		if ctx.Response.StatusCode() != 202 {
+			b.Fatal(ctx.Response.StatusCode())
+		}
+	}
+}
+
+// BenchmarkSubmitTransform is BenchmarkSubmit on a route with set_headers
+// and remove_headers, and a request with a few headers, one of them
+// spelled with an underscore.
+func BenchmarkSubmitTransform(b *testing.B) {
+	cfg, err := config.Parse([]byte("routes: [{ name: r, path: /r, backend: b, set_headers: { X-Tenant: \"${client}\" }, remove_headers: [Cookie] }]\n"+
+		"backends: [{ name: b, urls: [\"http://127.0.0.1:1/\"] }]\n"), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := New(cfg, &fakePublisher{PublishFn: func(context.Context, string, broker.Message) error { return nil }}, newFakeStore(), &fakeBacklog{}, zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := string(make([]byte, 60))
+	hdr := map[string]string{"Content-Type": "application/json", "Cookie": "a=b", "X_Tenant": "spoof",
+		"User-Agent": "bench", "Accept": "*/*", "X-Trace-Me": "1"}
+	b.ReportAllocs()
+	for b.Loop() {
+		ctx := call(s, "POST", "/r", body, hdr)
+		if ctx.Response.StatusCode() != 202 {
+			b.Fatal(ctx.Response.StatusCode())
+		}
+	}
+}

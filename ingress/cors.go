@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -47,30 +48,30 @@ func newCORS(c *config.CORS, methods []string) *corsPolicy {
 func pollCORS(routes []*route) *corsPolicy {
 	var u *corsPolicy
 	var headers []string
+	var maxAge time.Duration // the longest of the routes'
 	for _, r := range routes {
 		c := r.cors
 		if c == nil {
 			continue
 		}
 		if u == nil {
-			u = &corsPolicy{origins: map[string]bool{}, methods: "GET, HEAD", maxAge: c.maxAge}
+			u = &corsPolicy{origins: map[string]bool{}, methods: "GET, HEAD"}
 		}
-		if len(c.maxAge) > len(u.maxAge) || len(c.maxAge) == len(u.maxAge) && c.maxAge > u.maxAge {
-			u.maxAge = c.maxAge // the longest of the routes'
-		}
+		maxAge = max(maxAge, r.cfg.CORS.MaxAge.D())
 		u.any = u.any || c.any
 		u.credentials = u.credentials || c.credentials
 		for o := range c.origins {
 			u.origins[o] = true
 		}
-		for _, h := range strings.Split(c.headers, ", ") {
-			if h != "" && !slices.ContainsFunc(headers, func(x string) bool { return strings.EqualFold(x, h) }) {
+		for _, h := range r.cfg.CORS.Headers {
+			if !slices.ContainsFunc(headers, func(x string) bool { return strings.EqualFold(x, h) }) {
 				headers = append(headers, h)
 			}
 		}
 	}
 	if u != nil {
 		u.headers = strings.Join(headers, ", ")
+		u.maxAge = strconv.Itoa(int(maxAge.Seconds()))
 		// "*" with credentials is refused by browsers: answer each origin.
 		if u.any && u.credentials {
 			u.credentials = false

@@ -360,3 +360,53 @@ func TestFasthttpLogNoCredentials(t *testing.T) {
 		t.Fatalf("logged %s", buf.String())
 	}
 }
+
+// Without auth a rate limit is kept per client address, written as
+// net.IP.String writes it (an IPv4-mapped address as IPv4).
+func TestRateLimitByAddress(t *testing.T) {
+	t.Parallel()
+	s, _, _ := policyServer(t, "routes: [{ name: r, path: /r, backend: b, rate_limit: { rate: 0.001, burst: 1 } }]")
+	for _, ip := range []net.IP{net.ParseIP("2001:db8::1"), net.ParseIP("::ffff:192.0.2.7"), net.ParseIP("192.0.2.8")} {
+		send := func() *fasthttp.RequestCtx {
+			var ctx fasthttp.RequestCtx
+			ctx.Request.Header.SetMethod("POST")
+			ctx.Request.SetRequestURI("/r")
+			ctx.SetRemoteAddr(&net.TCPAddr{IP: ip, Port: 40000})
+			s.handle(&ctx)
+			return &ctx
+		}
+		if c := send(); c.Response.StatusCode() != 202 {
+			t.Fatalf("%s: first request got %d", ip, c.Response.StatusCode())
+		}
+		c := send()
+		if c.Response.StatusCode() != 429 {
+			t.Fatalf("%s: second request got %d, want 429", ip, c.Response.StatusCode())
+		}
+		if want := `\"` + ip.String() + `\"`; !strings.Contains(string(c.Response.Body()), want) {
+			t.Errorf("%s: 429 body %s does not name %s", ip, c.Response.Body(), want)
+		}
+	}
+}
+
+// A poll's preflight answers with the routes' cors together: the longest
+// max_age, and every route's allowed headers once.
+func TestPollCORSUnion(t *testing.T) {
+	t.Parallel()
+	s, _, _ := policyServer(t, `routes:
+  - { name: a, path: /a, backend: b, cors: { origins: ["https://a.example"], headers: [Content-Type, X-A], max_age: 90s } }
+  - { name: c, path: /c, backend: b, cors: { origins: ["https://c.example"], headers: [content-type, X-C], max_age: 10m } }
+  - { name: d, path: /d, backend: b }`)
+	for _, origin := range []string{"https://a.example", "https://c.example"} {
+		ctx := call(s, "OPTIONS", pollPrefix+"some-id", "", map[string]string{"Origin": origin, "Access-Control-Request-Method": "GET"})
+		h := &ctx.Response.Header
+		if ctx.Response.StatusCode() != 204 || string(h.Peek("Access-Control-Allow-Origin")) != origin {
+			t.Fatalf("%s: status %d, allow-origin %q", origin, ctx.Response.StatusCode(), h.Peek("Access-Control-Allow-Origin"))
+		}
+		if got := string(h.Peek("Access-Control-Max-Age")); got != "600" {
+			t.Errorf("Max-Age %q, want 600", got)
+		}
+		if got := string(h.Peek("Access-Control-Allow-Headers")); got != "Content-Type, X-A, X-C" {
+			t.Errorf("Allow-Headers %q, want \"Content-Type, X-A, X-C\"", got)
+		}
+	}
+}

@@ -18,8 +18,8 @@ import (
 
 // transform is a route's set_headers and remove_headers, compiled.
 type transform struct {
-	remove map[string]bool // canonical names: removed, and replaced by set
-	set    []setHeader     // in name order
+	remove []string    // canonical names: removed, and replaced by set
+	set    []setHeader // in name order
 }
 
 type setHeader struct {
@@ -31,9 +31,9 @@ func newTransform(r config.Route) (*transform, error) {
 	if len(r.SetHeaders) == 0 && len(r.RemoveHeaders) == 0 {
 		return nil, nil
 	}
-	t := &transform{remove: map[string]bool{}}
+	t := &transform{}
 	for _, n := range r.RemoveHeaders {
-		t.remove[textproto.CanonicalMIMEHeaderKey(n)] = true
+		t.remove = append(t.remove, textproto.CanonicalMIMEHeaderKey(n))
 	}
 	for n, v := range r.SetHeaders {
 		tmpl, err := config.ParseTemplate(v) // config checked it; this cannot fail
@@ -41,7 +41,7 @@ func newTransform(r config.Route) (*transform, error) {
 			return nil, err
 		}
 		c := textproto.CanonicalMIMEHeaderKey(n)
-		t.remove[c] = true
+		t.remove = append(t.remove, c)
 		t.set = append(t.set, setHeader{name: c, tmpl: tmpl})
 	}
 	sort.Slice(t.set, func(i, j int) bool { return t.set[i].name < t.set[j].name })
@@ -54,13 +54,7 @@ func newTransform(r config.Route) (*transform, error) {
 func (t *transform) apply(h [][2]string, client, route, id string) [][2]string {
 	out := h[:0]
 	for _, kv := range h {
-		name := kv[0]
-		if strings.Contains(name, "_") {
-			// X_Tenant reaches CGI-style backends as HTTP_X_TENANT, the
-			// same as X-Tenant: it is removed or replaced with it.
-			name = strings.ReplaceAll(name, "_", "-")
-		}
-		if !t.remove[textproto.CanonicalMIMEHeaderKey(name)] {
+		if !t.removes(kv[0]) {
 			out = append(out, kv)
 		}
 	}
@@ -68,6 +62,43 @@ func (t *transform) apply(h [][2]string, client, route, id string) [][2]string {
 		out = append(out, [2]string{s.name, s.tmpl.Expand(client, route, id)})
 	}
 	return out
+}
+
+// removes reports whether the header a client sent as name is one of
+// t.remove. It compares in place, allocating nothing: case-insensitive,
+// and with '_' read as '-', since X_Tenant reaches CGI-style backends as
+// HTTP_X_TENANT, the same as X-Tenant, so it is removed or replaced with
+// it.
+func (t *transform) removes(name string) bool {
+	for _, c := range t.remove {
+		if sameHeader(name, c) {
+			return true
+		}
+	}
+	return false
+}
+
+func sameHeader(name, canon string) bool {
+	if len(name) != len(canon) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		a, b := name[i], canon[i]
+		if a == '_' {
+			a = '-'
+		}
+		if a != b && lowerASCII(a) != lowerASCII(b) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + ('a' - 'A')
+	}
+	return c
 }
 
 // Content codings.
