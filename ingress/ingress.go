@@ -555,11 +555,7 @@ func (s *Server) release(client, key, id string, queued bool) {
 
 func (s *Server) accepted(ctx *fasthttp.RequestCtx, r *route, id string, retryAfter int) {
 	loc := pollPrefix + id
-	status := r.cfg.Ack.Status // routes[].ack.status: 200, 201 or 202
-	if status == 0 {
-		status = 202
-	}
-	ctx.SetStatusCode(status)
+	ctx.SetStatusCode(r.cfg.Ack.Status) // routes[].ack.status: 200, 201 or 202 (default)
 	ctx.SetContentType("application/json")
 	h := &ctx.Response.Header
 	h.Set("Location", loc)
