@@ -169,9 +169,9 @@ func TestHeaderTransforms(t *testing.T) {
     path: /logs
     backend: b
     set_headers: { X-Tenant: "t-${client}", X-Route: "${route}", X-Id: "${request_id}", X-Price: "$$5", X-Override: fixed }
-    remove_headers: [Cookie, x-secret]`)
+    remove_headers: [Cookie, x-secret, X_Folded]`)
 	ctx := call(s, "POST", "/logs", "x", map[string]string{"Cookie": "a=b", "X-Secret": "s", "X-Override": "client's", "X-Keep": "k",
-		"X_Tenant": "evil", "X_secret": "s2"})
+		"X_Tenant": "evil", "X_secret": "s2", "X-Folded": "f", "X_folded": "f2"})
 	if ctx.Response.StatusCode() != 202 {
 		t.Fatalf("status %d", ctx.Response.StatusCode())
 	}
@@ -182,7 +182,7 @@ func TestHeaderTransforms(t *testing.T) {
 			t.Fatalf("%s = %q (%v), want %q; all %v", k, got, ok, v, r.Header)
 		}
 	}
-	for _, k := range []string{"Cookie", "X-Secret", "X_Tenant", "X_secret"} {
+	for _, k := range []string{"Cookie", "X-Secret", "X_Tenant", "X_secret", "X-Folded", "X_folded"} {
 		if _, ok := header(r, k); ok {
 			t.Fatalf("%s reached the queue: %v", k, r.Header)
 		}

@@ -33,7 +33,9 @@ func newTransform(r config.Route) (*transform, error) {
 	}
 	t := &transform{}
 	for _, n := range r.RemoveHeaders {
-		t.remove = append(t.remove, textproto.CanonicalMIMEHeaderKey(n))
+		// Folded as a client's names are (removes): X_Secret here
+		// removes X-Secret and X_Secret alike.
+		t.remove = append(t.remove, textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(n, "_", "-")))
 	}
 	for n, v := range r.SetHeaders {
 		tmpl, err := config.ParseTemplate(v) // config checked it; this cannot fail
