@@ -16,6 +16,7 @@ import (
 	"github.com/sluice-gw/sluice/backlog"
 	"github.com/sluice-gw/sluice/broker"
 	"github.com/sluice-gw/sluice/cluster"
+	"github.com/sluice-gw/sluice/config"
 	"github.com/sluice-gw/sluice/job"
 	"github.com/sluice-gw/sluice/metering"
 	"github.com/sluice-gw/sluice/problem"
@@ -119,7 +120,7 @@ func New(token string, pprofOn bool, backends Backends, dead DeadLetters, backlo
 }
 
 func (h *Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	if h.Token == "" && !loopbackHost(r.Host) && r.URL.Path != "/healthz" {
+	if h.Token == "" && !config.Loopback(r.Host) && r.URL.Path != "/healthz" {
 		// Without a token the admin port listens on loopback only (check
 		// refuses more), so a Host naming anything else is a page whose
 		// name was rebound to 127.0.0.1 (DNS rebinding): refused, or it

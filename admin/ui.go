@@ -6,7 +6,6 @@ import (
 	"embed"
 	"encoding/hex"
 	"io/fs"
-	"net"
 	"net/http"
 	"net/url"
 	"path"
@@ -137,19 +136,4 @@ func crossSite(r *http.Request) bool {
 	}
 	u, err := url.Parse(o)
 	return err != nil || u.Host != r.Host
-}
-
-// loopbackHost reports whether a Host header names this machine only:
-// localhost or a loopback address, with or without a port.
-func loopbackHost(hostport string) bool {
-	host := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		host = h
-	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

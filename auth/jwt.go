@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -105,7 +104,7 @@ func newVerifier(ctx context.Context, cfg *config.JWT, dir string, log zerolog.L
 		// A shared identity provider signs tokens for every app it serves.
 		log.Warn().Msg("auth.jwt.audience is not set: any token the JWKS keys signed is accepted, also one issued for another app; set audience (and issuer)")
 	}
-	if u, err := url.Parse(cfg.JWKSURL); err == nil && u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+	if u, err := url.Parse(cfg.JWKSURL); err == nil && u.Scheme == "http" && !config.Loopback(u.Hostname()) {
 		log.Warn().Msg("auth.jwt.jwks_url is plain http: whoever can change the answer on the way can sign tokens; use https")
 	}
 	switch {
@@ -372,13 +371,4 @@ func (r *remoteKeys) KeyReadAll(ctx context.Context) ([]jwkset.JWK, error) {
 func (r *remoteKeys) empty() bool {
 	keys, err := r.Storage.KeyReadAll(context.Background())
 	return err != nil || len(keys) == 0
-}
-
-// loopbackHost reports whether host names only this machine.
-func loopbackHost(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

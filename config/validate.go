@@ -35,9 +35,17 @@ func validPort(p string) bool {
 	return err == nil && n >= 1 && n <= 65535
 }
 
-// loopback reports whether host names only this machine.
-func loopback(host string) bool {
-	if host == "localhost" {
+// Loopback reports whether addr names only this machine: localhost (any
+// case) or a loopback address, with or without a port ("127.0.0.1:9090",
+// "[::1]:9090", "localhost"). The admin_listen check, the admin port's
+// Host check, the JWKS url warning and the demo all ask it.
+func Loopback(addr string) bool {
+	host := addr
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	ip := net.ParseIP(host)
@@ -104,7 +112,7 @@ func (c *Config) Validate() error {
 	}
 	checkAddr("listen", c.Listen)
 	checkAddr("admin_listen", c.AdminListen)
-	if host, _, err := net.SplitHostPort(c.AdminListen); err == nil && c.AdminToken == "" && !loopback(host) {
+	if host, _, err := net.SplitHostPort(c.AdminListen); err == nil && c.AdminToken == "" && !Loopback(host) {
 		bad("admin_listen", "%q is reachable from other hosts, and the admin API can replay, pause and retune every backend: set admin_token (or $SLUICE_ADMIN_TOKEN), or listen on 127.0.0.1", c.AdminListen)
 	}
 	if c.MaxConnections < 0 {

@@ -527,7 +527,7 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("%s: %q, want a directory under %s (the nonroot user's)", key, dir, writable)
 		}
 	}
-	if !isLoopback(cfg.AdminListen) || isLoopback(cfg.Listen) {
+	if !config.Loopback(cfg.AdminListen) || config.Loopback(cfg.Listen) {
 		t.Errorf("listen %q, admin_listen %q: want clients on every interface, admin inside the container", cfg.Listen, cfg.AdminListen)
 	}
 }

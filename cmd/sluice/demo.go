@@ -202,19 +202,6 @@ func dialAddr(addr string) string {
 	return net.JoinHostPort(host, port)
 }
 
-// isLoopback reports whether addr listens on a loopback address only.
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 // banner is what `sluice demo` prints once sluice is ready.
 type banner struct {
 	Version               string
@@ -233,7 +220,7 @@ type banner struct {
 func bannerFor(cfg *config.Config, ingress, admin, store string, o demo.Options) banner {
 	b := banner{
 		Version: version, Ingress: dialAddr(ingress), Admin: dialAddr(admin), Store: dialAddr(store),
-		AdminInside: isLoopback(admin) && !isLoopback(ingress),
+		AdminInside: config.Loopback(admin) && !config.Loopback(ingress),
 		Token:       cfg.AdminToken != "",
 		Route:       "/v1/logs",
 		Footer:      "Ctrl-C stops both" + dataHint(cfg) + ".",
