@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"math"
 	"net"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -124,6 +122,7 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 		exact: map[string]*route{}, sharedStore: cfg.Results.Store == "redis", keep: job.ParseKeep(cfg.Results.KeepResponse)}
 	s.closing, s.closeNow = context.WithCancel(context.Background())
 	var maxBody int64
+	var routes []*route // in the config's order
 	for _, rc := range cfg.Routes {
 		r := &route{cfg: rc, prefix: strings.HasSuffix(rc.Path, "/"), methods: map[string]bool{},
 			allow: strings.Join(rc.Methods, ", "), backend: *cfg.Backend(rc.Backend), topic: broker.RequestTopic(rc.Backend)}
@@ -155,6 +154,7 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 			}
 			r.schema = sch
 		}
+		routes = append(routes, r)
 		if r.prefix {
 			s.prefixes = append(s.prefixes, r)
 		} else {
@@ -165,8 +165,7 @@ func New(cfg *config.Config, pub broker.Publisher, store Store, backlog Backlog,
 	sort.Slice(s.prefixes, func(i, j int) bool { return len(s.prefixes[i].cfg.Path) > len(s.prefixes[j].cfg.Path) })
 	s.meter = &metering.Meter{}
 	s.limiter = ratelimit.NewLocal()
-	all := slices.Collect(maps.Values(s.exact))
-	s.pollCORS = pollCORS(append(all, s.prefixes...))
+	s.pollCORS = pollCORS(routes) // in the config's order: the same headers every start
 	s.srv = &fasthttp.Server{
 		Handler:                       s.handle,
 		ErrorHandler:                  s.parseError,
